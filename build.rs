@@ -1,0 +1,26 @@
+//! Compiles `proto/` without a system `protoc`: protox parses the files in pure Rust, and its
+//! descriptor set feeds tonic's codegen, pbjson's serde codegen and the reflection service.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_file("eventgateway/v1/gateway.proto")?;
+    // Encoded by protox itself so custom options (the google.api.http rules) survive; going
+    // through prost_types would drop them as unknown fields.
+    let bytes = compiler.encode_file_descriptor_set();
+    let fds = compiler.file_descriptor_set();
+    std::fs::write(out.join("eventgateway_descriptor.bin"), &bytes)?;
+    tonic_prost_build::configure()
+        // Required with the extern_path below: prost-build maps .google.protobuf itself otherwise.
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .compile_fds(fds)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&bytes)?
+        // Replies show every field, zeros included (`"partition": 0`), as grpc-gateway's
+        // EmitUnpopulated does: a client should not have to know proto3's default omission.
+        .emit_fields()
+        .build(&[".eventgateway"])?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,621 @@
+//! Configuration: the typed settings, their defaults, and how they are layered. Defaults are
+//! overridden by `config.yaml` (or `--config PATH`), which is overridden by `GATEWAY_*`
+//! environment variables. Unknown keys and bad values stop startup with a message naming the key.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Yaml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Every top-level section; `GATEWAY_<SECTION>_<KEY>` maps to `<section>.<key>`. Listed because
+/// section names themselves contain underscores (`rate_limit`), so splitting on `_` cannot work.
+const SECTIONS: &[&str] = &[
+    "server",
+    "kafka",
+    "rate_limit",
+    "metrics",
+    "performance",
+    "limits",
+    "storage",
+    "shutdown",
+    "logging",
+];
+
+/// The environment variable prefix.
+pub const ENV_PREFIX: &str = "GATEWAY_";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub kafka: KafkaConfig,
+    pub rate_limit: RateLimitConfig,
+    pub metrics: MetricsConfig,
+    pub performance: PerformanceConfig,
+    pub limits: LimitsConfig,
+    pub storage: StorageConfig,
+    pub shutdown: ShutdownConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address gRPC and REST listen on (one port for both).
+    pub address: String,
+    /// Time a client has to send a request's headers.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Time the gateway allows for writing a reply.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            address: "0.0.0.0:8090".into(),
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// `kafka.required_acks`: how many replicas must have the record before it counts as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RequiredAcks {
+    /// `0`: no acknowledgement (fire and forget; a reply then only means "enqueued").
+    None,
+    /// `1`: the partition leader has it.
+    Leader,
+    /// `-1` / `all`: every in-sync replica has it.
+    All,
+}
+
+impl RequiredAcks {
+    /// The librdkafka `acks` value.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            RequiredAcks::None => "0",
+            RequiredAcks::Leader => "1",
+            RequiredAcks::All => "all",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RequiredAcks {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        let s = match Raw::deserialize(d)? {
+            Raw::Int(i) => i.to_string(),
+            Raw::Str(s) => s.to_ascii_lowercase(),
+        };
+        match s.as_str() {
+            "0" | "none" => Ok(RequiredAcks::None),
+            "1" | "leader" => Ok(RequiredAcks::Leader),
+            "-1" | "all" => Ok(RequiredAcks::All),
+            other => Err(serde::de::Error::custom(format!(
+                "invalid required_acks `{other}`: expected 0, 1, -1 or all"
+            ))),
+        }
+    }
+}
+
+/// How a CloudEvent is laid out in a Kafka record (CloudEvents Kafka protocol binding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordMode {
+    /// Value = `data`, attributes as `ce_*` headers.
+    Binary,
+    /// Value = the whole event as `application/cloudevents+json`.
+    Structured,
+}
+
+/// Which attribute becomes the Kafka record key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStrategy {
+    /// The `partitionkey` extension, else `subject`, else no key.
+    PartitionkeyOrSubject,
+    /// The `partitionkey` extension, else no key.
+    Partitionkey,
+    /// `subject`, else no key.
+    Subject,
+    /// Never a key: sticky partitioning spreads records.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers; empty means the embedded local log is the sink.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub brokers: Vec<String>,
+    pub topic: String,
+    /// librdkafka `retries` (attempts to resend a failed produce request).
+    pub retries: u32,
+    /// librdkafka `batch.num.messages`: records per produce batch.
+    pub batch_size: u32,
+    pub required_acks: RequiredAcks,
+    /// librdkafka `enable.idempotence` (forced off with required_acks other than all).
+    pub idempotence: bool,
+    /// librdkafka `linger.ms`.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// librdkafka `compression.type`: none, gzip, snappy, lz4, zstd.
+    pub compression: String,
+    /// librdkafka `message.timeout.ms`: the upper bound on one delivery, retries included.
+    #[serde(with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// librdkafka `queue.buffering.max.messages`: a full queue answers 503 at once.
+    pub queue_max_messages: u32,
+    /// librdkafka `message.max.bytes`.
+    pub message_max_bytes: u32,
+    pub record_mode: RecordMode,
+    pub key_strategy: KeyStrategy,
+    /// Any other librdkafka property, passed through verbatim (set last, so it wins).
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: Vec::new(),
+            topic: "events".into(),
+            retries: 10,
+            batch_size: 10_000,
+            required_acks: RequiredAcks::All,
+            idempotence: true,
+            linger: Duration::from_millis(1),
+            compression: "lz4".into(),
+            message_timeout: Duration::from_secs(20),
+            queue_max_messages: 100_000,
+            message_max_bytes: 1_000_000,
+            record_mode: RecordMode::Binary,
+            key_strategy: KeyStrategy::PartitionkeyOrSubject,
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Token refill rate per client key.
+    pub requests_per_second: u32,
+    /// Bucket size per client key.
+    pub burst_size: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            requests_per_second: 10_000,
+            burst_size: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub path: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/metrics".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PerformanceConfig {
+    /// Largest request body accepted (REST body or gRPC message).
+    pub max_request_size: ByteSize,
+    /// Deadline for one request, delivery included. Must exceed kafka.message_timeout.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests handled at once; more are shed with 503 / UNAVAILABLE.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for PerformanceConfig {
+    fn default() -> Self {
+        Self {
+            max_request_size: ByteSize::mib(10),
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest event, measured in the CloudEvents JSON format.
+    pub max_event_size: ByteSize,
+    /// Most events in one IngestBatch.
+    pub max_batch_events: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_event_size: ByteSize::kib(512),
+            max_batch_events: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory of the embedded local log (used when kafka.brokers is empty).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long to report not-ready before refusing new connections, so load
+    /// balancers notice.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// How long in-flight requests get to finish, then how long the sink gets to flush.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// tracing-subscriber filter, for example `info,event_gateway=debug`. RUST_LOG wins.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `GATEWAY_KAFKA_BROKERS=a:9092,b:9092` or a YAML list.
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Csv(String),
+    }
+    let items = match Raw::deserialize(d)? {
+        Raw::List(v) => v,
+        Raw::Csv(s) => s.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+/// Why the configuration was refused; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Maps `rate_limit_requests_per_second` to `rate_limit.requests_per_second`; keys of no known
+/// section pass through unchanged so that `deny_unknown_fields` names them in the error.
+fn env_key_to_path(key: &str) -> String {
+    for section in SECTIONS {
+        if let Some(rest) = key.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
+            return format!("{section}.{rest}");
+        }
+    }
+    key.to_owned()
+}
+
+impl Config {
+    /// Layers defaults < the YAML file (when given and present) < `GATEWAY_*` variables from
+    /// `env`, then checks the values that types alone cannot.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Yaml::file_exact(path));
+        }
+        // figment's Env reads the process environment; tests pass their own, so the pairs are
+        // given to it as a provider of already-mapped key paths instead.
+        let mut dict = figment::value::Dict::new();
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if rest.eq_ignore_ascii_case("CONFIG") {
+                continue; // GATEWAY_CONFIG names the file, it is not a setting.
+            }
+            let path = env_key_to_path(&rest.to_ascii_lowercase());
+            let value: figment::value::Value = v.parse().expect("figment parses any string");
+            insert_path(&mut dict, &path, value);
+        }
+        figment = figment.merge(Serialized::globals(dict));
+        let config: Config = figment.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError(msgs.join("; "))
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Loads with the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Rules that cross fields or ranges, each naming its key.
+    fn check(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if self.server.address.parse::<std::net::SocketAddr>().is_err() {
+            errors.push(format!(
+                "server.address `{}` is not a socket address like 0.0.0.0:8090",
+                self.server.address
+            ));
+        }
+        if self.kafka.topic.trim().is_empty() {
+            errors.push("kafka.topic must not be empty".into());
+        }
+        if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&self.kafka.compression.as_str()) {
+            errors.push(format!(
+                "kafka.compression `{}` must be one of none, gzip, snappy, lz4, zstd",
+                self.kafka.compression
+            ));
+        }
+        if self.kafka.idempotence && self.kafka.required_acks != RequiredAcks::All {
+            errors.push(
+                "kafka.idempotence requires kafka.required_acks = all; set kafka.idempotence: false to use 0 or 1"
+                    .into(),
+            );
+        }
+        // The gateway must never give up on a request while librdkafka may still deliver it:
+        // the client's retry would then duplicate the event.
+        if self.performance.request_timeout < self.kafka.message_timeout + Duration::from_secs(2) {
+            errors.push(format!(
+                "performance.request_timeout ({:?}) must be at least kafka.message_timeout ({:?}) + 2s",
+                self.performance.request_timeout, self.kafka.message_timeout
+            ));
+        }
+        let event_limit = self.limits.max_event_size.as_u64();
+        if event_limit == 0 {
+            errors.push("limits.max_event_size must be above 0".into());
+        }
+        // Room for the Kafka record's headers and framing above the largest event.
+        if event_limit + 64 * 1024 > u64::from(self.kafka.message_max_bytes) {
+            errors.push(format!(
+                "limits.max_event_size ({event_limit} bytes) must be at least 64 KiB below kafka.message_max_bytes ({})",
+                self.kafka.message_max_bytes
+            ));
+        }
+        if self.limits.max_batch_events == 0 {
+            errors.push("limits.max_batch_events must be above 0".into());
+        }
+        if self.performance.max_request_size.as_u64() == 0 {
+            errors.push("performance.max_request_size must be above 0".into());
+        }
+        if self.performance.max_concurrent_requests == 0 {
+            errors.push("performance.max_concurrent_requests must be above 0".into());
+        }
+        if self.rate_limit.enabled
+            && (self.rate_limit.requests_per_second == 0 || self.rate_limit.burst_size == 0)
+        {
+            errors.push(
+                "rate_limit.requests_per_second and rate_limit.burst_size must be above 0 (or set rate_limit.enabled: false)"
+                    .into(),
+            );
+        }
+        if !self.metrics.path.starts_with('/') {
+            errors.push(format!(
+                "metrics.path `{}` must start with /",
+                self.metrics.path
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errors.join("; ")))
+        }
+    }
+
+    /// The effective configuration without secrets (librdkafka passthrough values that look
+    /// like credentials are masked), for `/health/detailed` and the startup log.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut c = self.clone();
+        for (k, v) in c.kafka.librdkafka.iter_mut() {
+            if k.contains("password") || k.contains("secret") || k.contains("key") {
+                *v = "***".into();
+            }
+        }
+        serde_json::to_value(&c).expect("config serializes")
+    }
+}
+
+fn insert_path(dict: &mut figment::value::Dict, path: &str, value: figment::value::Value) {
+    match path.split_once('.') {
+        None => {
+            dict.insert(path.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry = dict
+                .entry(head.to_owned())
+                .or_insert_with(|| figment::value::Dict::new().into());
+            if let figment::value::Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.server.address, "0.0.0.0:8090");
+    }
+
+    #[test]
+    fn env_names_with_underscored_sections_work() {
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND", "42"),
+                ("GATEWAY_RATE_LIMIT_BURST_SIZE", "84"),
+                ("GATEWAY_KAFKA_BROKERS", "127.0.0.1:9092, 127.0.0.2:9092"),
+                ("GATEWAY_KAFKA_TOPIC", "t1"),
+                ("GATEWAY_SERVER_ADDRESS", "127.0.0.1:9000"),
+                ("GATEWAY_PERFORMANCE_MAX_REQUEST_SIZE", "1MiB"),
+                ("GATEWAY_KAFKA_REQUIRED_ACKS", "-1"),
+                ("OTHER_VAR", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.rate_limit.requests_per_second, 42);
+        assert_eq!(c.rate_limit.burst_size, 84);
+        assert_eq!(c.kafka.brokers, vec!["127.0.0.1:9092", "127.0.0.2:9092"]);
+        assert_eq!(c.kafka.topic, "t1");
+        assert_eq!(c.server.address, "127.0.0.1:9000");
+        assert_eq!(c.performance.max_request_size, ByteSize::mib(1));
+        assert_eq!(c.kafka.required_acks, RequiredAcks::All);
+    }
+
+    #[test]
+    fn file_then_env_layering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "server:\n  address: 127.0.0.1:7000\n  read_timeout: 5s\nkafka:\n  topic: from-file\n  brokers: [a:1, b:2]\n",
+        )
+        .unwrap();
+        let c =
+            Config::load_from(Some(&path), env(&[("GATEWAY_KAFKA_TOPIC", "from-env")])).unwrap();
+        assert_eq!(c.server.address, "127.0.0.1:7000");
+        assert_eq!(c.server.read_timeout, Duration::from_secs(5));
+        assert_eq!(c.kafka.topic, "from-env");
+        assert_eq!(c.kafka.brokers, vec!["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "server:\n  adress: 127.0.0.1:7000\n").unwrap();
+        let err = Config::load_from(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("adress"), "{err}");
+        assert!(err.contains("server"), "{err}");
+
+        let err = Config::load_from(None, env(&[("GATEWAY_KAFKA_TOPICS", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("topics"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::load_from(
+            None,
+            env(&[("GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND", "fast")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("requests_per_second"), "{err}");
+
+        let err = Config::load_from(None, env(&[("GATEWAY_KAFKA_REQUIRED_ACKS", "2")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("required_acks"), "{err}");
+
+        let err = Config::load_from(None, env(&[("GATEWAY_SERVER_ADDRESS", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.address"), "{err}");
+
+        let err = Config::load_from(None, env(&[("GATEWAY_PERFORMANCE_REQUEST_TIMEOUT", "5s")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("performance.request_timeout"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load_from(Some(Path::new("/nonexistent/c.yaml")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/c.yaml"), "{err}");
+    }
+}

@@ -1,0 +1,103 @@
+//! The one error type every layer returns. It says what went wrong in terms of the domain;
+//! `status.rs` is the only place that turns it into a gRPC status or an HTTP reply.
+use std::time::Duration;
+
+/// One broken rule, located by its field path in the request (`events[3].type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The request is well-formed but breaks one or more rules; all are listed.
+    #[error("{}", summarize(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The request could not be decoded at all (malformed JSON, wrong types).
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// A size limit was exceeded: which one, its value, and what was seen if known.
+    #[error("{what} exceeds the limit of {limit} bytes{}", .size.map(|s| format!(" ({s} bytes)")).unwrap_or_default())]
+    TooLarge {
+        what: String,
+        limit: u64,
+        size: Option<u64>,
+    },
+    /// The body's media type is not one we decode.
+    #[error("unsupported media type `{found}`: send {expected}")]
+    UnsupportedMediaType { found: String, expected: String },
+    /// No such route or method.
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// The route exists, the method does not.
+    #[error("method {method} not allowed on {path}; allowed: POST")]
+    MethodNotAllowed { method: String, path: String },
+    /// A rate limit or quota was hit; try again after `retry_after`.
+    #[error("rate limit exceeded: {limit}; retry after {}s", .retry_after.as_secs().max(1))]
+    RateLimited {
+        limit: String,
+        retry_after: Duration,
+    },
+    /// The sink cannot take the event now (broker unreachable, queue full, shutting down);
+    /// nothing was stored, so sending again is safe.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after: Duration,
+    },
+    /// The request's deadline passed before the outcome was known.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    /// A fault on our side or in our configuration (unknown topic, authorization towards the
+    /// broker). Logged with what to fix; the client cannot fix it.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn summarize(v: &[FieldViolation]) -> String {
+    let parts: Vec<String> = v
+        .iter()
+        .map(|f| format!("{}: {}", f.field, f.description))
+        .collect();
+    format!(
+        "{} invalid field{}: {}",
+        v.len(),
+        if v.len() == 1 { "" } else { "s" },
+        parts.join("; ")
+    )
+}
+
+impl Error {
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Error::Unavailable {
+            message: message.into(),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+
+    /// True when the same request may succeed if sent again unchanged.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::RateLimited { .. } | Error::Unavailable { .. } | Error::DeadlineExceeded(_) => {
+                true
+            }
+            Error::InvalidArgument(_)
+            | Error::Malformed(_)
+            | Error::TooLarge { .. }
+            | Error::UnsupportedMediaType { .. }
+            | Error::NotFound(_)
+            | Error::MethodNotAllowed { .. }
+            | Error::Internal(_) => false,
+        }
+    }
+}

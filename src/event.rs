@@ -1,0 +1,224 @@
+//! The validated, normalized event every sink receives, and its CloudEvents encodings: the JSON
+//! format (structured mode, used by the local log and Kafka structured mode) and the attribute
+//! list that Kafka binary mode turns into `ce_*` headers. Built only by `validate`.
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+
+/// The CloudEvents spec version this gateway speaks.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// The payload, kept in the form the sinks write.
+#[derive(Debug, Clone)]
+pub enum Data {
+    None,
+    /// A JSON value, already encoded (numbers written as the client sent them, integral
+    /// values without a fraction).
+    Json(Box<RawValue>),
+    /// Raw bytes (`data_base64`).
+    Binary(Vec<u8>),
+}
+
+/// A valid CloudEvent with every default filled in (id, time, specversion).
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: String,
+    pub source: String,
+    pub ty: String,
+    pub subject: Option<String>,
+    pub time: DateTime<Utc>,
+    pub datacontenttype: Option<String>,
+    pub dataschema: Option<String>,
+    pub data: Data,
+    pub extensions: BTreeMap<String, String>,
+}
+
+impl Event {
+    /// `time` in RFC 3339 with a `Z` suffix, as the CloudEvents JSON format writes it.
+    pub fn time_rfc3339(&self) -> String {
+        self.time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    }
+
+    /// The event in the CloudEvents JSON format (one line, no trailing newline).
+    pub fn to_structured_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an Event always serializes")
+    }
+
+    /// Context attributes other than `data`, as (name, value) pairs, for Kafka `ce_*` headers.
+    /// `datacontenttype` is not among them: binary mode carries it as `content-type`.
+    pub fn binary_attributes(&self) -> Vec<(&str, std::borrow::Cow<'_, str>)> {
+        use std::borrow::Cow;
+        let mut out: Vec<(&str, Cow<'_, str>)> = vec![
+            ("specversion", Cow::Borrowed(SPEC_VERSION)),
+            ("id", Cow::Borrowed(&self.id)),
+            ("source", Cow::Borrowed(&self.source)),
+            ("type", Cow::Borrowed(&self.ty)),
+            ("time", Cow::Owned(self.time_rfc3339())),
+        ];
+        if let Some(s) = &self.subject {
+            out.push(("subject", Cow::Borrowed(s)));
+        }
+        if let Some(s) = &self.dataschema {
+            out.push(("dataschema", Cow::Borrowed(s)));
+        }
+        for (k, v) in &self.extensions {
+            out.push((k, Cow::Borrowed(v)));
+        }
+        out
+    }
+
+    /// The content type binary mode writes: `datacontenttype`, else JSON for JSON data, else
+    /// octet-stream for bytes.
+    pub fn effective_content_type(&self) -> Option<&str> {
+        match (&self.datacontenttype, &self.data) {
+            (Some(ct), _) => Some(ct),
+            (None, Data::Json(_)) => Some("application/json"),
+            (None, Data::Binary(_)) => Some("application/octet-stream"),
+            (None, Data::None) => None,
+        }
+    }
+
+    /// The payload bytes binary mode writes as the record value.
+    pub fn data_bytes(&self) -> Option<&[u8]> {
+        match &self.data {
+            Data::None => None,
+            Data::Json(raw) => Some(raw.get().as_bytes()),
+            Data::Binary(b) => Some(b),
+        }
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut m = ser.serialize_map(None)?;
+        m.serialize_entry("specversion", SPEC_VERSION)?;
+        m.serialize_entry("id", &self.id)?;
+        m.serialize_entry("source", &self.source)?;
+        m.serialize_entry("type", &self.ty)?;
+        if let Some(s) = &self.subject {
+            m.serialize_entry("subject", s)?;
+        }
+        m.serialize_entry("time", &self.time_rfc3339())?;
+        if let Some(s) = &self.datacontenttype {
+            m.serialize_entry("datacontenttype", s)?;
+        }
+        if let Some(s) = &self.dataschema {
+            m.serialize_entry("dataschema", s)?;
+        }
+        for (k, v) in &self.extensions {
+            m.serialize_entry(k, v)?;
+        }
+        match &self.data {
+            Data::None => {}
+            Data::Json(raw) => m.serialize_entry("data", raw)?,
+            Data::Binary(b) => m.serialize_entry("data_base64", &base64_encode(b))?,
+        }
+        m.end()
+    }
+}
+
+/// Standard base64 with padding, as the CloudEvents JSON format's `data_base64` requires.
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Serializes a `google.protobuf.Value` as JSON the way a JSON client wrote it: the proto3
+/// mapping keeps numbers as doubles, so integral values within ±2^53 are written as integers
+/// (`123`, not `123.0`). NaN and infinities have no JSON form and are refused.
+pub struct JsonValue<'a>(pub &'a pbjson_types::Value);
+
+impl Serialize for JsonValue<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use pbjson_types::value::Kind;
+        const MAX_SAFE: f64 = 9_007_199_254_740_992.0; // 2^53
+        match &self.0.kind {
+            None | Some(Kind::NullValue(_)) => ser.serialize_unit(),
+            Some(Kind::BoolValue(b)) => ser.serialize_bool(*b),
+            Some(Kind::StringValue(s)) => ser.serialize_str(s),
+            Some(Kind::NumberValue(n)) => {
+                if !n.is_finite() {
+                    Err(serde::ser::Error::custom(
+                        "NaN and Infinity cannot be represented in JSON",
+                    ))
+                } else if n.fract() == 0.0 && n.abs() <= MAX_SAFE {
+                    ser.serialize_i64(*n as i64)
+                } else {
+                    ser.serialize_f64(*n)
+                }
+            }
+            Some(Kind::StructValue(s)) => {
+                let mut m = ser.serialize_map(Some(s.fields.len()))?;
+                for (k, v) in &s.fields {
+                    m.serialize_entry(k, &JsonValue(v))?;
+                }
+                m.end()
+            }
+            Some(Kind::ListValue(l)) => {
+                let mut seq = ser.serialize_seq(Some(l.values.len()))?;
+                for v in &l.values {
+                    seq.serialize_element(&JsonValue(v))?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(data: Data) -> Event {
+        Event {
+            id: "id-1".into(),
+            source: "svc".into(),
+            ty: "t.created".into(),
+            subject: Some("s".into()),
+            time: DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123Z")
+                .unwrap()
+                .into(),
+            datacontenttype: None,
+            dataschema: None,
+            data,
+            extensions: BTreeMap::from([("partitionkey".into(), "k".into())]),
+        }
+    }
+
+    #[test]
+    fn structured_json_is_cloudevents_format() {
+        let raw = RawValue::from_string(r#"{"a":1,"b":[true,null,"x"]}"#.into()).unwrap();
+        let json = String::from_utf8(event(Data::Json(raw)).to_structured_json()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"specversion":"1.0","id":"id-1","source":"svc","type":"t.created","subject":"s","time":"2026-01-02T03:04:05.123Z","partitionkey":"k","data":{"a":1,"b":[true,null,"x"]}}"#
+        );
+    }
+
+    #[test]
+    fn binary_data_is_base64() {
+        let json =
+            String::from_utf8(event(Data::Binary(b"\x00\x01hello".to_vec())).to_structured_json())
+                .unwrap();
+        assert!(json.ends_with(r#""data_base64":"AAFoZWxsbw=="}"#), "{json}");
+    }
+
+    #[test]
+    fn json_value_keeps_integers_integral() {
+        let v: pbjson_types::Value =
+            serde_json::from_str(r#"[1, -2, 1.5, 9007199254740991, 1e300, {"k": 0}]"#).unwrap();
+        let out = serde_json::to_string(&JsonValue(&v)).unwrap();
+        assert_eq!(out, r#"[1,-2,1.5,9007199254740991,1e+300,{"k":0}]"#);
+        // Integers a double cannot hold exactly are refused when decoded, never rounded.
+        assert!(serde_json::from_str::<pbjson_types::Value>("9007199254740993").is_err());
+    }
+
+    #[test]
+    fn json_value_refuses_nan() {
+        let v = pbjson_types::Value::from(f64::NAN);
+        assert!(serde_json::to_string(&JsonValue(&v)).is_err());
+    }
+}

@@ -1,0 +1,85 @@
+//! The `event-gateway` binary: parses the command line, loads the configuration, and runs
+//! [`event_gateway::serve`] until SIGTERM or SIGINT.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use event_gateway::Config;
+
+/// Takes events in over gRPC and JSON REST and puts them into Apache Kafka.
+///
+/// Settings come from the config file, overridden by GATEWAY_* environment variables
+/// (for example GATEWAY_SERVER_ADDRESS, GATEWAY_KAFKA_BROKERS=host1:9092,host2:9092,
+/// GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND). With no kafka.brokers, events go to a local
+/// log under storage.data_dir.
+#[derive(Parser, Debug)]
+#[command(name = "event-gateway", version, about, long_about)]
+struct Cli {
+    /// YAML config file. Default: ./config.yaml when it exists, else built-in defaults.
+    #[arg(long, short = 'c', value_name = "PATH", env = "GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let file = cli.config.or_else(|| {
+        let default = PathBuf::from("config.yaml");
+        default.exists().then_some(default)
+    });
+    let config = match Config::load(file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("event-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    event_gateway::telemetry::init(&config.logging);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&config.server.address).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(address = %config.server.address, error = %e, "cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        match event_gateway::serve(config, listener, shutdown_signal()).await {
+            Ok(report) => {
+                if report.undelivered > 0 {
+                    tracing::warn!(
+                        undelivered = report.undelivered,
+                        "exited with undelivered (never acknowledged) events"
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "event gateway failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

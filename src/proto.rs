@@ -1,0 +1,13 @@
+//! Generated protobuf types for `eventgateway.v1` (prost messages, tonic client and server,
+//! pbjson serde impls) and the encoded descriptor set that server reflection publishes.
+#![allow(clippy::all, missing_docs)]
+
+tonic::include_proto!("eventgateway.v1");
+include!(concat!(env!("OUT_DIR"), "/eventgateway.v1.serde.rs"));
+
+/// The descriptor set of `proto/`, imports included, for tonic-reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("eventgateway_descriptor");
+
+/// Fully qualified gRPC service name, as gRPC health and reflection report it.
+pub const SERVICE_NAME: &str = "eventgateway.v1.EventGatewayService";

@@ -1,0 +1,134 @@
+//! The core ingest service: the one implementation of `IngestEvent`, `IngestBatch` and
+//! `Validate` behind both gRPC and REST. It validates, hands events to the sink and builds the
+//! replies. It imports nothing from tonic, axum or http: transports adapt to it.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::Utc;
+
+use crate::error::Error;
+use crate::proto::{
+    IngestBatchRequest, IngestEventRequest, IngestEventResponse, ValidateRequest, ValidateResponse,
+};
+use crate::sink::{EventSink, SinkHealth, Stored};
+use crate::validate::{self, Checked, Limits};
+
+/// What happened to one event of a batch. Transports turn a list of these into the
+/// `IngestBatchResponse` with `status::batch_reply`, where errors become codes.
+#[derive(Debug)]
+pub struct ItemOutcome {
+    pub id: String,
+    pub result: Result<Stored, Error>,
+}
+
+pub struct Gateway {
+    sink: Arc<dyn EventSink>,
+    limits: Limits,
+    draining: AtomicBool,
+}
+
+impl Gateway {
+    pub fn new(sink: Arc<dyn EventSink>, limits: Limits) -> Self {
+        Self {
+            sink,
+            limits,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn sink(&self) -> &Arc<dyn EventSink> {
+        &self.sink
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Ready to take events: not draining and the sink can store.
+    pub fn ready(&self) -> bool {
+        !self.is_draining() && self.sink.health().ready
+    }
+
+    pub fn sink_health(&self) -> SinkHealth {
+        self.sink.health()
+    }
+
+    /// From now on readiness is false; requests already admitted still complete.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub async fn ingest_event(
+        &self,
+        req: IngestEventRequest,
+    ) -> Result<IngestEventResponse, Error> {
+        let checked = self.check_single(req.event)?;
+        let event = checked.event;
+        let stored = self
+            .sink
+            .publish(std::slice::from_ref(&event))
+            .await
+            .pop()
+            .expect("one result per event")?;
+        Ok(IngestEventResponse {
+            id: event.id,
+            partition: stored.partition,
+            offset: stored.offset,
+            time: Some(event.time.into()),
+        })
+    }
+
+    /// Batch semantics: validation is all-or-nothing (one invalid event rejects the batch,
+    /// nothing is written, all violations are listed). Delivery is reported per event: if at
+    /// least one event was stored the reply is OK with each event's outcome; if none was, the
+    /// reply is the error itself (UNAVAILABLE when every failure is retryable).
+    pub async fn ingest_batch(&self, req: IngestBatchRequest) -> Result<Vec<ItemOutcome>, Error> {
+        let checked = validate::check_batch(req.events, &self.limits, Utc::now())
+            .map_err(Error::InvalidArgument)?;
+        let events: Vec<_> = checked.into_iter().map(|c| c.event).collect();
+        let outcomes = self.sink.publish(&events).await;
+        let stored_count = outcomes.iter().filter(|r| r.is_ok()).count();
+        if stored_count == 0 {
+            // Prefer a permanent error: retrying would not help.
+            let mut errors = outcomes.into_iter().filter_map(Result::err);
+            let first = errors.next().expect("a non-empty batch has outcomes");
+            return Err(if first.is_retryable() {
+                errors.find(|e| !e.is_retryable()).unwrap_or(first)
+            } else {
+                first
+            });
+        }
+        Ok(events
+            .into_iter()
+            .zip(outcomes)
+            .map(|(event, result)| ItemOutcome {
+                id: event.id,
+                result,
+            })
+            .collect())
+    }
+
+    /// The checks of `ingest_event`, and nothing else: no sink is touched.
+    pub fn validate(&self, req: ValidateRequest) -> Result<ValidateResponse, Error> {
+        let checked = self.check_single(req.event)?;
+        Ok(ValidateResponse {
+            valid: true,
+            size_bytes: checked.size as u32,
+            max_event_size_bytes: self.limits.max_event_size as u32,
+        })
+    }
+
+    fn check_single(&self, event: Option<crate::proto::CloudEvent>) -> Result<Checked, Error> {
+        let Some(event) = event else {
+            return Err(Error::InvalidArgument(vec![
+                crate::error::FieldViolation::new("event", "is required"),
+            ]));
+        };
+        validate::check_event(event, "event", &self.limits, Utc::now())
+            .map_err(Error::InvalidArgument)
+    }
+}

@@ -1,0 +1,381 @@
+//! The Kafka sink (rdkafka): turns events into records per the CloudEvents Kafka protocol
+//! binding, answers only after each delivery report, classifies Kafka errors as retryable
+//! (UNAVAILABLE) or permanent, derives readiness from librdkafka statistics, and rebuilds the
+//! producer after fatal or fencing errors so the gateway recovers without a restart.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use std::sync::Mutex;
+
+use super::{EventSink, FlushReport, SinkHealth, Stored};
+use crate::config::{KafkaConfig, KeyStrategy, RecordMode, RequiredAcks};
+use crate::error::Error;
+use crate::event::Event;
+
+/// Statistics older than this no longer prove a broker is reachable.
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+const STATS_STALE_AFTER: Duration = Duration::from_secs(10);
+/// Consecutive fencing errors after which the producer is replaced (a new producer id).
+const FENCED_REBUILD_THRESHOLD: u32 = 3;
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct BrokerState {
+    name: String,
+    state: String,
+    rtt_avg_ms: Option<f64>,
+    rtt_p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct StatsSnapshot {
+    at: Option<Instant>,
+    brokers: Vec<BrokerState>,
+    queue_depth: u64,
+}
+
+/// librdkafka callbacks: statistics feed readiness and `/health/detailed`; errors are logged.
+pub struct GatewayContext {
+    stats: Arc<Mutex<StatsSnapshot>>,
+}
+
+impl ClientContext for GatewayContext {
+    fn stats(&self, s: Statistics) {
+        let mut brokers: Vec<BrokerState> = s
+            .brokers
+            .values()
+            // nodeid -1 entries are bootstrap placeholders, not brokers of the cluster.
+            .filter(|b| b.nodeid >= 0)
+            .map(|b| BrokerState {
+                name: b.name.clone(),
+                state: b.state.clone(),
+                rtt_avg_ms: b.rtt.as_ref().map(|w| w.avg as f64 / 1000.0),
+                rtt_p99_ms: b.rtt.as_ref().map(|w| w.p99 as f64 / 1000.0),
+            })
+            .collect();
+        brokers.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut snap = self.stats.lock().expect("stats lock");
+        *snap = StatsSnapshot {
+            at: Some(Instant::now()),
+            brokers,
+            queue_depth: s.msg_cnt,
+        };
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            // Expected while a broker is away; readiness already reflects it.
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
+                tracing::warn!(target: "event_gateway::kafka", %error, reason, "kafka broker unreachable")
+            }
+            _ => {
+                tracing::error!(target: "event_gateway::kafka", %error, reason, "kafka client error")
+            }
+        }
+    }
+}
+
+type GatewayProducer = FutureProducer<GatewayContext>;
+
+pub struct KafkaSink {
+    producer: ArcSwap<GatewayProducer>,
+    stats: Arc<Mutex<StatsSnapshot>>,
+    config: KafkaConfig,
+    fenced_in_a_row: AtomicU32,
+    rebuilds: AtomicU32,
+}
+
+/// The librdkafka settings derived from `kafka.*`, before the passthrough map.
+pub fn client_config(c: &KafkaConfig) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    let idempotent = c.idempotence && c.required_acks == RequiredAcks::All;
+    cc.set("bootstrap.servers", c.brokers.join(","))
+        .set("acks", c.required_acks.as_librdkafka())
+        .set("enable.idempotence", idempotent.to_string())
+        .set("message.send.max.retries", c.retries.to_string())
+        .set("batch.num.messages", c.batch_size.to_string())
+        .set("linger.ms", c.linger.as_millis().to_string())
+        .set("compression.type", &c.compression)
+        .set(
+            "message.timeout.ms",
+            c.message_timeout.as_millis().to_string(),
+        )
+        .set(
+            "queue.buffering.max.messages",
+            c.queue_max_messages.to_string(),
+        )
+        .set("message.max.bytes", c.message_max_bytes.to_string())
+        .set("request.timeout.ms", "10000")
+        .set("socket.timeout.ms", "10000")
+        .set("retry.backoff.ms", "100")
+        .set("retry.backoff.max.ms", "1000")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("allow.auto.create.topics", "false")
+        .set("topic.metadata.propagation.max.ms", "5000")
+        .set(
+            "statistics.interval.ms",
+            STATS_INTERVAL.as_millis().to_string(),
+        );
+    for (k, v) in &c.librdkafka {
+        cc.set(k, v);
+    }
+    cc
+}
+
+impl KafkaSink {
+    pub fn new(config: &KafkaConfig) -> Result<Self, Error> {
+        let stats = Arc::new(Mutex::new(StatsSnapshot::default()));
+        let producer = Self::build(config, stats.clone())?;
+        Ok(Self {
+            producer: ArcSwap::from_pointee(producer),
+            stats,
+            config: config.clone(),
+            fenced_in_a_row: AtomicU32::new(0),
+            rebuilds: AtomicU32::new(0),
+        })
+    }
+
+    fn build(
+        config: &KafkaConfig,
+        stats: Arc<Mutex<StatsSnapshot>>,
+    ) -> Result<GatewayProducer, Error> {
+        client_config(config)
+            .create_with_context(GatewayContext { stats })
+            .map_err(|e| Error::Internal(format!("cannot create the Kafka producer: {e}")))
+    }
+
+    /// True when the latest statistics show at least one broker UP.
+    fn broker_reachable(&self) -> bool {
+        let snap = self.stats.lock().expect("stats lock");
+        snap.at.is_some_and(|at| at.elapsed() < STATS_STALE_AFTER)
+            && snap.brokers.iter().any(|b| b.state == "UP")
+    }
+
+    fn record_key<'e>(&self, e: &'e Event) -> Option<&'e str> {
+        let pk = e.extensions.get("partitionkey").map(String::as_str);
+        let subject = e.subject.as_deref();
+        let key = match self.config.key_strategy {
+            KeyStrategy::PartitionkeyOrSubject => pk.or(subject),
+            KeyStrategy::Partitionkey => pk,
+            KeyStrategy::Subject => subject,
+            KeyStrategy::None => None,
+        };
+        // An empty key would hash every record onto one partition; no key means sticky
+        // partitioning instead. Validation already refuses empty values; this keeps it so.
+        key.filter(|k| !k.is_empty())
+    }
+
+    /// Replaces the producer after a fatal error or repeated fencing; the old one is flushed in
+    /// the background so whatever it still holds is delivered or reported.
+    fn rebuild(&self, why: &str) {
+        match Self::build(&self.config, self.stats.clone()) {
+            Ok(p) => {
+                let old = self.producer.swap(Arc::new(p));
+                self.fenced_in_a_row.store(0, Ordering::Relaxed);
+                let n = self.rebuilds.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(why, rebuilds = n, "rebuilt the Kafka producer");
+                let timeout = self.config.message_timeout;
+                tokio::task::spawn_blocking(move || {
+                    let _ = old.flush(timeout);
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "could not rebuild the Kafka producer"),
+        }
+    }
+
+    fn classify(&self, err: &KafkaError) -> Error {
+        use RDKafkaErrorCode as C;
+        let Some(code) = err.rdkafka_error_code() else {
+            return Error::unavailable(format!("kafka: {err}"));
+        };
+        match code {
+            C::QueueFull => Error::Unavailable {
+                message:
+                    "the Kafka producer queue is full (kafka.queue_max_messages); retry shortly"
+                        .into(),
+                retry_after: Duration::from_secs(1),
+            },
+            C::MessageSizeTooLarge => Error::TooLarge {
+                what: "the event as a Kafka record".into(),
+                limit: u64::from(self.config.message_max_bytes),
+                size: None,
+            },
+            C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition => {
+                tracing::error!(topic = %self.config.topic, "Kafka topic does not exist: create it (auto-creation is off) or fix kafka.topic");
+                Error::Internal(format!(
+                    "Kafka topic `{}` does not exist",
+                    self.config.topic
+                ))
+            }
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::Authentication => {
+                tracing::error!(topic = %self.config.topic, error = %err, "the gateway is not allowed to write to Kafka: fix the credentials or ACLs");
+                Error::Internal(format!("not authorized to write to Kafka: {code}"))
+            }
+            C::ProducerFenced
+            | C::InvalidProducerEpoch
+            | C::OutOfOrderSequenceNumber
+            | C::UnknownProducerId
+            | C::Fatal => {
+                let n = self.fenced_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if code == C::Fatal || n >= FENCED_REBUILD_THRESHOLD {
+                    self.rebuild(&format!("{code} ({n} in a row)"));
+                }
+                Error::unavailable(format!(
+                    "the Kafka producer is being reset after {code}; retry"
+                ))
+            }
+            other => Error::unavailable(format!("Kafka did not store the event: {other}")),
+        }
+    }
+
+    fn record_headers(&self, e: &Event) -> OwnedHeaders {
+        let mut h = OwnedHeaders::new_with_capacity(8 + e.extensions.len());
+        match self.config.record_mode {
+            RecordMode::Binary => {
+                for (name, value) in e.binary_attributes() {
+                    let key = format!("ce_{name}");
+                    h = h.insert(Header {
+                        key: &key,
+                        value: Some(value.as_bytes()),
+                    });
+                }
+                if let Some(ct) = e.effective_content_type() {
+                    h = h.insert(Header {
+                        key: "content-type",
+                        value: Some(ct.as_bytes()),
+                    });
+                }
+            }
+            RecordMode::Structured => {
+                h = h.insert(Header {
+                    key: "content-type",
+                    value: Some(b"application/cloudevents+json; charset=utf-8".as_slice()),
+                });
+            }
+        }
+        h
+    }
+}
+
+impl EventSink for KafkaSink {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Vec<Result<Stored, Error>>> {
+        async move {
+            if let Some((code, reason)) = self.producer.load().client().fatal_error() {
+                self.rebuild(&format!("fatal error {code}: {reason}"));
+            }
+            if !self.broker_reachable() {
+                return events
+                    .iter()
+                    .map(|_| {
+                        Err(Error::unavailable(
+                            "no Kafka broker is reachable; retry shortly",
+                        ))
+                    })
+                    .collect();
+            }
+            let producer = self.producer.load_full();
+            // Enqueue every event before awaiting any report, so one batch shares produce
+            // requests; a full queue fails only the events that did not fit, at once.
+            let structured: Vec<Option<Vec<u8>>> = events
+                .iter()
+                .map(|e| match self.config.record_mode {
+                    RecordMode::Structured => Some(e.to_structured_json()),
+                    RecordMode::Binary => None,
+                })
+                .collect();
+            let mut pending = Vec::with_capacity(events.len());
+            for (e, body) in events.iter().zip(&structured) {
+                let mut record: FutureRecord<'_, str, [u8]> =
+                    FutureRecord::to(&self.config.topic).headers(self.record_headers(e));
+                let value = match body {
+                    Some(b) => Some(b.as_slice()),
+                    None => e.data_bytes(),
+                };
+                if let Some(v) = value {
+                    record = record.payload(v);
+                }
+                if let Some(k) = self.record_key(e) {
+                    record = record.key(k);
+                }
+                pending.push(producer.send_result(record).map_err(|(err, _)| err));
+            }
+            let mut out = Vec::with_capacity(events.len());
+            for p in pending {
+                let r = match p {
+                    Err(err) => Err(self.classify(&err)),
+                    Ok(fut) => match fut.await {
+                        Ok(Ok(d)) => {
+                            self.fenced_in_a_row.store(0, Ordering::Relaxed);
+                            Ok(Stored {
+                                partition: d.partition,
+                                offset: d.offset,
+                            })
+                        }
+                        Ok(Err((err, _msg))) => Err(self.classify(&err)),
+                        Err(_canceled) => Err(Error::unavailable(
+                            "the Kafka producer was replaced before reporting; retry",
+                        )),
+                    },
+                };
+                out.push(r);
+            }
+            out
+        }
+        .boxed()
+    }
+
+    fn health(&self) -> SinkHealth {
+        let snap = self.stats.lock().expect("stats lock").clone();
+        let producer = self.producer.load();
+        let ready = self.broker_reachable() && producer.client().fatal_error().is_none();
+        SinkHealth {
+            ready,
+            details: serde_json::json!({
+                "sink": "kafka",
+                "topic": self.config.topic,
+                "brokers_configured": self.config.brokers,
+                "brokers": snap.brokers,
+                "stats_age_ms": snap.at.map(|a| a.elapsed().as_millis() as u64),
+                "queue_depth": snap.queue_depth,
+                "in_flight": producer.in_flight_count(),
+                "producer_rebuilds": self.rebuilds.load(Ordering::Relaxed),
+                "required_acks": self.config.required_acks.as_librdkafka(),
+                "record_mode": self.config.record_mode,
+            }),
+        }
+    }
+
+    fn flush(&self, timeout: Duration) -> BoxFuture<'_, FlushReport> {
+        let producer = self.producer.load_full();
+        async move {
+            // rdkafka's Drop purges the queue and flushes for only 500 ms: flush explicitly.
+            let p = producer.clone();
+            let _ = tokio::task::spawn_blocking(move || p.flush(timeout)).await;
+            let undelivered = producer.in_flight_count().max(0) as usize;
+            if undelivered > 0 {
+                tracing::error!(
+                    undelivered,
+                    "shutdown flush ended with events still undelivered"
+                );
+            }
+            FlushReport { undelivered }
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,53 @@
+//! The tonic service: unwraps each request, calls the core [`Gateway`], and maps errors with
+//! `status.rs`. Nothing cross-cutting lives here (no interceptors): that is the shared stack's.
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::proto::event_gateway_service_server::{EventGatewayService, EventGatewayServiceServer};
+use crate::proto::{
+    IngestBatchRequest, IngestBatchResponse, IngestEventRequest, IngestEventResponse,
+    ValidateRequest, ValidateResponse,
+};
+use crate::service::Gateway;
+use crate::status::batch_reply;
+
+pub struct GrpcService {
+    gateway: Arc<Gateway>,
+}
+
+/// The tonic server for the gateway service, decoding messages up to `max_message_size`.
+pub fn server(
+    gateway: Arc<Gateway>,
+    max_message_size: usize,
+) -> EventGatewayServiceServer<GrpcService> {
+    EventGatewayServiceServer::new(GrpcService { gateway })
+        .max_decoding_message_size(max_message_size)
+}
+
+#[tonic::async_trait]
+impl EventGatewayService for GrpcService {
+    async fn ingest_event(
+        &self,
+        request: Request<IngestEventRequest>,
+    ) -> Result<Response<IngestEventResponse>, Status> {
+        Ok(Response::new(
+            self.gateway.ingest_event(request.into_inner()).await?,
+        ))
+    }
+
+    async fn ingest_batch(
+        &self,
+        request: Request<IngestBatchRequest>,
+    ) -> Result<Response<IngestBatchResponse>, Status> {
+        let items = self.gateway.ingest_batch(request.into_inner()).await?;
+        Ok(Response::new(batch_reply(items)))
+    }
+
+    async fn validate(
+        &self,
+        request: Request<ValidateRequest>,
+    ) -> Result<Response<ValidateResponse>, Status> {
+        Ok(Response::new(self.gateway.validate(request.into_inner())?))
+    }
+}

@@ -1,0 +1,539 @@
+//! The validation rules: turns a wire `CloudEvent` into a normalized [`Event`] or into every
+//! rule it breaks, each named by field path. Ingest and `Validate` both call this, so a dry run
+//! checks exactly what ingest checks. The rules are listed in the README ("Validation rules").
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+
+use crate::error::FieldViolation;
+use crate::event::{Data, Event, JsonValue, SPEC_VERSION};
+use crate::proto::CloudEvent;
+use crate::proto::cloud_event::Payload;
+
+pub const MAX_ID_LEN: usize = 256;
+pub const MAX_TYPE_LEN: usize = 256;
+pub const MAX_URI_LEN: usize = 2048;
+pub const MAX_ATTRIBUTE_LEN: usize = 1024;
+pub const MAX_EXTENSION_NAME_LEN: usize = 20;
+
+/// Attribute names an extension may not take.
+const RESERVED: &[&str] = &[
+    "id",
+    "source",
+    "specversion",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+];
+
+/// The limits that validation enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_event_size: usize,
+    pub max_batch_events: usize,
+}
+
+/// A valid event together with its size in the CloudEvents JSON format.
+pub struct Checked {
+    pub event: Event,
+    pub size: usize,
+}
+
+struct Violations<'p> {
+    prefix: &'p str,
+    list: Vec<FieldViolation>,
+}
+
+impl Violations<'_> {
+    fn add(&mut self, field: &str, description: impl Into<String>) {
+        let field = if field.is_empty() {
+            self.prefix.to_owned()
+        } else {
+            format!("{}.{field}", self.prefix)
+        };
+        self.list.push(FieldViolation::new(field, description));
+    }
+}
+
+fn is_visible_ascii(s: &str) -> bool {
+    s.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// Checks one event. `prefix` is its field path in the request (`event`, `events[3]`); `now`
+/// becomes `time` when the event has none.
+pub fn check_event(
+    ev: CloudEvent,
+    prefix: &str,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<Checked, Vec<FieldViolation>> {
+    let mut v = Violations {
+        prefix,
+        list: Vec::new(),
+    };
+
+    // id: optional; the gateway assigns a UUIDv7 (time-ordered) when absent.
+    let id = if ev.id.is_empty() {
+        uuid::Uuid::now_v7().to_string()
+    } else {
+        if ev.id.len() > MAX_ID_LEN {
+            v.add("id", format!("must be at most {MAX_ID_LEN} characters"));
+        } else if !is_visible_ascii(&ev.id) {
+            v.add(
+                "id",
+                "must be printable ASCII without spaces or control characters",
+            );
+        }
+        ev.id
+    };
+
+    if ev.source.is_empty() {
+        v.add("source", "is required and must not be empty");
+    } else if ev.source.len() > MAX_URI_LEN {
+        v.add(
+            "source",
+            format!("must be at most {MAX_URI_LEN} characters"),
+        );
+    } else if fluent_uri::UriRef::parse(ev.source.as_str()).is_err() {
+        v.add(
+            "source",
+            "must be a URI-reference (RFC 3986), for example `user-service` or `https://example.com/users`",
+        );
+    }
+
+    if !ev.specversion.is_empty() && ev.specversion != SPEC_VERSION {
+        v.add(
+            "specversion",
+            format!("must be \"{SPEC_VERSION}\" (or omitted)"),
+        );
+    }
+
+    if ev.r#type.is_empty() {
+        v.add("type", "is required and must not be empty");
+    } else if ev.r#type.len() > MAX_TYPE_LEN {
+        v.add("type", format!("must be at most {MAX_TYPE_LEN} characters"));
+    } else if !ev
+        .r#type
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-:/+".contains(&b))
+    {
+        v.add(
+            "type",
+            "may contain only letters, digits and . _ - : / +, for example `user.created`",
+        );
+    }
+
+    let subject = (!ev.subject.is_empty()).then_some(ev.subject);
+    if let Some(s) = &subject {
+        if s.len() > MAX_ATTRIBUTE_LEN {
+            v.add(
+                "subject",
+                format!("must be at most {MAX_ATTRIBUTE_LEN} characters"),
+            );
+        } else if has_control(s) {
+            v.add("subject", "must not contain control characters");
+        }
+    }
+
+    let time = match ev.time {
+        None => now,
+        Some(ts) => match DateTime::<Utc>::try_from(ts) {
+            Ok(t) => t,
+            Err(e) => {
+                v.add("time", format!("is not a valid timestamp: {e}"));
+                now
+            }
+        },
+    };
+
+    let datacontenttype = (!ev.datacontenttype.is_empty()).then_some(ev.datacontenttype);
+    let mut json_content = true;
+    if let Some(ct) = &datacontenttype {
+        match ct.parse::<mime::Mime>() {
+            Ok(m) => {
+                json_content = m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON);
+            }
+            Err(_) => v.add(
+                "datacontenttype",
+                "must be an RFC 2046 media type, for example `application/json`",
+            ),
+        }
+    }
+
+    let dataschema = (!ev.dataschema.is_empty()).then_some(ev.dataschema);
+    if let Some(s) = &dataschema {
+        if s.len() > MAX_URI_LEN {
+            v.add(
+                "dataschema",
+                format!("must be at most {MAX_URI_LEN} characters"),
+            );
+        } else if fluent_uri::Uri::parse(s.as_str()).is_err() {
+            v.add(
+                "dataschema",
+                "must be an absolute URI (RFC 3986), for example `https://example.com/schema.json`",
+            );
+        }
+    }
+
+    let data = match ev.payload {
+        None => Data::None,
+        Some(Payload::DataBase64(b)) => Data::Binary(b),
+        Some(Payload::Data(value)) => {
+            let is_string = matches!(value.kind, Some(pbjson_types::value::Kind::StringValue(_)));
+            if !json_content && !is_string {
+                v.add(
+                    "data",
+                    "is a JSON value but datacontenttype is not JSON; send a string, use data_base64, or set a JSON datacontenttype",
+                );
+            }
+            match serde_json::to_string(&JsonValue(&value)) {
+                Ok(s) => Data::Json(RawValue::from_string(s).expect("serde_json output is JSON")),
+                Err(e) => {
+                    v.add("data", format!("is not valid JSON: {e}"));
+                    Data::None
+                }
+            }
+        }
+    };
+
+    let mut extensions = BTreeMap::new();
+    for (name, value) in ev.extensions {
+        let field = format!("extensions[{name}]");
+        if name.is_empty()
+            || name.len() > MAX_EXTENSION_NAME_LEN
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            v.add(
+                &field,
+                format!(
+                    "extension names must be 1-{MAX_EXTENSION_NAME_LEN} characters of a-z and 0-9"
+                ),
+            );
+        } else if RESERVED.contains(&name.as_str()) {
+            v.add(
+                &field,
+                "is a CloudEvents context attribute; set the field itself, not an extension",
+            );
+        }
+        if value.is_empty() {
+            v.add(&field, "must not be empty (omit the extension instead)");
+        } else if value.len() > MAX_ATTRIBUTE_LEN {
+            v.add(
+                &field,
+                format!("must be at most {MAX_ATTRIBUTE_LEN} characters"),
+            );
+        } else if has_control(&value) {
+            v.add(&field, "must not contain control characters");
+        }
+        extensions.insert(name, value);
+    }
+
+    if !v.list.is_empty() {
+        return Err(v.list);
+    }
+    let event = Event {
+        id,
+        source: ev.source,
+        ty: ev.r#type,
+        subject,
+        time,
+        datacontenttype,
+        dataschema,
+        data,
+        extensions,
+    };
+    let size = structured_size(&event);
+    if size > limits.max_event_size {
+        v.add(
+            "",
+            format!(
+                "event is {size} bytes in the CloudEvents JSON format, over the limit of {} bytes (limits.max_event_size)",
+                limits.max_event_size
+            ),
+        );
+        return Err(v.list);
+    }
+    Ok(Checked { event, size })
+}
+
+/// Length of the event's CloudEvents JSON encoding, counted without building it.
+fn structured_size(event: &Event) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter(0);
+    serde_json::to_writer(&mut c, event).expect("an Event always serializes");
+    c.0
+}
+
+/// Checks a whole batch: the count, then every event. All violations of every event are
+/// returned together; the batch is valid only if every event is.
+pub fn check_batch(
+    events: Vec<CloudEvent>,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<Vec<Checked>, Vec<FieldViolation>> {
+    if events.is_empty() {
+        return Err(vec![FieldViolation::new(
+            "events",
+            "must contain at least one event",
+        )]);
+    }
+    if events.len() > limits.max_batch_events {
+        return Err(vec![FieldViolation::new(
+            "events",
+            format!(
+                "has {} events, over the limit of {} per batch (limits.max_batch_events)",
+                events.len(),
+                limits.max_batch_events
+            ),
+        )]);
+    }
+    let mut ok = Vec::with_capacity(events.len());
+    let mut violations = Vec::new();
+    for (i, ev) in events.into_iter().enumerate() {
+        match check_event(ev, &format!("events[{i}]"), limits, now) {
+            Ok(c) => ok.push(c),
+            Err(mut v) => violations.append(&mut v),
+        }
+    }
+    if violations.is_empty() {
+        Ok(ok)
+    } else {
+        Err(violations)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_event_size: 2048,
+        max_batch_events: 3,
+    };
+
+    fn valid() -> CloudEvent {
+        CloudEvent {
+            r#type: "user.created".into(),
+            source: "user-service".into(),
+            ..Default::default()
+        }
+    }
+
+    fn violations(ev: CloudEvent) -> Vec<FieldViolation> {
+        match check_event(ev, "event", &LIMITS, Utc::now()) {
+            Ok(_) => Vec::new(),
+            Err(v) => v,
+        }
+    }
+
+    fn fields(ev: CloudEvent) -> Vec<String> {
+        violations(ev).into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn minimal_event_gets_id_and_time() {
+        let before = Utc::now();
+        let c = check_event(valid(), "event", &LIMITS, Utc::now()).unwrap();
+        let id = uuid::Uuid::parse_str(&c.event.id).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+        assert!(c.event.time >= before);
+        assert_eq!(c.size, c.event.to_structured_json().len());
+    }
+
+    /// Each row: a change to a valid event, and the field path that must be reported.
+    #[test]
+    fn every_rule_names_its_field() {
+        type Case = (&'static str, fn(&mut CloudEvent), &'static str);
+        let cases: &[Case] = &[
+            ("missing type", |e| e.r#type.clear(), "event.type"),
+            ("missing source", |e| e.source.clear(), "event.source"),
+            (
+                "type with space",
+                |e| e.r#type = "user created".into(),
+                "event.type",
+            ),
+            (
+                "type too long",
+                |e| e.r#type = "a".repeat(MAX_TYPE_LEN + 1),
+                "event.type",
+            ),
+            (
+                "source not a URI-ref",
+                |e| e.source = "a b".into(),
+                "event.source",
+            ),
+            (
+                "source too long",
+                |e| e.source = "a".repeat(MAX_URI_LEN + 1),
+                "event.source",
+            ),
+            ("id with space", |e| e.id = "a b".into(), "event.id"),
+            (
+                "id too long",
+                |e| e.id = "a".repeat(MAX_ID_LEN + 1),
+                "event.id",
+            ),
+            (
+                "specversion",
+                |e| e.specversion = "0.3".into(),
+                "event.specversion",
+            ),
+            (
+                "subject control",
+                |e| e.subject = "a\u{7}".into(),
+                "event.subject",
+            ),
+            (
+                "subject too long",
+                |e| e.subject = "a".repeat(MAX_ATTRIBUTE_LEN + 1),
+                "event.subject",
+            ),
+            (
+                "content type",
+                |e| e.datacontenttype = "not a type".into(),
+                "event.datacontenttype",
+            ),
+            (
+                "relative dataschema",
+                |e| e.dataschema = "schema.json".into(),
+                "event.dataschema",
+            ),
+            (
+                "json object with text content type",
+                |e| {
+                    e.datacontenttype = "text/plain".into();
+                    e.payload = Some(Payload::Data(pbjson_types::Value::from(1.0)));
+                },
+                "event.data",
+            ),
+            (
+                "NaN data",
+                |e| e.payload = Some(Payload::Data(pbjson_types::Value::from(f64::NAN))),
+                "event.data",
+            ),
+            (
+                "time out of range",
+                |e| {
+                    e.time = Some(pbjson_types::Timestamp {
+                        seconds: i64::MAX,
+                        nanos: 0,
+                    })
+                },
+                "event.time",
+            ),
+            (
+                "uppercase extension",
+                |e| {
+                    e.extensions.insert("Key".into(), "v".into());
+                },
+                "event.extensions[Key]",
+            ),
+            (
+                "long extension name",
+                |e| {
+                    e.extensions.insert("a".repeat(21), "v".into());
+                },
+                "event.extensions[aaaaaaaaaaaaaaaaaaaaa]",
+            ),
+            (
+                "reserved extension",
+                |e| {
+                    e.extensions.insert("subject".into(), "v".into());
+                },
+                "event.extensions[subject]",
+            ),
+            (
+                "empty extension value",
+                |e| {
+                    e.extensions.insert("traceparent".into(), String::new());
+                },
+                "event.extensions[traceparent]",
+            ),
+            (
+                "too large",
+                |e| e.payload = Some(Payload::Data(pbjson_types::Value::from("x".repeat(4096)))),
+                "event",
+            ),
+        ];
+        for (name, change, field) in cases {
+            let mut ev = valid();
+            change(&mut ev);
+            let got = fields(ev);
+            assert_eq!(got, vec![field.to_string()], "case {name}");
+        }
+    }
+
+    #[test]
+    fn all_violations_are_reported_together() {
+        let ev = CloudEvent {
+            id: "bad id".into(),
+            ..Default::default()
+        };
+        assert_eq!(fields(ev), vec!["event.id", "event.source", "event.type"]);
+    }
+
+    #[test]
+    fn accepted_forms() {
+        let mut ev = valid();
+        ev.source = "https://example.com/users?x=1#frag".into();
+        ev.dataschema = "urn:example:schema".into();
+        ev.datacontenttype = "application/cloudevents+json; charset=utf-8".into();
+        ev.payload = Some(Payload::Data(pbjson_types::Value::from(vec![
+            pbjson_types::Value::from(1.0),
+        ])));
+        ev.extensions.insert("partitionkey".into(), "k1".into());
+        assert!(violations(ev).is_empty());
+
+        let mut ev = valid();
+        ev.datacontenttype = "text/plain".into();
+        ev.payload = Some(Payload::Data(pbjson_types::Value::from("plain text")));
+        assert!(violations(ev).is_empty());
+
+        let mut ev = valid();
+        ev.datacontenttype = "image/png".into();
+        ev.payload = Some(Payload::DataBase64(vec![0, 1, 2]));
+        assert!(violations(ev).is_empty());
+    }
+
+    #[test]
+    fn batch_paths_and_limits() {
+        let now = Utc::now();
+        let err = check_batch(vec![], &LIMITS, now).err().unwrap();
+        assert_eq!(err[0].field, "events");
+        let err = check_batch(vec![valid(); 4], &LIMITS, now).err().unwrap();
+        assert_eq!(err[0].field, "events");
+        assert!(err[0].description.contains("limit of 3"));
+
+        let mut bad = valid();
+        bad.r#type.clear();
+        let err = check_batch(vec![valid(), bad.clone(), bad], &LIMITS, now)
+            .err()
+            .unwrap();
+        let fields: Vec<_> = err.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, vec!["events[1].type", "events[2].type"]);
+        assert_eq!(
+            check_batch(vec![valid(); 3], &LIMITS, now).unwrap().len(),
+            3
+        );
+    }
+}

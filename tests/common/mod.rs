@@ -1,0 +1,396 @@
+//! Test fixtures shared by the integration tests: a gateway served on port 0 through the
+//! library's own `serve`, real clients (tonic, reqwest), a real tansu broker started per test
+//! on a free port, and a Kafka reader that assigns every partition from the beginning.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient;
+use event_gateway::{Config, ServeReport};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; panics with `what` then.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running gateway on 127.0.0.1:<random>.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub data_dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<ServeReport, event_gateway::Error>>>,
+}
+
+/// Defaults for tests: local log in a temp dir, port 0, quiet rate limits.
+pub fn test_config(data_dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.server.address = "127.0.0.1:0".into();
+    c.storage.data_dir = data_dir.to_path_buf();
+    c.rate_limit.enabled = false;
+    c.shutdown.drain_timeout = Duration::from_secs(10);
+    c
+}
+
+impl TestGateway {
+    /// Serves `config` (its data dir replaced by a fresh temp dir when `local_log`).
+    pub async fn start(config: Config) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = config;
+        if config.kafka.brokers.is_empty() {
+            config.storage.data_dir = data_dir.path().to_path_buf();
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(event_gateway::serve(config, listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            data_dir,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn local() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start(test_config(dir.path())).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn grpc(&self) -> EventGatewayServiceClient<Channel> {
+        let ch = Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        EventGatewayServiceClient::new(ch)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Lines of the local log, parsed.
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        let path = self.data_dir.path().join("events.jsonl");
+        match std::fs::read_to_string(path) {
+            Ok(s) => s
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let url = self.url("/health/ready");
+        wait_until(Duration::from_secs(30), "gateway readiness", || {
+            let req = client.get(&url).send();
+            async move { req.await.map(|r| r.status() == 200).unwrap_or(false) }
+        })
+        .await;
+    }
+
+    /// Signals shutdown and waits for `serve` to return.
+    pub async fn stop(mut self) -> ServeReport {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.take().unwrap().await.unwrap().unwrap()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The tansu binary: `$TANSU_BIN`, else `tansu` on PATH, else ~/.cargo/bin/tansu.
+fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return p.into();
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("tansu"))
+            .find(|p| p.is_file())
+    });
+    on_path.unwrap_or_else(|| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        PathBuf::from(home).join(".cargo/bin/tansu")
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tansu broker (in-memory storage) on 127.0.0.1:<free port>, killed on drop.
+pub struct Broker {
+    pub port: u16,
+    child: Child,
+    _cwd: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts a broker on a chosen port without waiting for it.
+    pub fn spawn_on(port: u16) -> Broker {
+        let bin = tansu_bin();
+        assert!(
+            bin.is_file(),
+            "tansu not found at {}: run the README's test command (scripts/test), which installs it",
+            bin.display()
+        );
+        // A clean working directory: tansu reads a .env file from it.
+        let cwd = tempfile::tempdir().unwrap();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(bin)
+            .current_dir(cwd.path())
+            .args([
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--cluster-id",
+                "gateway_test",
+            ])
+            .env_remove("STORAGE_ENGINE")
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env_remove("CLUSTER_ID")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        Broker {
+            port,
+            child,
+            _cwd: cwd,
+        }
+    }
+
+    /// Starts a broker and creates `topic` with `partitions`, waiting until metadata shows it.
+    pub async fn start(topic: &str, partitions: i32) -> Broker {
+        let b = Self::spawn_on(free_port());
+        b.create_topic(topic, partitions).await;
+        b
+    }
+
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "3")
+            .create()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+            let res = admin
+                .create_topics(
+                    &[new],
+                    &AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))),
+                )
+                .await;
+            if let Ok(results) = res
+                && results.iter().all(|r| match r {
+                    Ok(_) => true,
+                    Err((_, code)) => *code == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                })
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "could not create topic {topic}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let consumer = self.consumer();
+        let topic = topic.to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5));
+            if let Ok(md) = md
+                && md
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == topic && t.partitions().len() == partitions as usize)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "topic {topic} never appeared");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn consumer(&self) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("group.id", "gateway-test-reader")
+            .set("enable.auto.commit", "false")
+            .set("fetch.max.bytes", "52428800")
+            .set("log_level", "3")
+            .create()
+            .unwrap()
+    }
+
+    /// SIGSTOP / SIGCONT: an outage without losing the in-memory data.
+    pub fn pause(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+
+    /// Reads `topic` from the beginning of every partition until `expected` records arrived
+    /// (or the deadline passed), and returns them all.
+    pub fn read_all(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
+        let consumer = self.consumer();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    let mut headers = HashMap::new();
+                    if let Some(h) = m.headers() {
+                        for hd in h.iter() {
+                            headers.insert(
+                                hd.key.to_owned(),
+                                String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                            );
+                        }
+                    }
+                    out.push(Record {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        value: m.payload().map(|v| v.to_vec()),
+                        headers,
+                    });
+                }
+                Some(Err(e)) => panic!("consumer error: {e}"),
+                None => {
+                    if out.len() >= expected {
+                        // One more quiet poll found nothing new: the topic is read.
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        signal(self.child.id(), "-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Record {
+    pub fn value_json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.value.as_deref().unwrap_or(b"null")).unwrap()
+    }
+}
+
+/// The seed's example body, verbatim.
+pub const SEED_EVENT: &str = r#"{"type":"user.created","source":"user-service","subject":"user-123","data":{"user_id":"123","email":"user@example.com"}}"#;
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// POSTs a JSON body; returns status and parsed reply.
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, json)
+}
