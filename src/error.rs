@@ -85,6 +85,22 @@ impl Error {
         }
     }
 
+    /// A short machine-readable reason, the `reason` label of `events_ingested_failed_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid",
+            Error::Malformed(_) => "malformed",
+            Error::TooLarge { .. } => "too_large",
+            Error::UnsupportedMediaType { .. } => "unsupported_media_type",
+            Error::NotFound(_) => "not_found",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Unavailable { .. } => "unavailable",
+            Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::Internal(_) => "internal",
+        }
+    }
+
     /// True when the same request may succeed if sent again unchanged.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -33,12 +33,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    event_gateway::telemetry::init(&config.logging);
+    let tracer_provider = event_gateway::telemetry::init(&config.logging);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(&config.server.address).await {
             Ok(l) => l,
             Err(e) => {
@@ -61,7 +61,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Export the spans still buffered before the process ends.
+    let _ = tracer_provider.shutdown();
+    code
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -1,14 +1,21 @@
 //! Assembles the gateway and runs it: builds the sink and the core service, puts the gRPC
 //! services (gateway, health, reflection v1 and v1alpha) and the REST routes on one axum
-//! router and one port, and owns the shutdown sequence: not ready first, optional delay, stop
-//! accepting, drain in-flight requests within a deadline, flush the sink, return.
+//! router behind the shared stack, serves HTTP/1 and h2c on one port with hyper (so header
+//! read timeouts and HTTP/2 keep-alive are ours to set), and owns the shutdown sequence: not
+//! ready first, optional delay, stop accepting, drain in-flight requests within a deadline,
+//! flush the sink, return.
 use std::convert::Infallible;
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -19,7 +26,8 @@ use crate::error::Error;
 use crate::proto;
 use crate::service::Gateway;
 use crate::sink::{self, FlushReport};
-use crate::transport::{grpc, health, rest};
+use crate::telemetry::metrics::Metrics;
+use crate::transport::{grpc, health, rest, stack};
 use crate::validate::Limits;
 
 /// What a finished `serve` reports.
@@ -53,17 +61,19 @@ where
 pub struct App {
     pub router: Router,
     pub gateway: Arc<Gateway>,
+    pub metrics: Arc<Metrics>,
     health_reporter: tonic_health::server::HealthReporter,
 }
 
-/// Builds the sink, the core service and the router for `config`.
+/// Builds the sink, the core service and the router, wrapped in the shared stack.
 pub async fn build(config: &Config) -> Result<App, Error> {
     let sink = sink::from_config(config).await?;
     let limits = Limits {
         max_event_size: config.limits.max_event_size.as_u64() as usize,
         max_batch_events: config.limits.max_batch_events,
     };
-    let gateway = Arc::new(Gateway::new(sink, limits));
+    let metrics = Arc::new(Metrics::new(sink.clone()));
+    let gateway = Arc::new(Gateway::new(sink, limits, metrics.clone()));
     let max_request = config.performance.max_request_size.as_u64() as usize;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -78,19 +88,63 @@ pub async fn build(config: &Config) -> Result<App, Error> {
         .build_v1alpha()
         .map_err(|e| Error::Internal(format!("reflection v1alpha: {e}")))?;
 
-    let mut router = rest::router(gateway.clone(), max_request)
-        .merge(health::router(gateway.clone(), config.redacted()));
-    router = grpc_route(router, grpc::server(gateway.clone(), max_request));
-    router = grpc_route(router, health_service);
-    router = grpc_route(router, reflection_v1);
-    router = grpc_route(router, reflection_v1alpha);
-    let router = router.fallback(rest::fallback);
+    // Ingest routes, both protocols, behind admission (rate limit, load shed, deadline).
+    let ingest = grpc_route(
+        rest::router(gateway.clone(), max_request),
+        grpc::server(gateway.clone(), max_request),
+    );
+    let ingest = stack::admission(ingest, &config.rate_limit, &config.performance);
 
+    // Operational routes stay reachable when ingest is saturated.
+    let mut ops = health::router(gateway.clone(), config.redacted());
+    ops = grpc_route(ops, health_service);
+    ops = grpc_route(ops, reflection_v1);
+    ops = grpc_route(ops, reflection_v1alpha);
+    if config.metrics.enabled {
+        let m = metrics.clone();
+        ops = ops.route(
+            &config.metrics.path,
+            get(move || {
+                let m = m.clone();
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        );
+    }
+
+    let router = stack::observed(ingest.merge(ops).fallback(rest::fallback), metrics.clone());
     Ok(App {
         router,
         gateway,
+        metrics,
         health_reporter,
     })
+}
+
+/// hyper's connection settings from `server.*`.
+fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    // A client gets `read_timeout` to send a request's headers, so slow clients cannot hold
+    // connections (hyper needs the timer for this to take effect at all).
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.server.read_timeout)
+        .keep_alive(true);
+    // HTTP/2 (gRPC): pings find dead peers; an idle connection is closed after idle_timeout
+    // without an answered ping.
+    b.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(config.server.idle_timeout / 2))
+        .keep_alive_timeout(config.server.idle_timeout / 2)
+        .max_concurrent_streams(1024);
+    b
 }
 
 /// Runs the gateway on `listener` until `shutdown` resolves, then drains and flushes.
@@ -127,40 +181,57 @@ pub async fn serve(
     }
 
     tracing::info!(%addr, "event gateway listening (gRPC and REST)");
-    let server = axum::serve(
-        listener,
-        app.router
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(accepting.clone().cancelled_owned())
-    .into_future();
-    let mut server = tokio::spawn(server);
-
-    let mut report = ServeReport::default();
-    tokio::select! {
-        r = &mut server => {
-            health_stop.cancel();
-            let _ = health_task.await;
-            return match r {
-                Ok(Ok(())) => Ok(report),
-                Ok(Err(e)) => Err(Error::Internal(format!("server failed: {e}"))),
-                Err(e) => Err(Error::Internal(format!("server task failed: {e}"))),
-            };
-        }
-        _ = accepting.cancelled() => {}
+    let builder = connection_builder(&config);
+    let graceful = GracefulShutdown::new();
+    let connections = app.metrics.active_connections.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = accepting.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: log, and keep serving the
+                    // connections we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let svc =
+            app.router
+                .clone()
+                .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req.map(axum::body::Body::new)
+                });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let connections = connections.clone();
+        connections.add(1, &[]);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            connections.add(-1, &[]);
+        });
     }
+    drop(listener);
 
-    // Phase 2: in-flight requests finish within the deadline.
+    // Phase 2: open connections finish their in-flight requests within the deadline.
+    let mut report = ServeReport::default();
     let drain_timeout = config.shutdown.drain_timeout;
-    match tokio::time::timeout(drain_timeout, &mut server).await {
-        Ok(_) => tracing::info!("all in-flight requests finished"),
+    match tokio::time::timeout(drain_timeout, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all in-flight requests finished"),
         Err(_) => {
             report.drain_timed_out = true;
             tracing::warn!(
                 ?drain_timeout,
-                "drain deadline passed; closing the remaining connections"
+                "drain deadline passed; remaining connections are dropped"
             );
-            server.abort();
         }
     }
     health_stop.cancel();

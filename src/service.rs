@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::Utc;
 
 use crate::error::Error;
+use crate::event::Event;
 use crate::proto::{
     IngestBatchRequest, IngestEventRequest, IngestEventResponse, ValidateRequest, ValidateResponse,
 };
 use crate::sink::{EventSink, SinkHealth, Stored};
+use crate::telemetry::metrics::Metrics;
 use crate::validate::{self, Checked, Limits};
 
 /// What happened to one event of a batch. Transports turn a list of these into the
@@ -24,16 +26,37 @@ pub struct ItemOutcome {
 pub struct Gateway {
     sink: Arc<dyn EventSink>,
     limits: Limits,
+    metrics: Arc<Metrics>,
     draining: AtomicBool,
 }
 
 impl Gateway {
-    pub fn new(sink: Arc<dyn EventSink>, limits: Limits) -> Self {
+    pub fn new(sink: Arc<dyn EventSink>, limits: Limits, metrics: Arc<Metrics>) -> Self {
         Self {
             sink,
             limits,
+            metrics,
             draining: AtomicBool::new(false),
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Hands events to the sink and counts the outcomes.
+    async fn publish(&self, events: &[Event]) -> Vec<Result<Stored, Error>> {
+        let started = std::time::Instant::now();
+        let outcomes = self.sink.publish(events).await;
+        self.metrics
+            .sink_published(self.sink.name(), started.elapsed());
+        for (e, r) in events.iter().zip(&outcomes) {
+            match r {
+                Ok(_) => self.metrics.event_stored(&e.ty, &e.source),
+                Err(err) => self.metrics.events_failed(1, err.reason()),
+            }
+        }
+        outcomes
     }
 
     pub fn sink(&self) -> &Arc<dyn EventSink> {
@@ -66,10 +89,11 @@ impl Gateway {
         &self,
         req: IngestEventRequest,
     ) -> Result<IngestEventResponse, Error> {
-        let checked = self.check_single(req.event)?;
+        let checked = self.check_single(req.event).inspect_err(|_| {
+            self.metrics.events_failed(1, "invalid");
+        })?;
         let event = checked.event;
         let stored = self
-            .sink
             .publish(std::slice::from_ref(&event))
             .await
             .pop()
@@ -87,10 +111,13 @@ impl Gateway {
     /// least one event was stored the reply is OK with each event's outcome; if none was, the
     /// reply is the error itself (UNAVAILABLE when every failure is retryable).
     pub async fn ingest_batch(&self, req: IngestBatchRequest) -> Result<Vec<ItemOutcome>, Error> {
-        let checked = validate::check_batch(req.events, &self.limits, Utc::now())
-            .map_err(Error::InvalidArgument)?;
+        let count = req.events.len() as u64;
+        let checked = validate::check_batch(req.events, &self.limits, Utc::now()).map_err(|v| {
+            self.metrics.events_failed(count, "invalid");
+            Error::InvalidArgument(v)
+        })?;
         let events: Vec<_> = checked.into_iter().map(|c| c.event).collect();
-        let outcomes = self.sink.publish(&events).await;
+        let outcomes = self.publish(&events).await;
         let stored_count = outcomes.iter().filter(|r| r.is_ok()).count();
         if stored_count == 0 {
             // Prefer a permanent error: retrying would not help.

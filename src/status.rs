@@ -147,6 +147,22 @@ impl IntoResponse for Error {
     }
 }
 
+/// True for gRPC requests (`application/grpc`, `application/grpc+proto`, ...).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// An error rendered for the caller's protocol.
+pub fn respond(grpc: bool, e: Error) -> Response {
+    if grpc {
+        grpc_response(e)
+    } else {
+        e.into_response()
+    }
+}
+
 /// An error as a complete gRPC reply (HTTP 200 with `grpc-status`), for routes that no tonic
 /// service answers.
 pub fn grpc_response(e: Error) -> Response {

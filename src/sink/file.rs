@@ -13,7 +13,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{EventSink, FlushReport, SinkHealth, Stored};
+use super::{EventSink, FlushReport, SinkHealth, SinkStats, Stored};
 use crate::error::Error;
 use crate::event::Event;
 
@@ -225,6 +225,10 @@ impl EventSink for FileSink {
                 "lines": self.next_line.load(Ordering::Relaxed),
                 "writable": ready,
             }),
+            stats: SinkStats {
+                brokers_up: usize::from(ready),
+                ..SinkStats::default()
+            },
         }
     }
 

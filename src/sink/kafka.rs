@@ -17,7 +17,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use std::sync::Mutex;
 
-use super::{EventSink, FlushReport, SinkHealth, Stored};
+use super::{EventSink, FlushReport, SinkHealth, SinkStats, Stored};
 use crate::config::{KafkaConfig, KeyStrategy, RecordMode, RequiredAcks};
 use crate::error::Error;
 use crate::event::Event;
@@ -240,8 +240,17 @@ impl KafkaSink {
         }
     }
 
-    fn record_headers(&self, e: &Event) -> OwnedHeaders {
-        let mut h = OwnedHeaders::new_with_capacity(8 + e.extensions.len());
+    fn record_headers(&self, e: &Event, trace: &[(String, String)]) -> OwnedHeaders {
+        let mut h = OwnedHeaders::new_with_capacity(10 + e.extensions.len());
+        // The gateway's own span context (a child of the client's traceparent, if any), so
+        // consumers continue the request's trace. The event's own `traceparent` extension, if
+        // any, travels unchanged as `ce_traceparent`.
+        for (k, v) in trace {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
         match self.config.record_mode {
             RecordMode::Binary => {
                 for (name, value) in e.binary_attributes() {
@@ -299,10 +308,11 @@ impl EventSink for KafkaSink {
                     RecordMode::Binary => None,
                 })
                 .collect();
+            let trace = crate::telemetry::current_trace_headers();
             let mut pending = Vec::with_capacity(events.len());
             for (e, body) in events.iter().zip(&structured) {
                 let mut record: FutureRecord<'_, str, [u8]> =
-                    FutureRecord::to(&self.config.topic).headers(self.record_headers(e));
+                    FutureRecord::to(&self.config.topic).headers(self.record_headers(e, &trace));
                 let value = match body {
                     Some(b) => Some(b.as_slice()),
                     None => e.data_bytes(),
@@ -344,8 +354,20 @@ impl EventSink for KafkaSink {
         let snap = self.stats.lock().expect("stats lock").clone();
         let producer = self.producer.load();
         let ready = self.broker_reachable() && producer.client().fatal_error().is_none();
+        let in_flight = i64::from(producer.in_flight_count());
+        let stats = SinkStats {
+            queue_depth: snap.queue_depth,
+            in_flight,
+            brokers_up: snap.brokers.iter().filter(|b| b.state == "UP").count(),
+            broker_rtt_ms: snap
+                .brokers
+                .iter()
+                .filter_map(|b| b.rtt_avg_ms.map(|r| (b.name.clone(), r)))
+                .collect(),
+        };
         SinkHealth {
             ready,
+            stats,
             details: serde_json::json!({
                 "sink": "kafka",
                 "topic": self.config.topic,
@@ -353,7 +375,7 @@ impl EventSink for KafkaSink {
                 "brokers": snap.brokers,
                 "stats_age_ms": snap.at.map(|a| a.elapsed().as_millis() as u64),
                 "queue_depth": snap.queue_depth,
-                "in_flight": producer.in_flight_count(),
+                "in_flight": in_flight,
                 "producer_rebuilds": self.rebuilds.load(Ordering::Relaxed),
                 "required_acks": self.config.required_acks.as_librdkafka(),
                 "record_mode": self.config.record_mode,

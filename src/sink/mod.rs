@@ -20,11 +20,22 @@ pub struct Stored {
     pub offset: i64,
 }
 
-/// What a sink reports about itself for readiness and `/health/detailed`.
+/// Numbers a sink reports for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct SinkStats {
+    pub queue_depth: u64,
+    pub in_flight: i64,
+    pub brokers_up: usize,
+    /// (broker, average round-trip time in ms)
+    pub broker_rtt_ms: Vec<(String, f64)>,
+}
+
+/// What a sink reports about itself for readiness, `/health/detailed` and metrics.
 #[derive(Debug, Clone)]
 pub struct SinkHealth {
     pub ready: bool,
     pub details: serde_json::Value,
+    pub stats: SinkStats,
 }
 
 /// What a shutdown flush left undelivered.

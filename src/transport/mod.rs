@@ -3,3 +3,4 @@
 pub mod grpc;
 pub mod health;
 pub mod rest;
+pub mod stack;

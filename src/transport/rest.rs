@@ -78,17 +78,8 @@ async fn method_not_allowed(req: Request) -> Error {
 
 /// Unknown paths: a JSON 404 for HTTP clients; gRPC clients get UNIMPLEMENTED as gRPC expects.
 pub async fn fallback(req: Request) -> Response {
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"));
     let err = Error::NotFound(format!("{} {}", req.method(), req.uri().path()));
-    if grpc {
-        crate::status::grpc_response(err)
-    } else {
-        err.into_response()
-    }
+    crate::status::respond(crate::status::is_grpc(req.headers()), err)
 }
 
 fn json<T: Serialize>(value: &T) -> Response {

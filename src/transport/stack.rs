@@ -1,0 +1,228 @@
+//! The one tower stack, built here and wrapped around gRPC and REST alike (nothing
+//! cross-cutting lives in a tonic interceptor, which REST would skip). Outermost first:
+//!
+//! 1. request id (`x-request-id`, set when absent, echoed on the reply): every later layer and
+//!    log line can name the request;
+//! 2. trace span, parented on an incoming W3C `traceparent` (HTTP header or gRPC metadata,
+//!    which travel the same way): the span is current while the sink runs, so trace context
+//!    reaches the Kafka record headers;
+//! 3. metrics: outside admission so that rejections (429, 503, 504) are counted too;
+//! 4. admission, on the ingest routes only (health, metrics and reflection stay reachable
+//!    under overload): per-client token bucket, then load shedding at
+//!    `performance.max_concurrent_requests`, then the `performance.request_timeout` deadline.
+//!    Rate limiting comes first so a flooding client cannot take concurrency slots.
+//!
+//! Rejections are rendered for the caller's protocol: a gRPC client gets a gRPC status
+//! (RESOURCE_EXHAUSTED with RetryInfo, UNAVAILABLE, DEADLINE_EXCEEDED), never a bare HTTP
+//! status that gRPC would read as UNAVAILABLE.
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::Response;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::{HeaderMap, HeaderValue};
+use opentelemetry::KeyValue;
+use opentelemetry_http::HeaderExtractor;
+use tower::{BoxError, ServiceBuilder};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::config::{PerformanceConfig, RateLimitConfig};
+use crate::error::Error;
+use crate::status::{self, is_grpc};
+use crate::telemetry::metrics::{LABEL_CARDINALITY_CAP, LabelCap, Metrics};
+
+/// Header whose value, when present, is the rate-limit key instead of the peer address.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// How often idle rate-limit buckets are forgotten, bounding the limiter's memory.
+const LIMITER_GC_INTERVAL: Duration = Duration::from_secs(60);
+
+struct RateLimit {
+    limiter: DefaultKeyedRateLimiter<String>,
+    rps: u32,
+    burst: u32,
+}
+
+/// The client key: the API key header when present, else the peer IP address.
+fn client_key(req: &Request) -> String {
+    if let Some(k) = req
+        .headers()
+        .get(API_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        return format!("key:{k}");
+    }
+    match req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
+        None => "ip:unknown".into(),
+    }
+}
+
+async fn rate_limit(State(rl): State<Arc<RateLimit>>, req: Request, next: Next) -> Response {
+    let key = client_key(&req);
+    match rl.limiter.check_key(&key) {
+        Ok(()) => next.run(req).await,
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let grpc = is_grpc(req.headers());
+            let mut resp = status::respond(
+                grpc,
+                Error::RateLimited {
+                    limit: format!(
+                        "{} requests/s, burst {} per client (rate_limit.*)",
+                        rl.rps, rl.burst
+                    ),
+                    retry_after: wait,
+                },
+            );
+            if !grpc {
+                // IETF draft-ietf-httpapi-ratelimit-headers: quota q per window w seconds,
+                // r remaining now, t seconds until a request is allowed again.
+                let window = rl.burst.div_ceil(rl.rps).max(1);
+                let t = wait.as_secs_f64().ceil().max(1.0) as u64;
+                let h = resp.headers_mut();
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("\"per-client\";q={};w={window}", rl.burst))
+                {
+                    h.insert("ratelimit-policy", v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&format!("\"per-client\";r=0;t={t}")) {
+                    h.insert("ratelimit", v);
+                }
+            }
+            resp
+        }
+    }
+}
+
+/// Renders what tower's load-shed and timeout layers return, for the caller's protocol.
+async fn admission_error(headers: HeaderMap, err: BoxError) -> Response {
+    let e = if err.is::<tower::load_shed::error::Overloaded>() {
+        Error::unavailable("the gateway is at performance.max_concurrent_requests; retry shortly")
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        Error::DeadlineExceeded("performance.request_timeout passed".into())
+    } else {
+        Error::Internal(format!("request stack: {err}"))
+    };
+    status::respond(is_grpc(&headers), e)
+}
+
+/// Wraps the ingest routes (REST ingest routes and the gRPC gateway service) in admission.
+pub fn admission(router: Router, rate: &RateLimitConfig, perf: &PerformanceConfig) -> Router {
+    let router = router.route_layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(admission_error))
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                perf.max_concurrent_requests,
+            ))
+            .timeout(perf.request_timeout),
+    );
+    if !rate.enabled {
+        return router;
+    }
+    let rps = NonZeroU32::new(rate.requests_per_second).expect("checked by config");
+    let burst = NonZeroU32::new(rate.burst_size).expect("checked by config");
+    let rl = Arc::new(RateLimit {
+        limiter: RateLimiter::dashmap(Quota::per_second(rps).allow_burst(burst)),
+        rps: rps.get(),
+        burst: burst.get(),
+    });
+    let weak = Arc::downgrade(&rl);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(LIMITER_GC_INTERVAL);
+        loop {
+            tick.tick().await;
+            let Some(rl) = weak.upgrade() else { break };
+            rl.limiter.retain_recent();
+        }
+    });
+    router.route_layer(from_fn_with_state(rl, rate_limit))
+}
+
+struct Observe {
+    metrics: Arc<Metrics>,
+    grpc_methods: LabelCap,
+}
+
+async fn observe(State(o): State<Arc<Observe>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let grpc = is_grpc(req.headers()).then(|| req.uri().path().to_owned());
+    let resp = next.run(req).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let labels = [
+        KeyValue::new("method", method),
+        KeyValue::new("endpoint", endpoint),
+        KeyValue::new("status", i64::from(resp.status().as_u16())),
+    ];
+    o.metrics.http_requests.add(1, &labels);
+    o.metrics.http_duration.record(elapsed, &labels);
+    if let Some(path) = grpc {
+        // A unary reply carries grpc-status in its headers when it failed before any
+        // message (every error here); a success carries it in the trailers: OK.
+        let code = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map(tonic::Code::from)
+            .unwrap_or(tonic::Code::Ok);
+        o.metrics.grpc_requests.add(
+            1,
+            &[
+                KeyValue::new("method", o.grpc_methods.label(&path)),
+                KeyValue::new("code", status::code_name(code)),
+            ],
+        );
+    }
+    resp
+}
+
+fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HeaderExtractor(req.headers()))
+    });
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Wraps every route (ingest, health, metrics, reflection) in id, trace and metrics layers.
+pub fn observed(router: Router, metrics: Arc<Metrics>) -> Router {
+    let o = Arc::new(Observe {
+        metrics,
+        grpc_methods: LabelCap::new(LABEL_CARDINALITY_CAP),
+    });
+    router.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(TraceLayer::new_for_http().make_span_with(make_span))
+            .layer(from_fn_with_state(o, observe)),
+    )
+}
