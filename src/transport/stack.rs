@@ -32,7 +32,7 @@ use opentelemetry::KeyValue;
 use opentelemetry_http::HeaderExtractor;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::config::{PerformanceConfig, RateLimitConfig};
@@ -222,7 +222,13 @@ pub fn observed(router: Router, metrics: Arc<Metrics>) -> Router {
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(TraceLayer::new_for_http().make_span_with(make_span))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(make_span)
+                    // 5xx answers (503 while not ready, for one) are expected states here,
+                    // each already logged where it arises: no second ERROR line per request.
+                    .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+            )
             .layer(from_fn_with_state(o, observe)),
     )
 }
