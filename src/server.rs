@@ -27,7 +27,7 @@ use crate::proto;
 use crate::service::Gateway;
 use crate::sink::{self, FlushReport};
 use crate::telemetry::metrics::Metrics;
-use crate::transport::{grpc, health, rest, stack};
+use crate::transport::{docs, grpc, health, rest, stack};
 use crate::validate::Limits;
 
 /// What a finished `serve` reports.
@@ -96,7 +96,7 @@ pub async fn build(config: &Config) -> Result<App, Error> {
     let ingest = stack::admission(ingest, &config.rate_limit, &config.performance);
 
     // Operational routes stay reachable when ingest is saturated.
-    let mut ops = health::router(gateway.clone(), config.redacted());
+    let mut ops = health::router(gateway.clone(), config.redacted()).merge(docs::router());
     ops = grpc_route(ops, health_service);
     ops = grpc_route(ops, reflection_v1);
     ops = grpc_route(ops, reflection_v1alpha);

@@ -1,0 +1,210 @@
+//! The benchmark's load generator for what wrk cannot drive: gRPC (tonic, HTTP/2), and
+//! open-loop runs at a fixed offered rate, whose latency is measured from each request's
+//! scheduled send time (so a stall is not hidden by coordinated omission).
+//!
+//! `loadgen --proto grpc|rest --addr 127.0.0.1:8090 --batch 1 --concurrency 50
+//!          --connections 4 --seconds 10 [--rate 5000]`
+//! Prints one line of `key=value` figures.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient;
+use event_gateway::proto::{CloudEvent, IngestBatchRequest, IngestEventRequest};
+use hdrhistogram::Histogram;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    #[arg(long, default_value = "grpc")]
+    proto: String,
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    addr: String,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Offered requests per second (open loop); closed loop when absent.
+    #[arg(long)]
+    rate: Option<u64>,
+}
+
+fn event(i: u64) -> serde_json::Value {
+    serde_json::json!({
+        "type": "user.created",
+        "source": "user-service",
+        "subject": format!("user-{}", i % 100_000),
+        "data": {"user_id": i.to_string(), "email": "user@example.com"}
+    })
+}
+
+#[derive(Clone)]
+enum Client {
+    Grpc(Vec<EventGatewayServiceClient<Channel>>),
+    Rest(reqwest::Client, String),
+}
+
+impl Client {
+    async fn send(&self, i: u64, batch: usize) -> bool {
+        match self {
+            Client::Grpc(clients) => {
+                let mut c = clients[(i as usize) % clients.len()].clone();
+                if batch == 1 {
+                    let ev: CloudEvent = serde_json::from_value(event(i)).unwrap();
+                    c.ingest_event(IngestEventRequest { event: Some(ev) })
+                        .await
+                        .is_ok()
+                } else {
+                    let events = (0..batch as u64)
+                        .map(|k| serde_json::from_value(event(i * batch as u64 + k)).unwrap())
+                        .collect();
+                    c.ingest_batch(IngestBatchRequest { events })
+                        .await
+                        .is_ok_and(|r| r.into_inner().failed_count == 0)
+                }
+            }
+            Client::Rest(c, base) => {
+                let (url, body) = if batch == 1 {
+                    (format!("{base}/api/v1/events"), event(i).to_string())
+                } else {
+                    let events: Vec<_> = (0..batch as u64)
+                        .map(|k| event(i * batch as u64 + k))
+                        .collect();
+                    (
+                        format!("{base}/api/v1/events/batch"),
+                        serde_json::json!({ "events": events }).to_string(),
+                    )
+                };
+                c.post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let client = if args.proto == "grpc" {
+        let mut v = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            let ch = Channel::from_shared(format!("http://{}", args.addr))
+                .unwrap()
+                .connect()
+                .await
+                .expect("connect");
+            v.push(EventGatewayServiceClient::new(ch));
+        }
+        Client::Grpc(v)
+    } else {
+        Client::Rest(
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(args.concurrency)
+                .build()
+                .unwrap(),
+            format!("http://{}", args.addr),
+        )
+    };
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    ));
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+
+    match args.rate {
+        None => {
+            let mut tasks = Vec::new();
+            for _ in 0..args.concurrency {
+                let (client, hist, ok, errors, counter) = (
+                    client.clone(),
+                    hist.clone(),
+                    ok.clone(),
+                    errors.clone(),
+                    counter.clone(),
+                );
+                let batch = args.batch;
+                tasks.push(tokio::spawn(async move {
+                    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                    while Instant::now() < deadline {
+                        let i = counter.fetch_add(1, Ordering::Relaxed);
+                        let t = Instant::now();
+                        if client.send(i, batch).await {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            let _ = local.record(t.elapsed().as_micros() as u64);
+                        } else {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    hist.lock().await.add(&local).unwrap();
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+        Some(rate) => {
+            let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut tasks = Vec::new();
+            let mut next_send = Instant::now();
+            while Instant::now() < deadline {
+                tick.tick().await;
+                let scheduled = next_send;
+                next_send += interval;
+                let (client, hist, ok, errors) =
+                    (client.clone(), hist.clone(), ok.clone(), errors.clone());
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let batch = args.batch;
+                tasks.push(tokio::spawn(async move {
+                    if client.send(i, batch).await {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        let _ = hist
+                            .lock()
+                            .await
+                            .record(scheduled.elapsed().as_micros() as u64);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let h = hist.lock().await;
+    let ok = ok.load(Ordering::Relaxed);
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "loadgen proto={} batch={} concurrency={} rate={} requests={} errors={} seconds={:.2} rps={:.0} events_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}",
+        args.proto,
+        args.batch,
+        args.concurrency,
+        args.rate
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "closed".into()),
+        ok,
+        errors.load(Ordering::Relaxed),
+        elapsed,
+        ok as f64 / elapsed,
+        (ok * args.batch as u64) as f64 / elapsed,
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+    );
+}
