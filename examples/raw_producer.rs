@@ -1,6 +1,8 @@
 //! Benchmark ceiling: rdkafka producing seed-sized CloudEvents (binary mode, the gateway's
 //! headers) straight to the broker with the gateway's own producer settings, as fast as the
-//! broker acknowledges them. Prints events/s. `raw_producer BROKERS TOPIC SECONDS`
+//! broker acknowledges them. Prints events/s. `raw_producer BROKERS TOPIC SECONDS [WINDOW] [LINGER_MS]`:
+//! WINDOW deliveries are kept outstanding (20,000 by default: the broker's throughput
+//! ceiling; 50 mimics 50 clients each waiting for its ack).
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -17,25 +19,27 @@ async fn main() {
         .unwrap_or_else(|| "127.0.0.1:19092".into());
     let topic = args.get(2).cloned().unwrap_or_else(|| "bench".into());
     let secs: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10);
-    let config = KafkaConfig {
+    let window: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let mut config = KafkaConfig {
         brokers: vec![brokers],
         topic: topic.clone(),
         ..KafkaConfig::default()
     };
+    if let Some(ms) = args.get(5).and_then(|s| s.parse().ok()) {
+        config.linger = Duration::from_millis(ms);
+    }
     let producer: FutureProducer = event_gateway::sink::kafka::client_config(&config)
         .create()
         .expect("producer");
     let data = br#"{"user_id":"123","email":"user@example.com"}"#;
-    // Keep at most this many deliveries outstanding, like many concurrent requests would.
-    const WINDOW: usize = 20_000;
-    let mut pending = VecDeque::with_capacity(WINDOW);
+    let mut pending = VecDeque::with_capacity(window);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let mut sent = 0u64;
     let mut acked = 0u64;
     let mut failed = 0u64;
     while Instant::now() < deadline {
-        while pending.len() < WINDOW {
+        while pending.len() < window {
             let id = format!("raw-{sent}");
             let subject = format!("user-{}", sent % 1000);
             let headers = OwnedHeaders::new_with_capacity(7)
@@ -94,7 +98,7 @@ async fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "raw_producer events={acked} failed={failed} seconds={elapsed:.2} events_per_sec={:.0}",
+        "raw_producer window={window} events={acked} failed={failed} seconds={elapsed:.2} events_per_sec={:.0}",
         acked as f64 / elapsed
     );
 }
