@@ -6,9 +6,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use event_gateway::Config;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Takes events in over gRPC and JSON REST and puts them into Apache Kafka.
 ///
 /// Settings come from the config file, overridden by GATEWAY_* environment variables
