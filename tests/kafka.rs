@@ -379,6 +379,33 @@ async fn broker_absent_at_start_then_ready_once_it_appears() {
     assert_eq!(ready.status(), 503);
     let live = c.get(gw.url("/health/live")).send().await.unwrap();
     assert_eq!(live.status(), 200);
+    // gRPC: readiness NOT_SERVING, liveness SERVING (what the Kubernetes probes ask).
+    {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let health = HealthClient::new(gw.channel().await);
+        for (service, want) in [
+            ("", ServingStatus::NotServing),
+            (
+                "eventgateway.v1.EventGatewayService",
+                ServingStatus::NotServing,
+            ),
+            ("liveness", ServingStatus::Serving),
+        ] {
+            wait_until(Duration::from_secs(5), "gRPC health status", || {
+                let mut h = health.clone();
+                let req = HealthCheckRequest {
+                    service: service.into(),
+                };
+                async move {
+                    h.check(req)
+                        .await
+                        .is_ok_and(|r| r.into_inner().status == want as i32)
+                }
+            })
+            .await;
+        }
+    }
 
     // Ingest is refused at once with 503 + Retry-After: the client is bounded well below
     // kafka.message_timeout (20 s), so a hanging request fails this test.

@@ -68,6 +68,13 @@ impl Metrics {
     /// Builds the instruments; `sink` feeds the producer gauges at scrape time.
     pub fn new(sink: Arc<dyn EventSink>) -> Self {
         let registry = Registry::new();
+        // process_cpu_seconds_total, process_resident_memory_bytes, open fds: for dashboards.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("a fresh registry takes the process collector");
         let exporter = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
             .without_target_info()

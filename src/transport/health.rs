@@ -1,7 +1,8 @@
 //! Health over both protocols. REST: `/health` (summary), `/health/live` (the process answers),
 //! `/health/ready` (can store events now: not draining and the sink is ready),
 //! `/health/detailed` (everything an operator wants at a glance). gRPC: `grpc.health.v1.Health`
-//! for "" and for the service name, kept in step with readiness by a watcher task.
+//! for "" and for the service name, kept in step with readiness by a watcher task, plus
+//! `liveness`, which is SERVING while the process answers.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,10 @@ pub const ROUTE_HEALTH: &str = "/health";
 pub const ROUTE_LIVE: &str = "/health/live";
 pub const ROUTE_READY: &str = "/health/ready";
 pub const ROUTE_DETAILED: &str = "/health/detailed";
+
+/// gRPC health service name that reports liveness: SERVING while the process answers,
+/// whatever Kafka does, for Kubernetes' native `grpc:` liveness probe.
+pub const GRPC_LIVENESS_SERVICE: &str = "liveness";
 
 /// How often gRPC health is brought in step with readiness.
 const GRPC_HEALTH_POLL: Duration = Duration::from_millis(250);
@@ -119,6 +124,9 @@ pub fn spawn_grpc_health_sync(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        reporter
+            .set_service_status(GRPC_LIVENESS_SERVICE, ServingStatus::Serving)
+            .await;
         let mut last = None;
         loop {
             let (ready, _) = readiness(&gateway);

@@ -162,13 +162,15 @@ async fn observe(State(o): State<Arc<Observe>>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let grpc = is_grpc(req.headers()).then(|| req.uri().path().to_owned());
+    // gRPC routes match `/{service}/{*rest}`: the method path (capped) is the endpoint.
+    let grpc = is_grpc(req.headers()).then(|| o.grpc_methods.label(req.uri().path()));
     let resp = next.run(req).await;
     let elapsed = started.elapsed().as_secs_f64();
     let labels = [
         KeyValue::new("method", method),
-        KeyValue::new("endpoint", endpoint),
+        KeyValue::new("endpoint", grpc.clone().unwrap_or(endpoint)),
         KeyValue::new("status", i64::from(resp.status().as_u16())),
+        KeyValue::new("protocol", if grpc.is_some() { "grpc" } else { "rest" }),
     ];
     o.metrics.http_requests.add(1, &labels);
     o.metrics.http_duration.record(elapsed, &labels);
@@ -185,7 +187,7 @@ async fn observe(State(o): State<Arc<Observe>>, req: Request, next: Next) -> Res
         o.metrics.grpc_requests.add(
             1,
             &[
-                KeyValue::new("method", o.grpc_methods.label(&path)),
+                KeyValue::new("method", path),
                 KeyValue::new("code", status::code_name(code)),
             ],
         );
