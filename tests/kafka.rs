@@ -508,44 +508,13 @@ async fn retriable_broker_errors_end_in_success_without_duplicates() {
     assert_eq!(r["storedCount"], 20);
 
     // Read back from the mock cluster: each event once.
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
-        .set("group.id", "mock-reader")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..2 {
-        tpl.add_partition_offset(TOPIC, p, rdkafka::Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline && seen.values().sum::<usize>() < 20 {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let id = m
-                .headers()
-                .unwrap()
-                .iter()
-                .find(|h| h.key == "ce_id")
-                .map(|h| String::from_utf8_lossy(h.value.unwrap()).into_owned())
-                .unwrap();
-            *seen.entry(id).or_insert(0) += 1;
-        }
-    }
-    // Drain anything further: duplicates would show up here.
-    while let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) {
-        let id = m
-            .headers()
-            .unwrap()
-            .iter()
-            .find(|h| h.key == "ce_id")
-            .map(|h| String::from_utf8_lossy(h.value.unwrap()).into_owned())
-            .unwrap();
-        *seen.entry(id).or_insert(0) += 1;
-    }
+    let records = read_topic(
+        &cluster.bootstrap_servers(),
+        TOPIC,
+        20,
+        Duration::from_secs(20),
+    );
+    let seen = ids_in(&records);
     assert_eq!(seen.len(), 20);
     assert!(seen.values().all(|&n| n == 1), "{seen:?}");
 }

@@ -34,13 +34,7 @@ async fn rest_rate_limit_answers_429_with_retry_after_and_refills() {
     }
     assert_eq!(&statuses[..3], &[200, 200, 200]);
     assert_eq!(statuses[3], 429);
-    let r = c
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(SEED_EVENT)
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(&c, &url, SEED_EVENT).await;
     assert_eq!(r.status(), 429);
     let retry_after: u64 = r.headers()["retry-after"]
         .to_str()
@@ -160,13 +154,7 @@ async fn over_max_concurrent_requests_is_shed_with_503_over_both_protocols() {
         }
     })
     .await;
-    let r = c
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(SEED_EVENT)
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(&c, &url, SEED_EVENT).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     let body: Value = r.json().await.unwrap();

@@ -270,14 +270,7 @@ impl Broker {
     }
 
     fn consumer(&self) -> BaseConsumer {
-        ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("group.id", "gateway-test-reader")
-            .set("enable.auto.commit", "false")
-            .set("fetch.max.bytes", "52428800")
-            .set("log_level", "3")
-            .create()
-            .unwrap()
+        reader(&self.bootstrap())
     }
 
     /// SIGSTOP / SIGCONT: an outage without losing the in-memory data.
@@ -289,52 +282,70 @@ impl Broker {
         signal(self.child.id(), "-CONT");
     }
 
-    /// Reads `topic` from the beginning of every partition until `expected` records arrived
-    /// (or the deadline passed), and returns them all.
+    /// Reads `topic` from the beginning of every partition; see [`read_topic`].
     pub fn read_all(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
-        let consumer = self.consumer();
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
+        read_topic(&self.bootstrap(), topic, expected, timeout)
+    }
+}
+
+/// A consumer for reading topics back: partitions are assigned, never subscribed (tansu's
+/// group coordinator is not what these tests are about), with room for large fetches.
+fn reader(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "gateway-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("log_level", "3")
+        .create()
+        .unwrap()
+}
+
+/// Reads `topic` at `bootstrap` from the beginning of every partition (assigned, no consumer
+/// group) until `expected` records arrived and one more poll finds nothing new, or until
+/// `timeout`; returns every record read, so duplicates show.
+pub fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
+    let consumer = reader(bootstrap);
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
             .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in md.topics()[0].partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
-        let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
-        while Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    let mut headers = HashMap::new();
-                    if let Some(h) = m.headers() {
-                        for hd in h.iter() {
-                            headers.insert(
-                                hd.key.to_owned(),
-                                String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
-                            );
-                        }
+    }
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let mut headers = HashMap::new();
+                if let Some(h) = m.headers() {
+                    for hd in h.iter() {
+                        headers.insert(
+                            hd.key.to_owned(),
+                            String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                        );
                     }
-                    out.push(Record {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                        value: m.payload().map(|v| v.to_vec()),
-                        headers,
-                    });
                 }
-                Some(Err(e)) => panic!("consumer error: {e}"),
-                None => {
-                    if out.len() >= expected {
-                        // One more quiet poll found nothing new: the topic is read.
-                        break;
-                    }
+                out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: m.payload().map(|v| v.to_vec()),
+                    headers,
+                });
+            }
+            Some(Err(e)) => panic!("consumer error: {e}"),
+            None => {
+                if out.len() >= expected {
+                    break;
                 }
             }
         }
-        out
     }
+    out
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -376,19 +387,24 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// POSTs a body as `application/json`; returns the response as it is.
+pub async fn post_raw(client: &reqwest::Client, url: &str, body: &str) -> reqwest::Response {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
 /// POSTs a JSON body; returns status and parsed reply.
 pub async fn post_json(
     client: &reqwest::Client,
     url: &str,
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let r = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(client, url, body).await;
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
