@@ -573,3 +573,28 @@ async fn a_fenced_producer_is_rebuilt_and_the_gateway_recovers() {
         "fencing led to a rebuild: {detailed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_is_a_500_that_names_it() {
+    let broker = Broker::start("some-other-topic", 1).await;
+    let mut config = kafka_config(&broker.bootstrap());
+    config.kafka.topic = "no-such-topic".into();
+    let gw = TestGateway::start(config).await;
+    gw.wait_ready().await;
+    // librdkafka gives up on the topic after topic.metadata.propagation.max.ms (5 s).
+    let r = http()
+        .post(gw.url("/api/v1/events"))
+        .header("content-type", "application/json")
+        .timeout(Duration::from_secs(15))
+        .body(SEED_EVENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 13);
+    assert!(
+        body["message"].as_str().unwrap().contains("no-such-topic"),
+        "{body}"
+    );
+}

@@ -1,0 +1,149 @@
+//! The real binary: `--help`, configuration errors that name the key (file and environment),
+//! `--config` taking effect, and SIGTERM ending a loaded gateway with exit code 0.
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_event-gateway");
+
+#[test]
+fn help_lists_the_config_flag() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--config"), "{text}");
+    assert!(text.contains("GATEWAY_"), "{text}");
+}
+
+#[test]
+fn configuration_errors_name_the_key_and_stop_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "rate_limit:\n  burst: 5\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("burst") && err.contains("rate_limit"), "{err}");
+
+    let out = Command::new(BIN)
+        .args(["--config", bad.to_str().unwrap()])
+        .env("GATEWAY_CONFIG", "/ignored/when/the/flag/is/given.yaml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "server:\n  address: 127.0.0.1:0\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", good.to_str().unwrap()])
+        .env("GATEWAY_KAFKA_REQUIRED_ACKS", "maybe")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("required_acks"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  address: 127.0.0.1:{port}\nstorage:\n  data_dir: {}\nlogging:\n  level: warn\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let c = http();
+    let ready = format!("{base}/health/ready");
+    wait_until(
+        Duration::from_secs(20),
+        "the binary to become ready",
+        || {
+            let r = c.get(&ready).send();
+            async move { r.await.map(|r| r.status() == 200).unwrap_or(false) }
+        },
+    )
+    .await;
+    // Acknowledged events under concurrent load, then SIGTERM while requests are flowing.
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let (c, base) = (c.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..200 {
+                let id = format!("t{t}-{i}");
+                let body = format!(r#"{{"id":"{id}","type":"t","source":"s"}}"#);
+                let sent = c
+                    .post(format!("{base}/api/v1/events"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => acked.push(id),
+                    _ => {}
+                }
+            }
+            acked
+        }));
+    }
+    let log = dir.path().join("data/events.jsonl");
+    wait_until(Duration::from_secs(20), "some events stored", || {
+        let log = log.clone();
+        async move {
+            std::fs::read_to_string(&log)
+                .map(|s| s.lines().count() > 50)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the gateway exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let stored = std::fs::read_to_string(&log).unwrap();
+    let ids: std::collections::HashSet<String> = stored
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    for t in tasks {
+        for id in t.await.unwrap() {
+            assert!(ids.contains(&id), "acknowledged event {id} is in the log");
+        }
+    }
+}
