@@ -206,15 +206,30 @@ pub async fn serve(
                     req.extensions_mut().insert(ConnectInfo(peer));
                     req.map(axum::body::Body::new)
                 });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         let connections = connections.clone();
+        let read_timeout = config.server.read_timeout;
         connections.add(1, &[]);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            // hyper's header timer starts with the first byte; a client that connects and
+            // never sends one would hold the connection for ever (hyperium/hyper#3962).
+            // peek, not readable(): readiness can be reported spuriously, a byte cannot.
+            let mut first = [0u8; 1];
+            if let Ok(Ok(n)) = tokio::time::timeout(read_timeout, stream.peek(&mut first)).await
+                && n > 0
+            {
+                let conn = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(svc),
+                    )
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+            } else {
+                tracing::debug!(%peer, "closed a connection that sent nothing");
             }
             connections.add(-1, &[]);
         });

@@ -419,6 +419,14 @@ async fn a_slow_client_is_cut_off_by_the_header_read_timeout() {
     let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     let read = read.expect("the server must close a connection that stalls in its headers");
     assert!(read.is_err() || buf.is_empty() || String::from_utf8_lossy(&buf).contains("408"));
+    // A client that connects and sends nothing is cut off too.
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut buf))
+        .await
+        .expect("the server must close a connection that never sends a byte")
+        .unwrap();
+    assert!(buf.is_empty());
     // A normal client on a new connection is unaffected.
     let (status, _) = post_json(&http(), &gw.url("/api/v1/events"), SEED_EVENT).await;
     assert_eq!(status, 200);
