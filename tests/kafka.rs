@@ -598,3 +598,46 @@ async fn a_missing_topic_is_a_500_that_names_it() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_answers_503_at_once() {
+    let broker = Broker::start(TOPIC, 1).await;
+    let mut config = kafka_config(&broker.bootstrap());
+    config.kafka.queue_max_messages = 1;
+    let gw = TestGateway::start(config).await;
+    gw.wait_ready().await;
+    // With the broker stopped, the first event sits in the one-message queue.
+    broker.pause();
+    let held = tokio::spawn({
+        let url = gw.url("/api/v1/events");
+        async move { post_json(&http(), &url, SEED_EVENT).await.0 }
+    });
+    let detailed = gw.url("/health/detailed");
+    wait_until(Duration::from_secs(10), "one event queued", || {
+        let r = http().get(&detailed).send();
+        async move {
+            let v: Value = r.await.unwrap().json().await.unwrap();
+            v["sink"]["in_flight"].as_i64() == Some(1)
+        }
+    })
+    .await;
+    // The next one cannot be queued: 503 with Retry-After, without waiting for the broker
+    // (the client's bound is far below kafka.message_timeout).
+    let r = http()
+        .post(gw.url("/api/v1/events"))
+        .header("content-type", "application/json")
+        .timeout(Duration::from_secs(5))
+        .body(SEED_EVENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("queue is full"),
+        "{body}"
+    );
+    broker.resume();
+    assert_eq!(held.await.unwrap(), 200);
+}

@@ -92,6 +92,8 @@ pub struct KafkaSink {
     config: KafkaConfig,
     fenced_in_a_row: AtomicU32,
     rebuilds: AtomicU32,
+    /// Held while a rebuild runs, so concurrent failures replace the producer once.
+    rebuilding: Mutex<()>,
 }
 
 /// The librdkafka settings derived from `kafka.*`, before the passthrough map.
@@ -141,6 +143,7 @@ impl KafkaSink {
             config: config.clone(),
             fenced_in_a_row: AtomicU32::new(0),
             rebuilds: AtomicU32::new(0),
+            rebuilding: Mutex::new(()),
         })
     }
 
@@ -177,6 +180,9 @@ impl KafkaSink {
     /// Replaces the producer after a fatal error or repeated fencing; the old one is flushed in
     /// the background so whatever it still holds is delivered or reported.
     fn rebuild(&self, why: &str) {
+        let Ok(_guard) = self.rebuilding.try_lock() else {
+            return; // another request is replacing it right now
+        };
         match Self::build(&self.config, self.stats.clone()) {
             Ok(p) => {
                 let old = self.producer.swap(Arc::new(p));
