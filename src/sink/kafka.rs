@@ -3,7 +3,8 @@
 //! (UNAVAILABLE) or permanent, derives readiness from librdkafka statistics, and rebuilds the
 //! producer after fatal or fencing errors so the gateway recovers without a restart.
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -43,9 +44,29 @@ struct StatsSnapshot {
     queue_depth: u64,
 }
 
+/// What librdkafka's statistics callback leaves for the request path and for health.
+#[derive(Default)]
+struct Stats {
+    /// For `/health/detailed` and metrics, read on those requests only.
+    snapshot: Mutex<StatsSnapshot>,
+    /// When the latest statistics last showed a broker UP, in ms since `epoch()` (0: none).
+    /// An atomic, so the per-request readiness check shares no lock across requests.
+    up_at_ms: AtomicU64,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    // +1 so that a reading taken at the epoch itself is not mistaken for "never".
+    epoch().elapsed().as_millis() as u64 + 1
+}
+
 /// librdkafka callbacks: statistics feed readiness and `/health/detailed`; errors are logged.
 pub struct GatewayContext {
-    stats: Arc<Mutex<StatsSnapshot>>,
+    stats: Arc<Stats>,
 }
 
 impl ClientContext for GatewayContext {
@@ -63,12 +84,15 @@ impl ClientContext for GatewayContext {
             })
             .collect();
         brokers.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut snap = self.stats.lock().expect("stats lock");
-        *snap = StatsSnapshot {
+        let up = brokers.iter().any(|b| b.state == "UP");
+        *self.stats.snapshot.lock().expect("stats lock") = StatsSnapshot {
             at: Some(Instant::now()),
             brokers,
             queue_depth: s.msg_cnt,
         };
+        self.stats
+            .up_at_ms
+            .store(if up { now_ms() } else { 0 }, Ordering::Relaxed);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -88,7 +112,7 @@ type GatewayProducer = FutureProducer<GatewayContext>;
 
 pub struct KafkaSink {
     producer: ArcSwap<GatewayProducer>,
-    stats: Arc<Mutex<StatsSnapshot>>,
+    stats: Arc<Stats>,
     config: KafkaConfig,
     fenced_in_a_row: AtomicU32,
     rebuilds: AtomicU32,
@@ -135,7 +159,7 @@ pub fn client_config(c: &KafkaConfig) -> ClientConfig {
 
 impl KafkaSink {
     pub fn new(config: &KafkaConfig) -> Result<Self, Error> {
-        let stats = Arc::new(Mutex::new(StatsSnapshot::default()));
+        let stats = Arc::new(Stats::default());
         let producer = Self::build(config, stats.clone())?;
         Ok(Self {
             producer: ArcSwap::from_pointee(producer),
@@ -147,20 +171,16 @@ impl KafkaSink {
         })
     }
 
-    fn build(
-        config: &KafkaConfig,
-        stats: Arc<Mutex<StatsSnapshot>>,
-    ) -> Result<GatewayProducer, Error> {
+    fn build(config: &KafkaConfig, stats: Arc<Stats>) -> Result<GatewayProducer, Error> {
         client_config(config)
             .create_with_context(GatewayContext { stats })
             .map_err(|e| Error::Internal(format!("cannot create the Kafka producer: {e}")))
     }
 
-    /// True when the latest statistics show at least one broker UP.
+    /// True when statistics no older than `STATS_STALE_AFTER` showed at least one broker UP.
     fn broker_reachable(&self) -> bool {
-        let snap = self.stats.lock().expect("stats lock");
-        snap.at.is_some_and(|at| at.elapsed() < STATS_STALE_AFTER)
-            && snap.brokers.iter().any(|b| b.state == "UP")
+        let up_at = self.stats.up_at_ms.load(Ordering::Relaxed);
+        up_at != 0 && now_ms().saturating_sub(up_at) < STATS_STALE_AFTER.as_millis() as u64
     }
 
     fn record_key<'e>(&self, e: &'e Event) -> Option<&'e str> {
@@ -357,7 +377,7 @@ impl EventSink for KafkaSink {
     }
 
     fn health(&self) -> SinkHealth {
-        let snap = self.stats.lock().expect("stats lock").clone();
+        let snap = self.stats.snapshot.lock().expect("stats lock").clone();
         let producer = self.producer.load();
         let ready = self.broker_reachable() && producer.client().fatal_error().is_none();
         let in_flight = i64::from(producer.in_flight_count());
