@@ -2,8 +2,6 @@
 //! parity between them, error mapping, health, reflection, and the contract's routes.
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use event_gateway::proto::{CloudEvent, IngestBatchRequest, IngestEventRequest, ValidateRequest};
 use event_gateway::transport::rest::ROUTES;
@@ -468,21 +466,10 @@ async fn health_over_rest_and_grpc() {
     assert_eq!(d["ready"], true);
     assert!(d["config"]["server"]["address"].is_string());
 
-    let mut health = HealthClient::new(gw.channel().await);
     for service in ["", "eventgateway.v1.EventGatewayService"] {
-        wait_until(Duration::from_secs(5), "gRPC SERVING", || {
-            let mut h = health.clone();
-            let req = HealthCheckRequest {
-                service: service.into(),
-            };
-            async move {
-                h.check(req)
-                    .await
-                    .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
-            }
-        })
-        .await;
+        wait_grpc_health(gw.channel().await, service, ServingStatus::Serving).await;
     }
+    let mut health = HealthClient::new(gw.channel().await);
     let err = health
         .check(HealthCheckRequest {
             service: "no.such.Service".into(),

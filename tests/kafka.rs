@@ -382,8 +382,6 @@ async fn broker_absent_at_start_then_ready_once_it_appears() {
     // gRPC: readiness NOT_SERVING, liveness SERVING (what the Kubernetes probes ask).
     {
         use tonic_health::pb::health_check_response::ServingStatus;
-        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let health = HealthClient::new(gw.channel().await);
         for (service, want) in [
             ("", ServingStatus::NotServing),
             (
@@ -392,31 +390,13 @@ async fn broker_absent_at_start_then_ready_once_it_appears() {
             ),
             ("liveness", ServingStatus::Serving),
         ] {
-            wait_until(Duration::from_secs(5), "gRPC health status", || {
-                let mut h = health.clone();
-                let req = HealthCheckRequest {
-                    service: service.into(),
-                };
-                async move {
-                    h.check(req)
-                        .await
-                        .is_ok_and(|r| r.into_inner().status == want as i32)
-                }
-            })
-            .await;
+            wait_grpc_health(gw.channel().await, service, want).await;
         }
     }
 
     // Ingest is refused at once with 503 + Retry-After: the client is bounded well below
     // kafka.message_timeout (20 s), so a hanging request fails this test.
-    let r = c
-        .post(gw.url("/api/v1/events"))
-        .header("content-type", "application/json")
-        .timeout(Duration::from_secs(5))
-        .body(SEED_EVENT)
-        .send()
-        .await
-        .unwrap();
+    let r = post_seed_within(&gw.url("/api/v1/events"), 5).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     let mut client = gw.grpc().await;
@@ -582,14 +562,7 @@ async fn a_missing_topic_is_a_500_that_names_it() {
     let gw = TestGateway::start(config).await;
     gw.wait_ready().await;
     // librdkafka gives up on the topic after topic.metadata.propagation.max.ms (5 s).
-    let r = http()
-        .post(gw.url("/api/v1/events"))
-        .header("content-type", "application/json")
-        .timeout(Duration::from_secs(15))
-        .body(SEED_EVENT)
-        .send()
-        .await
-        .unwrap();
+    let r = post_seed_within(&gw.url("/api/v1/events"), 15).await;
     assert_eq!(r.status(), 500);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], 13);
@@ -623,14 +596,7 @@ async fn a_full_producer_queue_answers_503_at_once() {
     .await;
     // The next one cannot be queued: 503 with Retry-After, without waiting for the broker
     // (the client's bound is far below kafka.message_timeout).
-    let r = http()
-        .post(gw.url("/api/v1/events"))
-        .header("content-type", "application/json")
-        .timeout(Duration::from_secs(5))
-        .body(SEED_EVENT)
-        .send()
-        .await
-        .unwrap();
+    let r = post_seed_within(&gw.url("/api/v1/events"), 5).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     let body: Value = r.json().await.unwrap();

@@ -435,7 +435,6 @@ async fn a_slow_client_is_cut_off_by_the_header_read_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_turns_readiness_off_first_then_drains() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.shutdown.drain_delay = Duration::from_secs(2);
@@ -443,7 +442,7 @@ async fn shutdown_turns_readiness_off_first_then_drains() {
     gw.wait_ready().await;
     let c = http();
     let ready_url = gw.url("/health/ready");
-    let health = HealthClient::new(gw.channel().await);
+    let channel = gw.channel().await;
     let addr = gw.addr;
     let stopping = tokio::spawn(gw.stop());
     // During the delay: still answering, but not ready, over both protocols.
@@ -452,17 +451,7 @@ async fn shutdown_turns_readiness_off_first_then_drains() {
         async move { r.await.map(|r| r.status() == 503).unwrap_or(false) }
     })
     .await;
-    wait_until(Duration::from_secs(2), "gRPC NOT_SERVING", || {
-        let mut h = health.clone();
-        async move {
-            h.check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .is_ok_and(|r| r.into_inner().status == ServingStatus::NotServing as i32)
-        }
-    })
-    .await;
+    wait_grpc_health(channel, "", ServingStatus::NotServing).await;
     let live = c
         .get(format!("http://{addr}/health/live"))
         .send()

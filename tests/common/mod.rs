@@ -410,3 +410,42 @@ pub async fn post_json(
     let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (status, json)
 }
+
+/// POSTs the seed event with a client deadline of `secs`, for asserting a prompt answer (far
+/// below kafka.message_timeout): a hanging request fails the test instead of waiting.
+pub async fn post_seed_within(url: &str, secs: u64) -> reqwest::Response {
+    http()
+        .post(url)
+        .header("content-type", "application/json")
+        .timeout(Duration::from_secs(secs))
+        .body(SEED_EVENT)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Waits until gRPC health reports `want` for `service`.
+pub async fn wait_grpc_health(
+    channel: Channel,
+    service: &str,
+    want: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let health = HealthClient::new(channel);
+    wait_until(
+        Duration::from_secs(5),
+        &format!("gRPC health {want:?} for {service:?}"),
+        || {
+            let mut h = health.clone();
+            let req = HealthCheckRequest {
+                service: service.into(),
+            };
+            async move {
+                h.check(req)
+                    .await
+                    .is_ok_and(|r| r.into_inner().status == want as i32)
+            }
+        },
+    )
+    .await;
+}
