@@ -8,12 +8,10 @@ use chrono::Utc;
 
 use crate::error::Error;
 use crate::event::Event;
-use crate::proto::{
-    IngestBatchRequest, IngestEventRequest, IngestEventResponse, ValidateRequest, ValidateResponse,
-};
+use crate::proto::{IngestEventResponse, ValidateResponse};
 use crate::sink::{EventSink, SinkHealth, Stored};
 use crate::telemetry::metrics::Metrics;
-use crate::validate::{self, Checked, Limits};
+use crate::validate::{self, Checked, Incoming, Limits};
 
 /// What happened to one event of a batch. Transports turn a list of these into the
 /// `IngestBatchResponse` with `status::batch_reply`, where errors become codes.
@@ -87,9 +85,9 @@ impl Gateway {
 
     pub async fn ingest_event(
         &self,
-        req: IngestEventRequest,
+        event: Option<Incoming>,
     ) -> Result<IngestEventResponse, Error> {
-        let checked = self.check_single(req.event).inspect_err(|_| {
+        let checked = self.check_single(event).inspect_err(|_| {
             self.metrics.events_failed(1, "invalid");
         })?;
         let event = checked.event;
@@ -110,9 +108,9 @@ impl Gateway {
     /// nothing is written, all violations are listed). Delivery is reported per event: if at
     /// least one event was stored the reply is OK with each event's outcome; if none was, the
     /// reply is the error itself (UNAVAILABLE when every failure is retryable).
-    pub async fn ingest_batch(&self, req: IngestBatchRequest) -> Result<Vec<ItemOutcome>, Error> {
-        let count = req.events.len() as u64;
-        let checked = validate::check_batch(req.events, &self.limits, Utc::now()).map_err(|v| {
+    pub async fn ingest_batch(&self, events: Vec<Incoming>) -> Result<Vec<ItemOutcome>, Error> {
+        let count = events.len() as u64;
+        let checked = validate::check_batch(events, &self.limits, Utc::now()).map_err(|v| {
             self.metrics.events_failed(count, "invalid");
             Error::InvalidArgument(v)
         })?;
@@ -140,8 +138,8 @@ impl Gateway {
     }
 
     /// The checks of `ingest_event`, and nothing else: no sink is touched.
-    pub fn validate(&self, req: ValidateRequest) -> Result<ValidateResponse, Error> {
-        let checked = self.check_single(req.event)?;
+    pub fn validate(&self, event: Option<Incoming>) -> Result<ValidateResponse, Error> {
+        let checked = self.check_single(event)?;
         Ok(ValidateResponse {
             valid: true,
             size_bytes: checked.size as u32,
@@ -149,7 +147,7 @@ impl Gateway {
         })
     }
 
-    fn check_single(&self, event: Option<crate::proto::CloudEvent>) -> Result<Checked, Error> {
+    fn check_single(&self, event: Option<Incoming>) -> Result<Checked, Error> {
         let Some(event) = event else {
             return Err(Error::InvalidArgument(vec![
                 crate::error::FieldViolation::new("event", "is required"),

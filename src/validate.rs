@@ -1,6 +1,7 @@
-//! The validation rules: turns a wire `CloudEvent` into a normalized [`Event`] or into every
-//! rule it breaks, each named by field path. Ingest and `Validate` both call this, so a dry run
-//! checks exactly what ingest checks. The rules are listed in the README ("Validation rules").
+//! The validation rules: turns an incoming event (the wire `CloudEvent`, plus the exact JSON
+//! text of `data` when it came over REST) into a normalized [`Event`] or into every rule it
+//! breaks, each named by field path. Ingest and `Validate` both call this, so a dry run checks
+//! exactly what ingest checks. The rules are listed in the README ("Validation rules").
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -38,6 +39,24 @@ pub struct Limits {
     pub max_batch_events: usize,
 }
 
+/// An event as it arrived. gRPC carries `data` as a `google.protobuf.Value` inside `event`;
+/// REST keeps the exact JSON text the client sent in `raw_data` (then `event.payload` is
+/// empty), so numbers, key order and large integers are stored as written.
+#[derive(Debug, Clone, Default)]
+pub struct Incoming {
+    pub event: CloudEvent,
+    pub raw_data: Option<Box<RawValue>>,
+}
+
+impl From<CloudEvent> for Incoming {
+    fn from(event: CloudEvent) -> Self {
+        Self {
+            event,
+            raw_data: None,
+        }
+    }
+}
+
 /// A valid event together with its size in the CloudEvents JSON format.
 pub struct Checked {
     pub event: Event,
@@ -71,11 +90,15 @@ fn has_control(s: &str) -> bool {
 /// Checks one event. `prefix` is its field path in the request (`event`, `events[3]`); `now`
 /// becomes `time` when the event has none.
 pub fn check_event(
-    ev: CloudEvent,
+    incoming: Incoming,
     prefix: &str,
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<Checked, Vec<FieldViolation>> {
+    let Incoming {
+        event: ev,
+        raw_data,
+    } = incoming;
     let mut v = Violations {
         prefix,
         list: Vec::new(),
@@ -184,17 +207,31 @@ pub fn check_event(
         }
     }
 
-    let data = match ev.payload {
-        None => Data::None,
-        Some(Payload::DataBase64(b)) => Data::Binary(b),
-        Some(Payload::Data(value)) => {
+    let non_json_value = |is_string: bool, v: &mut Violations<'_>| {
+        if !json_content && !is_string {
+            v.add(
+                "data",
+                "is a JSON value but datacontenttype is not JSON; send a string, use data_base64, or set a JSON datacontenttype",
+            );
+        }
+    };
+    let data = match (raw_data, ev.payload) {
+        (Some(_), Some(_)) => {
+            v.add(
+                "data",
+                "data and data_base64 are exclusive: send one of them",
+            );
+            Data::None
+        }
+        (Some(raw), None) => {
+            non_json_value(raw.get().starts_with('"'), &mut v);
+            Data::Json(raw)
+        }
+        (None, None) => Data::None,
+        (None, Some(Payload::DataBase64(b))) => Data::Binary(b),
+        (None, Some(Payload::Data(value))) => {
             let is_string = matches!(value.kind, Some(pbjson_types::value::Kind::StringValue(_)));
-            if !json_content && !is_string {
-                v.add(
-                    "data",
-                    "is a JSON value but datacontenttype is not JSON; send a string, use data_base64, or set a JSON datacontenttype",
-                );
-            }
+            non_json_value(is_string, &mut v);
             match serde_json::to_string(&JsonValue(&value)) {
                 Ok(s) => Data::Json(RawValue::from_string(s).expect("serde_json output is JSON")),
                 Err(e) => {
@@ -287,7 +324,7 @@ fn structured_size(event: &Event) -> usize {
 /// Checks a whole batch: the count, then every event. All violations of every event are
 /// returned together; the batch is valid only if every event is.
 pub fn check_batch(
-    events: Vec<CloudEvent>,
+    events: Vec<Incoming>,
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<Vec<Checked>, Vec<FieldViolation>> {
@@ -340,7 +377,7 @@ mod tests {
     }
 
     fn violations(ev: CloudEvent) -> Vec<FieldViolation> {
-        match check_event(ev, "event", &LIMITS, Utc::now()) {
+        match check_event(ev.into(), "event", &LIMITS, Utc::now()) {
             Ok(_) => Vec::new(),
             Err(v) => v,
         }
@@ -353,7 +390,7 @@ mod tests {
     #[test]
     fn minimal_event_gets_id_and_time() {
         let before = Utc::now();
-        let c = check_event(valid(), "event", &LIMITS, Utc::now()).unwrap();
+        let c = check_event(valid().into(), "event", &LIMITS, Utc::now()).unwrap();
         let id = uuid::Uuid::parse_str(&c.event.id).unwrap();
         assert_eq!(id.get_version_num(), 7);
         assert!(c.event.time >= before);
@@ -515,24 +552,65 @@ mod tests {
         assert!(violations(ev).is_empty());
     }
 
+    fn raw(json: &str) -> Incoming {
+        Incoming {
+            event: valid(),
+            raw_data: Some(RawValue::from_string(json.into()).unwrap()),
+        }
+    }
+
+    #[test]
+    fn raw_json_data_is_kept_exactly() {
+        let text = r#"{"z":1.0,"a":[1e3,12345678901234567890],"m":{"y":-0}}"#;
+        let c = check_event(raw(text), "event", &LIMITS, Utc::now()).unwrap();
+        match &c.event.data {
+            Data::Json(r) => assert_eq!(r.get(), text),
+            other => panic!("{other:?}"),
+        }
+        // The content-type rule applies to raw data too: a string is fine as text/plain.
+        let mut ok = raw(r#""hello""#);
+        ok.event.datacontenttype = "text/plain".into();
+        assert!(check_event(ok, "event", &LIMITS, Utc::now()).is_ok());
+        let mut bad = raw("[1]");
+        bad.event.datacontenttype = "text/plain".into();
+        let v = check_event(bad, "event", &LIMITS, Utc::now())
+            .err()
+            .unwrap();
+        assert_eq!(v[0].field, "event.data");
+        let mut both = raw("1");
+        both.event.payload = Some(Payload::DataBase64(vec![1]));
+        let v = check_event(both, "event", &LIMITS, Utc::now())
+            .err()
+            .unwrap();
+        assert_eq!(v[0].field, "event.data");
+    }
+
     #[test]
     fn batch_paths_and_limits() {
         let now = Utc::now();
         let err = check_batch(vec![], &LIMITS, now).err().unwrap();
         assert_eq!(err[0].field, "events");
-        let err = check_batch(vec![valid(); 4], &LIMITS, now).err().unwrap();
+        let err = check_batch(vec![valid().into(); 4], &LIMITS, now)
+            .err()
+            .unwrap();
         assert_eq!(err[0].field, "events");
         assert!(err[0].description.contains("limit of 3"));
 
         let mut bad = valid();
         bad.r#type.clear();
-        let err = check_batch(vec![valid(), bad.clone(), bad], &LIMITS, now)
-            .err()
-            .unwrap();
+        let err = check_batch(
+            vec![valid().into(), bad.clone().into(), bad.into()],
+            &LIMITS,
+            now,
+        )
+        .err()
+        .unwrap();
         let fields: Vec<_> = err.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, vec!["events[1].type", "events[2].type"]);
         assert_eq!(
-            check_batch(vec![valid(); 3], &LIMITS, now).unwrap().len(),
+            check_batch(vec![valid().into(); 3], &LIMITS, now)
+                .unwrap()
+                .len(),
             3
         );
     }

@@ -58,6 +58,19 @@ async fn data_of_every_json_kind_round_trips() {
     }
 }
 
+/// Over REST, `data` is stored byte for byte as sent: key order, number spelling and integers
+/// a double cannot hold all survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_data_is_stored_exactly_as_sent() {
+    let gw = TestGateway::local().await;
+    let data = r#"{"z":1.0,"a":[1e3,12345678901234567890,-0],"m":{"y":"\u00e9"}}"#;
+    let body = format!(r#"{{"type":"t","source":"s","data":{data}}}"#);
+    let (status, reply) = post_json(&http(), &gw.url("/api/v1/events"), &body).await;
+    assert_eq!(status, 200, "{reply}");
+    let text = std::fs::read_to_string(gw.data_dir.path().join("events.jsonl")).unwrap();
+    assert!(text.contains(&format!(r#""data":{data}}}"#)), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn original_and_camel_case_field_names_are_accepted() {
     let gw = TestGateway::local().await;

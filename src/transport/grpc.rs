@@ -11,6 +11,7 @@ use crate::proto::{
 };
 use crate::service::Gateway;
 use crate::status::batch_reply;
+use crate::validate::Incoming;
 
 pub struct GrpcService {
     gateway: Arc<Gateway>,
@@ -31,16 +32,19 @@ impl EventGatewayService for GrpcService {
         &self,
         request: Request<IngestEventRequest>,
     ) -> Result<Response<IngestEventResponse>, Status> {
-        Ok(Response::new(
-            self.gateway.ingest_event(request.into_inner()).await?,
-        ))
+        let event = request.into_inner().event.map(Incoming::from);
+        Ok(Response::new(self.gateway.ingest_event(event).await?))
     }
 
     async fn ingest_batch(
         &self,
         request: Request<IngestBatchRequest>,
     ) -> Result<Response<IngestBatchResponse>, Status> {
-        let items = self.gateway.ingest_batch(request.into_inner()).await?;
+        let events = request.into_inner().events;
+        let items = self
+            .gateway
+            .ingest_batch(events.into_iter().map(Incoming::from).collect())
+            .await?;
         Ok(Response::new(batch_reply(items)))
     }
 
@@ -48,6 +52,7 @@ impl EventGatewayService for GrpcService {
         &self,
         request: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
-        Ok(Response::new(self.gateway.validate(request.into_inner())?))
+        let event = request.into_inner().event.map(Incoming::from);
+        Ok(Response::new(self.gateway.validate(event)?))
     }
 }

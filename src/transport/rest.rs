@@ -1,8 +1,10 @@
 //! JSON REST transcoding: one POST route per RPC, as the contract's `google.api.http`
-//! annotations declare. Bodies are decoded with the proto3 JSON mapping (pbjson: lowerCamelCase
-//! and original field names), passed to the same core [`Gateway`] the gRPC service calls, and
-//! the replies are encoded the same way. Content type, body size and decoding errors are
-//! reported here, as [`Error`]s like every other failure.
+//! annotations declare. Bodies follow the proto3 JSON mapping (lowerCamelCase and original
+//! field names, pbjson's decoders for timestamps and bytes) with one deliberate difference:
+//! `data` is kept as the exact JSON text the client sent (see [`RestEvent`]). Requests go to
+//! the same core [`Gateway`] the gRPC service calls; replies are encoded with pbjson. Content
+//! type, body size and decoding errors are reported here, as [`Error`]s like every other
+//! failure.
 use std::sync::Arc;
 
 use axum::Router;
@@ -12,13 +14,18 @@ use axum::routing::post;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde::Serialize;
+use std::collections::HashMap;
+
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::error::Error;
-use crate::proto::{CloudEvent, IngestBatchRequest, IngestEventRequest, ValidateRequest};
+use crate::proto::CloudEvent;
+use crate::proto::cloud_event::Payload;
 use crate::service::Gateway;
 use crate::status::batch_reply;
+use crate::validate::Incoming;
 
 pub const ROUTE_INGEST_EVENT: &str = "/api/v1/events";
 pub const ROUTE_INGEST_BATCH: &str = "/api/v1/events/batch";
@@ -48,24 +55,76 @@ pub fn router(gateway: Arc<Gateway>, max_body: usize) -> Router {
         .with_state(RestState { gateway, max_body })
 }
 
+/// The REST body of one event: the fields of `eventgateway.v1.CloudEvent` under their proto3
+/// JSON names, decoded with pbjson's own decoders for `time` and `data_base64`. It exists so
+/// that `data` stays the exact JSON text the client sent: pbjson would parse it into a
+/// `google.protobuf.Value`, whose numbers are doubles (integers beyond 2^53 refused) and whose
+/// objects come back with sorted keys, and would spend an allocation on every node. A test
+/// holds these fields to the proto's.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestEvent {
+    id: Option<String>,
+    source: Option<String>,
+    specversion: Option<String>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    subject: Option<String>,
+    time: Option<pbjson_types::Timestamp>,
+    datacontenttype: Option<String>,
+    dataschema: Option<String>,
+    data: Option<Box<RawValue>>,
+    #[serde(alias = "dataBase64")]
+    data_base64: Option<pbjson::private::BytesDeserialize<Vec<u8>>>,
+    extensions: Option<HashMap<String, String>>,
+}
+
+impl From<RestEvent> for Incoming {
+    fn from(e: RestEvent) -> Self {
+        Incoming {
+            event: CloudEvent {
+                id: e.id.unwrap_or_default(),
+                source: e.source.unwrap_or_default(),
+                specversion: e.specversion.unwrap_or_default(),
+                r#type: e.ty.unwrap_or_default(),
+                subject: e.subject.unwrap_or_default(),
+                time: e.time,
+                datacontenttype: e.datacontenttype.unwrap_or_default(),
+                dataschema: e.dataschema.unwrap_or_default(),
+                payload: e.data_base64.map(|b| Payload::DataBase64(b.0)),
+                extensions: e.extensions.unwrap_or_default(),
+            },
+            raw_data: e.data,
+        }
+    }
+}
+
+/// The REST body of `IngestBatch`: `{"events": [...]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestBatch {
+    events: Option<Vec<RestEvent>>,
+}
+
 async fn ingest_event(State(s): State<RestState>, req: Request) -> Result<Response, Error> {
-    let event: CloudEvent = decode(req, s.max_body).await?;
-    let reply = s
-        .gateway
-        .ingest_event(IngestEventRequest { event: Some(event) })
-        .await?;
+    let event: RestEvent = decode(req, s.max_body).await?;
+    let reply = s.gateway.ingest_event(Some(event.into())).await?;
     Ok(json(&reply))
 }
 
 async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Response, Error> {
-    let batch: IngestBatchRequest = decode(req, s.max_body).await?;
-    let items = s.gateway.ingest_batch(batch).await?;
+    let batch: RestBatch = decode(req, s.max_body).await?;
+    let events = batch.events.unwrap_or_default();
+    let items = s
+        .gateway
+        .ingest_batch(events.into_iter().map(Incoming::from).collect())
+        .await?;
     Ok(json(&batch_reply(items)))
 }
 
 async fn validate(State(s): State<RestState>, req: Request) -> Result<Response, Error> {
-    let event: CloudEvent = decode(req, s.max_body).await?;
-    let reply = s.gateway.validate(ValidateRequest { event: Some(event) })?;
+    let event: RestEvent = decode(req, s.max_body).await?;
+    let reply = s.gateway.validate(Some(event.into()))?;
     Ok(json(&reply))
 }
 
@@ -149,4 +208,52 @@ async fn decode<T: DeserializeOwned>(req: Request, max_body: usize) -> Result<T,
     check_content_type(req.headers())?;
     let bytes = read_body(req, max_body).await?;
     serde_json::from_slice(&bytes).map_err(|e| Error::Malformed(format!("invalid JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// serde names every accepted field when it meets an unknown one: they must be the proto's
+    /// fields (original names) plus the lowerCamelCase alias of `data_base64`.
+    #[test]
+    fn rest_event_fields_are_the_protos() {
+        let err = serde_json::from_str::<RestEvent>(r#"{"no_such_field":1}"#)
+            .err()
+            .unwrap()
+            .to_string();
+        let listed: std::collections::BTreeSet<String> = err
+            .split('`')
+            .skip(3)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        let pool = prost_reflect::DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
+        let msg = pool
+            .get_message_by_name("eventgateway.v1.CloudEvent")
+            .expect("CloudEvent");
+        let mut proto: std::collections::BTreeSet<String> =
+            msg.fields().map(|f| f.name().to_owned()).collect();
+        proto.insert("dataBase64".into());
+        assert_eq!(listed, proto, "{err}");
+    }
+
+    #[test]
+    fn data_is_kept_as_sent() {
+        let text = r#"{"type":"t","source":"s","data":{"b":1.0,"a":12345678901234567890}}"#;
+        let e: RestEvent = serde_json::from_str(text).unwrap();
+        let incoming = Incoming::from(e);
+        assert_eq!(
+            incoming.raw_data.unwrap().get(),
+            r#"{"b":1.0,"a":12345678901234567890}"#
+        );
+        let e: RestEvent = serde_json::from_str(r#"{"dataBase64":"AAE=","data":null}"#).unwrap();
+        let incoming = Incoming::from(e);
+        assert!(incoming.raw_data.is_none());
+        assert_eq!(
+            incoming.event.payload,
+            Some(Payload::DataBase64(vec![0, 1]))
+        );
+    }
 }
