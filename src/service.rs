@@ -67,7 +67,7 @@ impl Gateway {
 
     /// Ready to take events: not draining and the sink can store.
     pub fn ready(&self) -> bool {
-        !self.is_draining() && self.sink.health().ready
+        !self.is_draining() && self.sink.is_ready()
     }
 
     pub fn sink_health(&self) -> SinkHealth {

@@ -215,8 +215,19 @@ impl EventSink for FileSink {
         .boxed()
     }
 
+    fn is_ready(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
+    }
+
+    fn stats(&self) -> SinkStats {
+        SinkStats {
+            brokers_up: usize::from(self.is_ready()),
+            ..SinkStats::default()
+        }
+    }
+
     fn health(&self) -> SinkHealth {
-        let ready = self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed();
+        let ready = self.is_ready();
         SinkHealth {
             ready,
             details: serde_json::json!({
@@ -225,10 +236,7 @@ impl EventSink for FileSink {
                 "lines": self.next_line.load(Ordering::Relaxed),
                 "writable": ready,
             }),
-            stats: SinkStats {
-                brokers_up: usize::from(ready),
-                ..SinkStats::default()
-            },
+            stats: self.stats(),
         }
     }
 

@@ -112,7 +112,8 @@ type GatewayProducer = FutureProducer<GatewayContext>;
 
 pub struct KafkaSink {
     producer: ArcSwap<GatewayProducer>,
-    stats: Arc<Stats>,
+    /// Filled by the statistics callback of whichever producer is current.
+    rd_stats: Arc<Stats>,
     config: KafkaConfig,
     fenced_in_a_row: AtomicU32,
     rebuilds: AtomicU32,
@@ -163,7 +164,7 @@ impl KafkaSink {
         let producer = Self::build(config, stats.clone())?;
         Ok(Self {
             producer: ArcSwap::from_pointee(producer),
-            stats,
+            rd_stats: stats,
             config: config.clone(),
             fenced_in_a_row: AtomicU32::new(0),
             rebuilds: AtomicU32::new(0),
@@ -179,7 +180,7 @@ impl KafkaSink {
 
     /// True when statistics no older than `STATS_STALE_AFTER` showed at least one broker UP.
     fn broker_reachable(&self) -> bool {
-        let up_at = self.stats.up_at_ms.load(Ordering::Relaxed);
+        let up_at = self.rd_stats.up_at_ms.load(Ordering::Relaxed);
         up_at != 0 && now_ms().saturating_sub(up_at) < STATS_STALE_AFTER.as_millis() as u64
     }
 
@@ -203,7 +204,7 @@ impl KafkaSink {
         let Ok(_guard) = self.rebuilding.try_lock() else {
             return; // another request is replacing it right now
         };
-        match Self::build(&self.config, self.stats.clone()) {
+        match Self::build(&self.config, self.rd_stats.clone()) {
             Ok(p) => {
                 let old = self.producer.swap(Arc::new(p));
                 self.fenced_in_a_row.store(0, Ordering::Relaxed);
@@ -376,36 +377,42 @@ impl EventSink for KafkaSink {
         .boxed()
     }
 
-    fn health(&self) -> SinkHealth {
-        let snap = self.stats.snapshot.lock().expect("stats lock").clone();
-        let producer = self.producer.load();
-        let ready = self.broker_reachable() && producer.client().fatal_error().is_none();
-        let in_flight = i64::from(producer.in_flight_count());
-        let stats = SinkStats {
+    fn is_ready(&self) -> bool {
+        self.broker_reachable() && self.producer.load().client().fatal_error().is_none()
+    }
+
+    fn stats(&self) -> SinkStats {
+        let snap = self.rd_stats.snapshot.lock().expect("stats lock");
+        SinkStats {
             queue_depth: snap.queue_depth,
-            in_flight,
+            in_flight: i64::from(self.producer.load().in_flight_count()),
             brokers_up: snap.brokers.iter().filter(|b| b.state == "UP").count(),
             broker_rtt_ms: snap
                 .brokers
                 .iter()
                 .filter_map(|b| b.rtt_avg_ms.map(|r| (b.name.clone(), r)))
                 .collect(),
-        };
+        }
+    }
+
+    fn health(&self) -> SinkHealth {
+        let stats = self.stats();
+        let snap = self.rd_stats.snapshot.lock().expect("stats lock").clone();
         SinkHealth {
-            ready,
-            stats,
+            ready: self.is_ready(),
             details: serde_json::json!({
                 "sink": "kafka",
                 "topic": self.config.topic,
                 "brokers_configured": self.config.brokers,
                 "brokers": snap.brokers,
                 "stats_age_ms": snap.at.map(|a| a.elapsed().as_millis() as u64),
-                "queue_depth": snap.queue_depth,
-                "in_flight": in_flight,
+                "queue_depth": stats.queue_depth,
+                "in_flight": stats.in_flight,
                 "producer_rebuilds": self.rebuilds.load(Ordering::Relaxed),
                 "required_acks": self.config.required_acks.as_librdkafka(),
                 "record_mode": self.config.record_mode,
             }),
+            stats,
         }
     }
 

@@ -52,7 +52,13 @@ pub trait EventSink: Send + Sync + 'static {
     /// result per event, in order. `Ok` means durably stored.
     fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Vec<Result<Stored, Error>>>;
 
-    /// Whether the sink can take events now, and details for `/health/detailed`.
+    /// Whether the sink can take events now. Cheap: readiness checks call it often.
+    fn is_ready(&self) -> bool;
+
+    /// Numbers for metrics. Cheap enough for every scrape.
+    fn stats(&self) -> SinkStats;
+
+    /// Readiness, stats and details for `/health/detailed`.
     fn health(&self) -> SinkHealth;
 
     /// Delivers everything still queued, waiting at most `timeout`.

@@ -122,13 +122,13 @@ impl Metrics {
         let _queue = meter
             .i64_observable_gauge("kafka_producer_queue_depth")
             .with_description("Messages waiting in the producer queue (0 for the local log)")
-            .with_callback(move |o| o.observe(s.health().stats.queue_depth as i64, &[]))
+            .with_callback(move |o| o.observe(s.stats().queue_depth as i64, &[]))
             .build();
         let s = sink.clone();
         let _in_flight = meter
             .i64_observable_gauge("kafka_producer_in_flight")
             .with_description("Messages produced but not yet acknowledged")
-            .with_callback(move |o| o.observe(s.health().stats.in_flight, &[]))
+            .with_callback(move |o| o.observe(s.stats().in_flight, &[]))
             .build();
         let s = sink.clone();
         let _rtt = meter
@@ -136,7 +136,7 @@ impl Metrics {
             .with_unit("s")
             .with_description("Average broker round-trip time from librdkafka statistics")
             .with_callback(move |o| {
-                for (broker, rtt_ms) in s.health().stats.broker_rtt_ms {
+                for (broker, rtt_ms) in s.stats().broker_rtt_ms {
                     o.observe(rtt_ms / 1000.0, &[KeyValue::new("broker", broker)]);
                 }
             })
@@ -145,7 +145,7 @@ impl Metrics {
         let _up = meter
             .i64_observable_gauge("kafka_brokers_up")
             .with_description("Brokers in state UP (the local log reports 1 when writable)")
-            .with_callback(move |o| o.observe(s.health().stats.brokers_up as i64, &[]))
+            .with_callback(move |o| o.observe(s.stats().brokers_up as i64, &[]))
             .build();
 
         Self {

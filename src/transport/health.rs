@@ -53,7 +53,7 @@ pub fn router(gateway: Arc<Gateway>, redacted_config: serde_json::Value) -> Rout
 fn readiness(g: &Gateway) -> (bool, &'static str) {
     if g.is_draining() {
         (false, "draining: the gateway is shutting down")
-    } else if !g.sink_health().ready {
+    } else if !g.sink().is_ready() {
         (
             false,
             "the sink cannot store events (no Kafka broker reachable or log not writable)",
