@@ -38,10 +38,6 @@ impl Gateway {
         }
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     /// Hands events to the sink and counts the outcomes.
     async fn publish(&self, events: &[Event]) -> Vec<Result<Stored, Error>> {
         let started = std::time::Instant::now();
@@ -63,11 +59,6 @@ impl Gateway {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
-    }
-
-    /// Ready to take events: not draining and the sink can store.
-    pub fn ready(&self) -> bool {
-        !self.is_draining() && self.sink.is_ready()
     }
 
     pub fn sink_health(&self) -> SinkHealth {

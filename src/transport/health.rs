@@ -50,6 +50,7 @@ pub fn router(gateway: Arc<Gateway>, redacted_config: serde_json::Value) -> Rout
         })
 }
 
+/// Ready to take events: not draining and the sink can store; with the reason when not.
 fn readiness(g: &Gateway) -> (bool, &'static str) {
     if g.is_draining() {
         (false, "draining: the gateway is shutting down")
