@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use event_gateway::proto::{CloudEvent, IngestEventRequest, SERVICE_NAME};
+use event_gateway::proto::SERVICE_NAME;
 use event_gateway::transport::health::{self, GRPC_LIVENESS_SERVICE};
 use serde_json::Value;
 
@@ -167,12 +167,7 @@ async fn dashboards_and_alerts_query_metrics_the_gateway_exports() {
     assert_eq!(s, 200);
     let (s, _) = post_json(&c, &gw.url("/api/v1/events"), r#"{"type":"","source":"s"}"#).await;
     assert_eq!(s, 400);
-    let mut client = gw.grpc().await;
-    let ev: CloudEvent = serde_json::from_str(SEED_EVENT).unwrap();
-    client
-        .ingest_event(IngestEventRequest { event: Some(ev) })
-        .await
-        .unwrap();
+    gw.grpc_ingest_seed().await;
     // Broker statistics arrive every second; wait until they are in the exposition.
     let metrics_url = gw.url("/metrics");
     wait_until(Duration::from_secs(10), "broker RTT in /metrics", || {

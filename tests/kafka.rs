@@ -32,6 +32,20 @@ async fn gateway_for(broker: &Broker) -> TestGateway {
     gw
 }
 
+/// Reads the topic back and asserts every acknowledged id is in it exactly once.
+fn assert_each_stored_once(broker: &Broker, acked: &[String]) -> Vec<Record> {
+    let records = broker.read_all(TOPIC, acked.len(), Duration::from_secs(30));
+    let counts = ids_in(&records);
+    for id in acked {
+        assert_eq!(
+            counts.get(id),
+            Some(&1),
+            "acknowledged event {id} must be stored exactly once"
+        );
+    }
+    records
+}
+
 /// Counts records per `ce_id` header.
 fn ids_in(records: &[Record]) -> HashMap<String, usize> {
     let mut m = HashMap::new();
@@ -288,15 +302,7 @@ async fn every_acked_event_is_stored_exactly_once_under_concurrent_load() {
         acked.extend(ids);
     }
     assert_eq!(acked.len(), 8 * 40 + 4 * 50);
-    let records = broker.read_all(TOPIC, acked.len(), Duration::from_secs(30));
-    let counts = ids_in(&records);
-    for id in &acked {
-        assert_eq!(
-            counts.get(id),
-            Some(&1),
-            "event {id} must be stored exactly once"
-        );
-    }
+    let records = assert_each_stored_once(&broker, &acked);
     assert_eq!(
         records.len(),
         acked.len(),
@@ -349,15 +355,7 @@ async fn a_broker_pause_under_load_loses_nothing_acknowledged() {
         failures.iter().all(|f| f == "503" || f == "Unavailable"),
         "only 503 / UNAVAILABLE may be seen during a pause: {failures:?}"
     );
-    let records = broker.read_all(TOPIC, acked.len(), Duration::from_secs(30));
-    let counts = ids_in(&records);
-    for id in &acked {
-        assert_eq!(
-            counts.get(id),
-            Some(&1),
-            "acked event {id} stored exactly once"
-        );
-    }
+    assert_each_stored_once(&broker, &acked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,15 +446,7 @@ async fn shutdown_flushes_and_keeps_every_acknowledged_event() {
     assert_eq!(report.undelivered, 0);
     assert!(!report.drain_timed_out);
     let (acked, _failures) = load.finish(tasks).await;
-    let records = broker.read_all(TOPIC, acked.len(), Duration::from_secs(30));
-    let counts = ids_in(&records);
-    for id in &acked {
-        assert_eq!(
-            counts.get(id),
-            Some(&1),
-            "acked event {id} survives shutdown"
-        );
-    }
+    assert_each_stored_once(&broker, &acked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

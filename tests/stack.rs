@@ -208,22 +208,10 @@ async fn metrics_reflect_known_traffic_and_pass_promtool() {
     let batch = json!({"events": [{"type":"order.placed","source":"shop"},{"type":"order.placed","source":"shop"}]});
     let (s, _) = post_json(&c, &gw.url("/api/v1/events/batch"), &batch.to_string()).await;
     assert_eq!(s, 200);
-    let mut client = gw.grpc().await;
-    let ev: CloudEvent = serde_json::from_str(SEED_EVENT).unwrap();
-    client
-        .ingest_event(IngestEventRequest { event: Some(ev) })
-        .await
-        .unwrap();
+    gw.grpc_ingest_seed().await;
     let _ = c.get(gw.url("/nope")).send().await.unwrap();
 
-    let text = c
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     let s = samples(&text);
     let req = |endpoint: &str, status: &str| {
         sum_matching(
@@ -326,14 +314,7 @@ async fn client_chosen_labels_are_capped() {
     )
     .await;
     assert_eq!(s, 200);
-    let text = http()
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     let s = samples(&text);
     let series: Vec<_> = s
         .keys()

@@ -114,6 +114,29 @@ impl TestGateway {
         }
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Sends the seed event over gRPC and expects success.
+    pub async fn grpc_ingest_seed(&self) {
+        use event_gateway::proto::{CloudEvent, IngestEventRequest};
+        let ev: CloudEvent = serde_json::from_str(SEED_EVENT).unwrap();
+        self.grpc()
+            .await
+            .ingest_event(IngestEventRequest { event: Some(ev) })
+            .await
+            .unwrap();
+    }
+
     pub async fn wait_ready(&self) {
         let client = reqwest::Client::new();
         let url = self.url("/health/ready");
