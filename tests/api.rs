@@ -467,14 +467,7 @@ async fn health_over_rest_and_grpc() {
         let r = c.get(gw.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
-    let d: Value = c
-        .get(gw.url("/health/detailed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d = gw.get_json("/health/detailed").await;
     assert_eq!(d["sink"]["sink"], "local-log");
     assert_eq!(d["ready"], true);
     assert!(d["config"]["server"]["address"].is_string());

@@ -33,14 +33,7 @@ fn server_routes() -> BTreeSet<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documented_routes_are_exactly_the_servers_routes_and_answer() {
     let gw = TestGateway::local().await;
-    let doc: serde_json::Value = http()
-        .get(gw.url(docs::ROUTE_OPENAPI))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = gw.get_json(docs::ROUTE_OPENAPI).await;
     assert_eq!(&doc, docs::openapi());
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {

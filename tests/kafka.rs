@@ -468,12 +468,7 @@ async fn retriable_broker_errors_end_in_success_without_duplicates() {
     let events: Vec<Value> = (0..20)
         .map(|i| json!({"id": format!("m-{i}"), "type": "mock.test", "source": "tests"}))
         .collect();
-    let (s, r) = post_json(
-        &http(),
-        &gw.url("/api/v1/events/batch"),
-        &json!({ "events": events }).to_string(),
-    )
-    .await;
+    let (s, r) = gw.post_batch(&events).await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["storedCount"], 20);
 
@@ -524,15 +519,7 @@ async fn a_fenced_producer_is_rebuilt_and_the_gateway_recovers() {
     })
     .await;
     let statuses = statuses.lock().unwrap().clone();
-    let detailed: Value = c
-        .get(gw.url("/health/detailed"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    eprintln!("statuses {statuses:?} detailed {}", detailed["sink"]);
+    let detailed = gw.get_json("/health/detailed").await;
     assert!(
         statuses.iter().all(|&s| s == 200 || s == 503),
         "{statuses:?}"

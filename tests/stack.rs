@@ -307,12 +307,7 @@ async fn client_chosen_labels_are_capped() {
     let events: Vec<Value> = (0..150)
         .map(|i| json!({"type": format!("t.{i}"), "source": "s"}))
         .collect();
-    let (s, _) = post_json(
-        &http(),
-        &gw.url("/api/v1/events/batch"),
-        &json!({ "events": events }).to_string(),
-    )
-    .await;
+    let (s, _) = gw.post_batch(&events).await;
     assert_eq!(s, 200);
     let text = gw.metrics().await;
     let s = samples(&text);

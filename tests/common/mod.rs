@@ -114,6 +114,24 @@ impl TestGateway {
         }
     }
 
+    /// GETs `path` and parses the JSON reply.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        http()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs `{"events": events}` to the REST batch route.
+    pub async fn post_batch(&self, events: &[serde_json::Value]) -> (u16, serde_json::Value) {
+        let body = serde_json::json!({ "events": events }).to_string();
+        post_json(&http(), &self.url("/api/v1/events/batch"), &body).await
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         http()
