@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use figment::Figment;
-use figment::providers::{Format, Serialized, Yaml};
+use figment::providers::{Env, Format, Serialized, Yaml};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Every top-level section; `GATEWAY_<SECTION>_<KEY>` maps to `<section>.<key>`. Listed because
@@ -49,7 +49,8 @@ pub struct ServerConfig {
     /// Time a client has to send a request's headers.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
-    /// Time the gateway allows for writing a reply.
+    /// A write to a client that makes no progress for this long (the client stopped reading
+    /// its replies) closes the connection.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
     /// An idle keep-alive connection is closed after this long.
@@ -350,24 +351,50 @@ fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
-/// Maps `rate_limit_requests_per_second` to `rate_limit.requests_per_second`; keys of no known
+/// Maps `RATE_LIMIT_REQUESTS_PER_SECOND` to `rate_limit.requests_per_second`; keys of no known
 /// section pass through unchanged so that `deny_unknown_fields` names them in the error.
 fn env_key_to_path(key: &str) -> String {
+    let key = key.to_ascii_lowercase();
     for section in SECTIONS {
         if let Some(rest) = key.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
             return format!("{section}.{rest}");
         }
     }
-    key.to_owned()
+    key
+}
+
+/// figment's `Env` provider under metadata that names the variable a user actually sets:
+/// `Env` itself would report a bad value as key "RATE_LIMIT.REQUESTS_PER_SECOND".
+struct GatewayEnv(Env);
+
+impl GatewayEnv {
+    fn new() -> Self {
+        // GATEWAY_CONFIG names the file; it is not a setting.
+        Self(
+            Env::prefixed(ENV_PREFIX)
+                .ignore(&["CONFIG"])
+                .map(|key| env_key_to_path(key.as_str()).into()),
+        )
+    }
+}
+
+impl figment::Provider for GatewayEnv {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("the environment")
+            .interpolater(|_, keys| format!("{ENV_PREFIX}{}", keys.join("_").to_ascii_uppercase()))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        self.0.data()
+    }
 }
 
 impl Config {
-    /// Layers defaults < the YAML file (when given and present) < `GATEWAY_*` variables from
-    /// `env`, then checks the values that types alone cannot.
-    pub fn load_from(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    /// Layers defaults < the YAML file (when given; it must exist) < `GATEWAY_*` variables,
+    /// then checks the values that types alone cannot.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
             if !path.exists() {
@@ -378,32 +405,12 @@ impl Config {
             }
             figment = figment.merge(Yaml::file_exact(path));
         }
-        // figment's Env reads the process environment; tests pass their own, so the pairs are
-        // given to it as a provider of already-mapped key paths instead.
-        let mut dict = figment::value::Dict::new();
-        for (k, v) in env {
-            let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            if rest.eq_ignore_ascii_case("CONFIG") {
-                continue; // GATEWAY_CONFIG names the file, it is not a setting.
-            }
-            let path = env_key_to_path(&rest.to_ascii_lowercase());
-            let value: figment::value::Value = v.parse().expect("figment parses any string");
-            insert_path(&mut dict, &path, value);
-        }
-        figment = figment.merge(Serialized::globals(dict));
-        let config: Config = figment.extract().map_err(|e| {
+        let config: Config = figment.merge(GatewayEnv::new()).extract().map_err(|e| {
             let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
             ConfigError(msgs.join("; "))
         })?;
         config.check()?;
         Ok(config)
-    }
-
-    /// Loads with the process environment.
-    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_from(file, std::env::vars())
     }
 
     /// Rules that cross fields or ranges, each naming its key.
@@ -414,6 +421,9 @@ impl Config {
                 "server.address `{}` is not a socket address like 0.0.0.0:8090",
                 self.server.address
             ));
+        }
+        if self.server.write_timeout.is_zero() {
+            errors.push("server.write_timeout must be above 0".into());
         }
         if self.kafka.topic.trim().is_empty() {
             errors.push("kafka.topic must not be empty".into());
@@ -492,45 +502,43 @@ impl Config {
     }
 }
 
-fn insert_path(dict: &mut figment::value::Dict, path: &str, value: figment::value::Value) {
-    match path.split_once('.') {
-        None => {
-            dict.insert(path.to_owned(), value);
-        }
-        Some((head, rest)) => {
-            let entry = dict
-                .entry(head.to_owned())
-                .or_insert_with(|| figment::value::Dict::new().into());
-            if let figment::value::Value::Dict(_, inner) = entry {
-                insert_path(inner, rest, value);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use figment::Jail;
 
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    /// Loads with exactly `env` as the environment, inside a jail (its own working directory,
+    /// variables restored afterwards, one jail at a time).
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn load_with(file: Option<(&str, &str)>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut out = None;
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (k, v) in env {
+                jail.set_env(k, v);
+            }
+            let path = file.map(|(name, text)| {
+                jail.create_file(name, text).unwrap();
+                PathBuf::from(name)
+            });
+            out = Some(Config::load(path.as_deref()));
+            Ok(())
+        });
+        out.unwrap()
     }
 
     #[test]
     fn defaults_are_valid() {
-        let c = Config::load_from(None, env(&[])).unwrap();
+        let c = load_with(None, &[]).unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.server.address, "0.0.0.0:8090");
     }
 
     #[test]
     fn env_names_with_underscored_sections_work() {
-        let c = Config::load_from(
+        let c = load_with(
             None,
-            env(&[
+            &[
                 ("GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND", "42"),
                 ("GATEWAY_RATE_LIMIT_BURST_SIZE", "84"),
                 ("GATEWAY_KAFKA_BROKERS", "127.0.0.1:9092, 127.0.0.2:9092"),
@@ -538,8 +546,9 @@ mod tests {
                 ("GATEWAY_SERVER_ADDRESS", "127.0.0.1:9000"),
                 ("GATEWAY_PERFORMANCE_MAX_REQUEST_SIZE", "1MiB"),
                 ("GATEWAY_KAFKA_REQUIRED_ACKS", "-1"),
+                ("GATEWAY_CONFIG", "names-the-file.yaml"),
                 ("OTHER_VAR", "ignored"),
-            ]),
+            ],
         )
         .unwrap();
         assert_eq!(c.rate_limit.requests_per_second, 42);
@@ -553,15 +562,14 @@ mod tests {
 
     #[test]
     fn file_then_env_layering() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.yaml");
-        std::fs::write(
-            &path,
-            "server:\n  address: 127.0.0.1:7000\n  read_timeout: 5s\nkafka:\n  topic: from-file\n  brokers: [a:1, b:2]\n",
+        let c = load_with(
+            Some((
+                "c.yaml",
+                "server:\n  address: 127.0.0.1:7000\n  read_timeout: 5s\nkafka:\n  topic: from-file\n  brokers: [a:1, b:2]\n",
+            )),
+            &[("GATEWAY_KAFKA_TOPIC", "from-env")],
         )
         .unwrap();
-        let c =
-            Config::load_from(Some(&path), env(&[("GATEWAY_KAFKA_TOPIC", "from-env")])).unwrap();
         assert_eq!(c.server.address, "127.0.0.1:7000");
         assert_eq!(c.server.read_timeout, Duration::from_secs(5));
         assert_eq!(c.kafka.topic, "from-env");
@@ -570,16 +578,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.yaml");
-        std::fs::write(&path, "server:\n  adress: 127.0.0.1:7000\n").unwrap();
-        let err = Config::load_from(Some(&path), env(&[]))
+        let err = load_with(Some(("c.yaml", "server:\n  adress: 127.0.0.1:7000\n")), &[])
             .unwrap_err()
             .to_string();
         assert!(err.contains("adress"), "{err}");
         assert!(err.contains("server"), "{err}");
 
-        let err = Config::load_from(None, env(&[("GATEWAY_KAFKA_TOPICS", "x")]))
+        let err = load_with(None, &[("GATEWAY_KAFKA_TOPICS", "x")])
             .unwrap_err()
             .to_string();
         assert!(err.contains("topics"), "{err}");
@@ -587,25 +592,31 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let err = Config::load_from(
-            None,
-            env(&[("GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND", "fast")]),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("requests_per_second"), "{err}");
-
-        let err = Config::load_from(None, env(&[("GATEWAY_KAFKA_REQUIRED_ACKS", "2")]))
+        let err = load_with(None, &[("GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND", "fast")])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("required_acks"), "{err}");
+        // Named as the variable the user set.
+        assert!(
+            err.contains("GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND"),
+            "{err}"
+        );
 
-        let err = Config::load_from(None, env(&[("GATEWAY_SERVER_ADDRESS", "nowhere")]))
+        let err = load_with(None, &[("GATEWAY_KAFKA_REQUIRED_ACKS", "2")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GATEWAY_KAFKA_REQUIRED_ACKS"), "{err}");
+        // A bad value in the file is named by its key path in the file.
+        let err = load_with(Some(("c.yaml", "kafka:\n  required_acks: 2\n")), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.required_acks"), "{err}");
+
+        let err = load_with(None, &[("GATEWAY_SERVER_ADDRESS", "nowhere")])
             .unwrap_err()
             .to_string();
         assert!(err.contains("server.address"), "{err}");
 
-        let err = Config::load_from(None, env(&[("GATEWAY_PERFORMANCE_REQUEST_TIMEOUT", "5s")]))
+        let err = load_with(None, &[("GATEWAY_PERFORMANCE_REQUEST_TIMEOUT", "5s")])
             .unwrap_err()
             .to_string();
         assert!(err.contains("performance.request_timeout"), "{err}");
@@ -613,7 +624,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_an_error() {
-        let err = Config::load_from(Some(Path::new("/nonexistent/c.yaml")), env(&[]))
+        let err = Config::load(Some(Path::new("/nonexistent/c.yaml")))
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/c.yaml"), "{err}");

@@ -1,5 +1,7 @@
-//! The one error type every layer returns. It says what went wrong in terms of the domain;
-//! `status.rs` is the only place that turns it into a gRPC status or an HTTP reply.
+//! The one error type the core returns. It says what went wrong in terms of the domain;
+//! `transport/status.rs` is the only place that turns it into a gRPC status or an HTTP reply.
+//! Failures only one transport can produce (an unknown REST route, a wrong media type) are
+//! that transport's own rejections; failures to start are `server::StartupError`.
 use std::time::Duration;
 
 /// One broken rule, located by its field path in the request (`events[3].type`).
@@ -33,15 +35,6 @@ pub enum Error {
         limit: u64,
         size: Option<u64>,
     },
-    /// The body's media type is not one we decode.
-    #[error("unsupported media type `{found}`: send {expected}")]
-    UnsupportedMediaType { found: String, expected: String },
-    /// No such route or method.
-    #[error("no route for {0}")]
-    NotFound(String),
-    /// The route exists, the method does not.
-    #[error("method {method} not allowed on {path}; allowed: POST")]
-    MethodNotAllowed { method: String, path: String },
     /// A rate limit or quota was hit; try again after `retry_after`.
     #[error("rate limit exceeded: {limit}; retry after {}s", .retry_after.as_secs().max(1))]
     RateLimited {
@@ -78,6 +71,17 @@ fn summarize(v: &[FieldViolation]) -> String {
 }
 
 impl Error {
+    /// Every value [`Error::reason`] can return, so metrics can start each at zero.
+    pub const REASONS: &'static [&'static str] = &[
+        "invalid",
+        "malformed",
+        "too_large",
+        "rate_limited",
+        "unavailable",
+        "deadline_exceeded",
+        "internal",
+    ];
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Error::Unavailable {
             message: message.into(),
@@ -91,9 +95,6 @@ impl Error {
             Error::InvalidArgument(_) => "invalid",
             Error::Malformed(_) => "malformed",
             Error::TooLarge { .. } => "too_large",
-            Error::UnsupportedMediaType { .. } => "unsupported_media_type",
-            Error::NotFound(_) => "not_found",
-            Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable { .. } => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
@@ -110,9 +111,6 @@ impl Error {
             Error::InvalidArgument(_)
             | Error::Malformed(_)
             | Error::TooLarge { .. }
-            | Error::UnsupportedMediaType { .. }
-            | Error::NotFound(_)
-            | Error::MethodNotAllowed { .. }
             | Error::Internal(_) => false,
         }
     }

@@ -8,11 +8,10 @@ pub mod proto;
 pub mod server;
 pub mod service;
 pub mod sink;
-pub mod status;
 pub mod telemetry;
 pub mod transport;
 pub mod validate;
 
 pub use config::Config;
 pub use error::Error;
-pub use server::{ServeReport, build, serve};
+pub use server::{ServeReport, StartupError, serve};

@@ -3,7 +3,8 @@
 //! router behind the shared stack, serves HTTP/1 and h2c on one port with hyper (so header
 //! read timeouts and HTTP/2 keep-alive are ours to set), and owns the shutdown sequence: not
 //! ready first, optional delay, stop accepting, drain in-flight requests within a deadline,
-//! flush the sink, return.
+//! flush the sink, return. It is the one module that wires everything together: it builds the
+//! metrics registry and hands each part a `Meter`.
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -22,13 +23,25 @@ use tonic::server::NamedService;
 use tower::{Service, ServiceExt};
 
 use crate::config::Config;
-use crate::error::Error;
 use crate::proto;
 use crate::service::Gateway;
 use crate::sink::{self, FlushReport};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::MetricsRegistry;
+use crate::transport::health::Readiness;
+use crate::transport::stack::HttpMetrics;
 use crate::transport::{docs, grpc, health, rest, stack};
 use crate::validate::Limits;
+
+/// Why the gateway could not start; the underlying error is kept as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Sink(#[from] sink::OpenError),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot read the listener's address: {0}")]
+    Listener(#[source] std::io::Error),
+}
 
 /// What a finished `serve` reports.
 #[derive(Debug, Default)]
@@ -58,35 +71,35 @@ where
 }
 
 /// Everything a running gateway is made of, before it is bound to a listener.
-pub struct App {
-    pub router: Router,
-    pub gateway: Arc<Gateway>,
-    pub metrics: Arc<Metrics>,
-    health_reporter: tonic_health::server::HealthReporter,
+struct App {
+    router: Router,
+    gateway: Arc<Gateway>,
+    readiness: Arc<Readiness>,
+    http_metrics: Arc<HttpMetrics>,
 }
 
 /// Builds the sink, the core service and the router, wrapped in the shared stack.
-pub async fn build(config: &Config) -> Result<App, Error> {
-    let sink = sink::from_config(config).await?;
+fn build(config: &Config) -> Result<App, StartupError> {
+    let registry = Arc::new(MetricsRegistry::new());
+    let meter = registry.meter();
+    let sink = sink::from_config(config, &meter)?;
     let limits = Limits {
         max_event_size: config.limits.max_event_size.as_u64() as usize,
         max_batch_events: config.limits.max_batch_events,
     };
-    let metrics = Arc::new(Metrics::new(sink.clone()));
-    let gateway = Arc::new(Gateway::new(sink, limits, metrics.clone()));
+    let gateway = Arc::new(Gateway::new(sink, limits, &meter));
+    let http_metrics = Arc::new(HttpMetrics::new(&meter));
     let max_request = config.performance.max_request_size.as_u64() as usize;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let readiness = Readiness::new(gateway.clone(), health_reporter);
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
         b.register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1()
-        .map_err(|e| Error::Internal(format!("reflection v1: {e}")))?;
-    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1alpha()
-        .map_err(|e| Error::Internal(format!("reflection v1alpha: {e}")))?;
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
+    let reflection_v1alpha =
+        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
 
     // Ingest routes, both protocols, behind admission (rate limit, load shed, deadline).
     let ingest = grpc_route(
@@ -96,16 +109,16 @@ pub async fn build(config: &Config) -> Result<App, Error> {
     let ingest = stack::admission(ingest, &config.rate_limit, &config.performance);
 
     // Operational routes stay reachable when ingest is saturated.
-    let mut ops = health::router(gateway.clone(), config.redacted()).merge(docs::router());
+    let mut ops =
+        health::router(gateway.clone(), readiness.clone(), config.redacted()).merge(docs::router());
     ops = grpc_route(ops, health_service);
     ops = grpc_route(ops, reflection_v1);
     ops = grpc_route(ops, reflection_v1alpha);
     if config.metrics.enabled {
-        let m = metrics.clone();
         ops = ops.route(
             &config.metrics.path,
             get(move || {
-                let m = m.clone();
+                let m = registry.clone();
                 async move {
                     (
                         [(
@@ -119,12 +132,15 @@ pub async fn build(config: &Config) -> Result<App, Error> {
         );
     }
 
-    let router = stack::observed(ingest.merge(ops).fallback(rest::fallback), metrics.clone());
+    let router = stack::observed(
+        ingest.merge(ops).fallback(rest::fallback),
+        http_metrics.clone(),
+    );
     Ok(App {
         router,
         gateway,
-        metrics,
-        health_reporter,
+        readiness,
+        http_metrics,
     })
 }
 
@@ -153,28 +169,27 @@ pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<ServeReport, Error> {
-    let app = build(&config).await?;
+) -> Result<ServeReport, StartupError> {
+    let app = build(&config)?;
     let gateway = app.gateway.clone();
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
+    let addr = listener.local_addr().map_err(StartupError::Listener)?;
 
+    // Readiness is evaluated once before the first connection, so no probe sees "starting".
+    app.readiness.refresh().await;
     let health_stop = CancellationToken::new();
-    let health_task =
-        health::spawn_grpc_health_sync(gateway.clone(), app.health_reporter, health_stop.clone());
+    let health_task = health::spawn_readiness_poll(app.readiness.clone(), health_stop.clone());
 
     // Phase 1 (on the signal): readiness false at once, then the configured delay so load
     // balancers notice, then `accepting` is cancelled and the listener closes.
     let accepting = CancellationToken::new();
     {
-        let gateway = gateway.clone();
+        let readiness = app.readiness.clone();
         let accepting = accepting.clone();
         let delay = config.shutdown.drain_delay;
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!(?delay, "shutdown requested: reporting not ready");
-            gateway.start_draining();
+            readiness.drain().await;
             tokio::time::sleep(delay).await;
             accepting.cancel();
         });
@@ -183,7 +198,7 @@ pub async fn serve(
     tracing::info!(%addr, "event gateway listening (gRPC and REST)");
     let builder = connection_builder(&config);
     let graceful = GracefulShutdown::new();
-    let connections = app.metrics.active_connections.clone();
+    let connections = app.http_metrics.active_connections.clone();
     loop {
         let (stream, peer) = tokio::select! {
             _ = accepting.cancelled() => break,
@@ -210,6 +225,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let connections = connections.clone();
         let read_timeout = config.server.read_timeout;
+        let write_timeout = config.server.write_timeout;
         connections.add(1, &[]);
         tokio::spawn(async move {
             // hyper's header timer starts with the first byte; a client that connects and
@@ -219,9 +235,14 @@ pub async fn serve(
             if let Ok(Ok(n)) = tokio::time::timeout(read_timeout, stream.peek(&mut first)).await
                 && n > 0
             {
+                // hyper has no write timeout: a write that makes no progress for
+                // `write_timeout` (a client that stopped reading its replies) fails, and the
+                // connection with it, instead of holding its buffers for ever.
+                let mut io = tokio_io_timeout::TimeoutStream::new(stream);
+                io.set_write_timeout(Some(write_timeout));
                 let conn = builder
                     .serve_connection_with_upgrades(
-                        TokioIo::new(stream),
+                        TokioIo::new(Box::pin(io)),
                         TowerToHyperService::new(svc),
                     )
                     .into_owned();

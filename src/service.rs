@@ -1,53 +1,129 @@
 //! The core ingest service: the one implementation of `IngestEvent`, `IngestBatch` and
-//! `Validate` behind both gRPC and REST. It validates, hands events to the sink and builds the
-//! replies. It imports nothing from tonic, axum or http: transports adapt to it.
+//! `Validate` behind both gRPC and REST. It validates, hands events to the sink and returns
+//! domain outcomes ([`Ingested`], [`ItemOutcome`], [`Validated`]); the transports encode the
+//! replies. It imports nothing from tonic, axum or http, and no registry wiring: its
+//! instruments are built from the OpenTelemetry `Meter` it is given.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter};
 
-use crate::error::Error;
+use crate::error::{Error, FieldViolation};
 use crate::event::Event;
-use crate::proto::{IngestEventResponse, ValidateResponse};
-use crate::sink::{EventSink, SinkHealth, Stored};
-use crate::telemetry::metrics::Metrics;
+use crate::sink::{EventSink, Stored};
+use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
 use crate::validate::{self, Checked, Incoming, Limits};
 
-/// What happened to one event of a batch. Transports turn a list of these into the
-/// `IngestBatchResponse` with `status::batch_reply`, where errors become codes.
+/// One event stored: its id (assigned when the client sent none), where it is, and its time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ingested {
+    pub id: String,
+    pub stored: Stored,
+    pub time: DateTime<Utc>,
+}
+
+/// What happened to one event of a batch, in request order.
 #[derive(Debug)]
 pub struct ItemOutcome {
     pub id: String,
     pub result: Result<Stored, Error>,
 }
 
+/// A dry run that passed: the event's size in the CloudEvents JSON format and the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validated {
+    pub size: usize,
+    pub max_event_size: usize,
+}
+
+/// The core's instruments: outcomes per event and time spent in the sink.
+struct IngestMetrics {
+    ingested: Counter<u64>,
+    failed: Counter<u64>,
+    sink_publish: Histogram<f64>,
+    types: LabelCap,
+    sources: LabelCap,
+}
+
+impl IngestMetrics {
+    fn new(meter: &Meter) -> Self {
+        let failed = meter
+            .u64_counter("events_ingested_failed")
+            .with_description("Events not stored, by reason")
+            .build();
+        // Every reason exists from the start at 0, so `rate()` and dashboards can tell "none
+        // failed" from "no data".
+        for reason in Error::REASONS {
+            failed.add(0, &[KeyValue::new("reason", *reason)]);
+        }
+        Self {
+            ingested: meter
+                .u64_counter("events_ingested")
+                .with_description("Events stored, by type and source (capped label sets)")
+                .build(),
+            failed,
+            sink_publish: meter
+                .f64_histogram("sink_publish_duration")
+                .with_unit("s")
+                .with_description(
+                    "Time from handing events to the sink to the last acknowledgement",
+                )
+                .with_boundaries(LATENCY_BUCKETS.to_vec())
+                .build(),
+            types: LabelCap::default(),
+            sources: LabelCap::default(),
+        }
+    }
+
+    fn stored(&self, e: &Event) {
+        self.ingested.add(
+            1,
+            &[
+                KeyValue::new("type", self.types.label(&e.ty)),
+                KeyValue::new("source", self.sources.label(&e.source)),
+            ],
+        );
+    }
+
+    fn failed(&self, n: u64, reason: &'static str) {
+        self.failed.add(n, &[KeyValue::new("reason", reason)]);
+    }
+
+    fn published(&self, sink: &'static str, took: Duration) {
+        self.sink_publish
+            .record(took.as_secs_f64(), &[KeyValue::new("sink", sink)]);
+    }
+}
+
 pub struct Gateway {
     sink: Arc<dyn EventSink>,
     limits: Limits,
-    metrics: Arc<Metrics>,
+    metrics: IngestMetrics,
     draining: AtomicBool,
 }
 
 impl Gateway {
-    pub fn new(sink: Arc<dyn EventSink>, limits: Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(sink: Arc<dyn EventSink>, limits: Limits, meter: &Meter) -> Self {
         Self {
             sink,
             limits,
-            metrics,
+            metrics: IngestMetrics::new(meter),
             draining: AtomicBool::new(false),
         }
     }
 
     /// Hands events to the sink and counts the outcomes.
     async fn publish(&self, events: &[Event]) -> Vec<Result<Stored, Error>> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let outcomes = self.sink.publish(events).await;
-        self.metrics
-            .sink_published(self.sink.name(), started.elapsed());
+        self.metrics.published(self.sink.name(), started.elapsed());
         for (e, r) in events.iter().zip(&outcomes) {
             match r {
-                Ok(_) => self.metrics.event_stored(&e.ty, &e.source),
-                Err(err) => self.metrics.events_failed(1, err.reason()),
+                Ok(_) => self.metrics.stored(e),
+                Err(err) => self.metrics.failed(1, err.reason()),
             }
         }
         outcomes
@@ -61,10 +137,6 @@ impl Gateway {
         &self.limits
     }
 
-    pub fn sink_health(&self) -> SinkHealth {
-        self.sink.health()
-    }
-
     /// From now on readiness is false; requests already admitted still complete.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
@@ -74,12 +146,9 @@ impl Gateway {
         self.draining.load(Ordering::SeqCst)
     }
 
-    pub async fn ingest_event(
-        &self,
-        event: Option<Incoming>,
-    ) -> Result<IngestEventResponse, Error> {
+    pub async fn ingest_event(&self, event: Option<Incoming>) -> Result<Ingested, Error> {
         let checked = self.check_single(event).inspect_err(|_| {
-            self.metrics.events_failed(1, "invalid");
+            self.metrics.failed(1, "invalid");
         })?;
         let event = checked.event;
         let stored = self
@@ -87,11 +156,10 @@ impl Gateway {
             .await
             .pop()
             .expect("one result per event")?;
-        Ok(IngestEventResponse {
+        Ok(Ingested {
             id: event.id,
-            partition: stored.partition,
-            offset: stored.offset,
-            time: Some(event.time.into()),
+            stored,
+            time: event.time,
         })
     }
 
@@ -102,7 +170,7 @@ impl Gateway {
     pub async fn ingest_batch(&self, events: Vec<Incoming>) -> Result<Vec<ItemOutcome>, Error> {
         let count = events.len() as u64;
         let checked = validate::check_batch(events, &self.limits, Utc::now()).map_err(|v| {
-            self.metrics.events_failed(count, "invalid");
+            self.metrics.failed(count, "invalid");
             Error::InvalidArgument(v)
         })?;
         let events: Vec<_> = checked.into_iter().map(|c| c.event).collect();
@@ -129,20 +197,20 @@ impl Gateway {
     }
 
     /// The checks of `ingest_event`, and nothing else: no sink is touched.
-    pub fn validate(&self, event: Option<Incoming>) -> Result<ValidateResponse, Error> {
+    pub fn validate(&self, event: Option<Incoming>) -> Result<Validated, Error> {
         let checked = self.check_single(event)?;
-        Ok(ValidateResponse {
-            valid: true,
-            size_bytes: checked.size as u32,
-            max_event_size_bytes: self.limits.max_event_size as u32,
+        Ok(Validated {
+            size: checked.size,
+            max_event_size: self.limits.max_event_size,
         })
     }
 
     fn check_single(&self, event: Option<Incoming>) -> Result<Checked, Error> {
         let Some(event) = event else {
-            return Err(Error::InvalidArgument(vec![
-                crate::error::FieldViolation::new("event", "is required"),
-            ]));
+            return Err(Error::InvalidArgument(vec![FieldViolation::new(
+                "event",
+                "is required",
+            )]));
         };
         validate::check_event(event, "event", &self.limits, Utc::now())
             .map_err(Error::InvalidArgument)

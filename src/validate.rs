@@ -2,8 +2,6 @@
 //! text of `data` when it came over REST) into a normalized [`Event`] or into every rule it
 //! breaks, each named by field path. Ingest and `Validate` both call this, so a dry run checks
 //! exactly what ingest checks. The rules are listed in the README ("Validation rules").
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
@@ -87,6 +85,30 @@ fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
+/// A rule on the event as it arrived: reads it and pushes every violation it finds. Rules
+/// change nothing; [`normalise`] does, once all of them passed.
+type Rule = fn(&Incoming, &mut Violations<'_>);
+
+/// Every rule on the arriving event, in the order their violations are listed.
+const RULES: &[Rule] = &[
+    id_rule,
+    source_rule,
+    specversion_rule,
+    type_rule,
+    subject_rule,
+    time_rule,
+    datacontenttype_rule,
+    dataschema_rule,
+    data_rule,
+    extensions_rule,
+];
+
+/// A rule on the normalised event (id assigned, time set, data encoded, size known). Checks
+/// that need the final event (its size; data schemas and authorization next) are of this kind.
+type EventRule = fn(&Checked, &Limits, &mut Violations<'_>);
+
+const EVENT_RULES: &[EventRule] = &[size_rule];
+
 /// Checks one event. `prefix` is its field path in the request (`event`, `events[3]`); `now`
 /// becomes `time` when the event has none.
 pub fn check_event(
@@ -95,57 +117,124 @@ pub fn check_event(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<Checked, Vec<FieldViolation>> {
-    let Incoming {
-        event: ev,
-        raw_data,
-    } = incoming;
     let mut v = Violations {
         prefix,
         list: Vec::new(),
     };
+    for rule in RULES {
+        rule(&incoming, &mut v);
+    }
+    if !v.list.is_empty() {
+        return Err(v.list);
+    }
+    let event = normalise(incoming, now);
+    let checked = Checked {
+        size: structured_size(&event),
+        event,
+    };
+    for rule in EVENT_RULES {
+        rule(&checked, limits, &mut v);
+    }
+    if v.list.is_empty() {
+        Ok(checked)
+    } else {
+        Err(v.list)
+    }
+}
 
-    // id: optional; the gateway assigns a UUIDv7 (time-ordered) when absent.
+/// The valid event with every default filled in: a UUIDv7 (time-ordered) id when the client
+/// sent none, `now` when it sent no time, `data` encoded once as the JSON the sinks write.
+/// Called only after every [`RULES`] entry passed.
+fn normalise(incoming: Incoming, now: DateTime<Utc>) -> Event {
+    let Incoming {
+        event: ev,
+        raw_data,
+    } = incoming;
     let id = if ev.id.is_empty() {
         uuid::Uuid::now_v7().to_string()
     } else {
-        if ev.id.len() > MAX_ID_LEN {
-            v.add("id", format!("must be at most {MAX_ID_LEN} characters"));
-        } else if !is_visible_ascii(&ev.id) {
-            v.add(
-                "id",
-                "must be printable ASCII without spaces or control characters",
-            );
-        }
         ev.id
     };
+    let time = ev
+        .time
+        .and_then(|ts| DateTime::<Utc>::try_from(ts).ok())
+        .unwrap_or(now);
+    let data = match (raw_data, ev.payload) {
+        (Some(raw), _) => Data::Json(raw),
+        (None, None) => Data::None,
+        (None, Some(Payload::DataBase64(b))) => Data::Binary(b),
+        (None, Some(Payload::Data(value))) => {
+            let text = serde_json::to_string(&JsonValue(&value))
+                .expect("data_rule refused values JSON cannot hold");
+            Data::Json(RawValue::from_string(text).expect("serde_json output is JSON"))
+        }
+    };
+    Event {
+        id,
+        source: ev.source,
+        ty: ev.r#type,
+        subject: (!ev.subject.is_empty()).then_some(ev.subject),
+        time,
+        datacontenttype: (!ev.datacontenttype.is_empty()).then_some(ev.datacontenttype),
+        dataschema: (!ev.dataschema.is_empty()).then_some(ev.dataschema),
+        data,
+        extensions: ev.extensions.into_iter().collect(),
+    }
+}
 
-    if ev.source.is_empty() {
+/// `id`: optional (one is assigned), else printable ASCII of bounded length.
+fn id_rule(i: &Incoming, v: &mut Violations<'_>) {
+    let id = &i.event.id;
+    if id.is_empty() {
+        return;
+    }
+    if id.len() > MAX_ID_LEN {
+        v.add("id", format!("must be at most {MAX_ID_LEN} characters"));
+    } else if !is_visible_ascii(id) {
+        v.add(
+            "id",
+            "must be printable ASCII without spaces or control characters",
+        );
+    }
+}
+
+/// `source`: required, a URI-reference of bounded length.
+fn source_rule(i: &Incoming, v: &mut Violations<'_>) {
+    let source = &i.event.source;
+    if source.is_empty() {
         v.add("source", "is required and must not be empty");
-    } else if ev.source.len() > MAX_URI_LEN {
+    } else if source.len() > MAX_URI_LEN {
         v.add(
             "source",
             format!("must be at most {MAX_URI_LEN} characters"),
         );
-    } else if fluent_uri::UriRef::parse(ev.source.as_str()).is_err() {
+    } else if fluent_uri::UriRef::parse(source.as_str()).is_err() {
         v.add(
             "source",
             "must be a URI-reference (RFC 3986), for example `user-service` or `https://example.com/users`",
         );
     }
+}
 
-    if !ev.specversion.is_empty() && ev.specversion != SPEC_VERSION {
+/// `specversion`: "1.0" or omitted.
+fn specversion_rule(i: &Incoming, v: &mut Violations<'_>) {
+    let sv = &i.event.specversion;
+    if !sv.is_empty() && sv != SPEC_VERSION {
         v.add(
             "specversion",
             format!("must be \"{SPEC_VERSION}\" (or omitted)"),
         );
     }
+}
 
-    if ev.r#type.is_empty() {
+/// `type`: required, bounded, a restricted alphabet (it becomes a header and a metric label).
+fn type_rule(i: &Incoming, v: &mut Violations<'_>) {
+    let ty = &i.event.r#type;
+    if ty.is_empty() {
         v.add("type", "is required and must not be empty");
-    } else if ev.r#type.len() > MAX_TYPE_LEN {
+    } else if ty.len() > MAX_TYPE_LEN {
         v.add("type", format!("must be at most {MAX_TYPE_LEN} characters"));
-    } else if !ev
-        .r#type
+    } else if !ty
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"._-:/+".contains(&b))
     {
@@ -154,59 +243,72 @@ pub fn check_event(
             "may contain only letters, digits and . _ - : / +, for example `user.created`",
         );
     }
+}
 
-    let subject = (!ev.subject.is_empty()).then_some(ev.subject);
-    if let Some(s) = &subject {
-        if s.len() > MAX_ATTRIBUTE_LEN {
-            v.add(
-                "subject",
-                format!("must be at most {MAX_ATTRIBUTE_LEN} characters"),
-            );
-        } else if has_control(s) {
-            v.add("subject", "must not contain control characters");
-        }
+/// `subject`: optional, bounded, no control characters.
+fn subject_rule(i: &Incoming, v: &mut Violations<'_>) {
+    let s = &i.event.subject;
+    if s.len() > MAX_ATTRIBUTE_LEN {
+        v.add(
+            "subject",
+            format!("must be at most {MAX_ATTRIBUTE_LEN} characters"),
+        );
+    } else if has_control(s) {
+        v.add("subject", "must not contain control characters");
     }
+}
 
-    let time = match ev.time {
-        None => now,
-        Some(ts) => match DateTime::<Utc>::try_from(ts) {
-            Ok(t) => t,
-            Err(e) => {
-                v.add("time", format!("is not a valid timestamp: {e}"));
-                now
-            }
-        },
+/// `time`: optional (now is used), a timestamp chrono can hold.
+fn time_rule(i: &Incoming, v: &mut Violations<'_>) {
+    if let Some(ts) = i.event.time
+        && let Err(e) = DateTime::<Utc>::try_from(ts)
+    {
+        v.add("time", format!("is not a valid timestamp: {e}"));
+    }
+}
+
+/// The parsed `datacontenttype`, when present and valid.
+fn content_type(ev: &CloudEvent) -> Option<Result<mime::Mime, mime::FromStrError>> {
+    (!ev.datacontenttype.is_empty()).then(|| ev.datacontenttype.parse::<mime::Mime>())
+}
+
+/// `datacontenttype`: optional, an RFC 2046 media type.
+fn datacontenttype_rule(i: &Incoming, v: &mut Violations<'_>) {
+    if let Some(Err(_)) = content_type(&i.event) {
+        v.add(
+            "datacontenttype",
+            "must be an RFC 2046 media type, for example `application/json`",
+        );
+    }
+}
+
+/// `dataschema`: optional, an absolute URI of bounded length.
+fn dataschema_rule(i: &Incoming, v: &mut Violations<'_>) {
+    let s = &i.event.dataschema;
+    if s.is_empty() {
+        return;
+    }
+    if s.len() > MAX_URI_LEN {
+        v.add(
+            "dataschema",
+            format!("must be at most {MAX_URI_LEN} characters"),
+        );
+    } else if fluent_uri::Uri::parse(s.as_str()).is_err() {
+        v.add(
+            "dataschema",
+            "must be an absolute URI (RFC 3986), for example `https://example.com/schema.json`",
+        );
+    }
+}
+
+/// `data` / `data_base64`: at most one of them; a JSON value other than a string only with a
+/// JSON content type (or none); numbers JSON can hold (no NaN or infinities).
+fn data_rule(i: &Incoming, v: &mut Violations<'_>) {
+    let json_content = match content_type(&i.event) {
+        Some(Ok(m)) => m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON),
+        // No content type means JSON; a broken one is reported by its own rule.
+        None | Some(Err(_)) => true,
     };
-
-    let datacontenttype = (!ev.datacontenttype.is_empty()).then_some(ev.datacontenttype);
-    let mut json_content = true;
-    if let Some(ct) = &datacontenttype {
-        match ct.parse::<mime::Mime>() {
-            Ok(m) => {
-                json_content = m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON);
-            }
-            Err(_) => v.add(
-                "datacontenttype",
-                "must be an RFC 2046 media type, for example `application/json`",
-            ),
-        }
-    }
-
-    let dataschema = (!ev.dataschema.is_empty()).then_some(ev.dataschema);
-    if let Some(s) = &dataschema {
-        if s.len() > MAX_URI_LEN {
-            v.add(
-                "dataschema",
-                format!("must be at most {MAX_URI_LEN} characters"),
-            );
-        } else if fluent_uri::Uri::parse(s.as_str()).is_err() {
-            v.add(
-                "dataschema",
-                "must be an absolute URI (RFC 3986), for example `https://example.com/schema.json`",
-            );
-        }
-    }
-
     let non_json_value = |is_string: bool, v: &mut Violations<'_>| {
         if !json_content && !is_string {
             v.add(
@@ -215,35 +317,41 @@ pub fn check_event(
             );
         }
     };
-    let data = match (raw_data, ev.payload) {
-        (Some(_), Some(_)) => {
-            v.add(
-                "data",
-                "data and data_base64 are exclusive: send one of them",
-            );
-            Data::None
-        }
-        (Some(raw), None) => {
-            non_json_value(raw.get().starts_with('"'), &mut v);
-            Data::Json(raw)
-        }
-        (None, None) => Data::None,
-        (None, Some(Payload::DataBase64(b))) => Data::Binary(b),
+    match (&i.raw_data, &i.event.payload) {
+        (Some(_), Some(_)) => v.add(
+            "data",
+            "data and data_base64 are exclusive: send one of them",
+        ),
+        (Some(raw), None) => non_json_value(raw.get().starts_with('"'), v),
+        (None, None) | (None, Some(Payload::DataBase64(_))) => {}
         (None, Some(Payload::Data(value))) => {
             let is_string = matches!(value.kind, Some(pbjson_types::value::Kind::StringValue(_)));
-            non_json_value(is_string, &mut v);
-            match serde_json::to_string(&JsonValue(&value)) {
-                Ok(s) => Data::Json(RawValue::from_string(s).expect("serde_json output is JSON")),
-                Err(e) => {
-                    v.add("data", format!("is not valid JSON: {e}"));
-                    Data::None
-                }
+            non_json_value(is_string, v);
+            if has_non_finite_number(value) {
+                v.add(
+                    "data",
+                    "is not valid JSON: NaN and Infinity cannot be represented in JSON",
+                );
             }
         }
-    };
+    }
+}
 
-    let mut extensions = BTreeMap::new();
-    for (name, value) in ev.extensions {
+/// True when a `google.protobuf.Value` holds a number JSON cannot write.
+fn has_non_finite_number(value: &pbjson_types::Value) -> bool {
+    use pbjson_types::value::Kind;
+    match &value.kind {
+        Some(Kind::NumberValue(n)) => !n.is_finite(),
+        Some(Kind::StructValue(s)) => s.fields.values().any(has_non_finite_number),
+        Some(Kind::ListValue(l)) => l.values.iter().any(has_non_finite_number),
+        None | Some(Kind::NullValue(_) | Kind::BoolValue(_) | Kind::StringValue(_)) => false,
+    }
+}
+
+/// `extensions`: CloudEvents attribute names, not a context attribute, bounded non-empty
+/// values without control characters.
+fn extensions_rule(i: &Incoming, v: &mut Violations<'_>) {
+    for (name, value) in &i.event.extensions {
         let field = format!("extensions[{name}]");
         if name.is_empty()
             || name.len() > MAX_EXTENSION_NAME_LEN
@@ -270,38 +378,23 @@ pub fn check_event(
                 &field,
                 format!("must be at most {MAX_ATTRIBUTE_LEN} characters"),
             );
-        } else if has_control(&value) {
+        } else if has_control(value) {
             v.add(&field, "must not contain control characters");
         }
-        extensions.insert(name, value);
     }
+}
 
-    if !v.list.is_empty() {
-        return Err(v.list);
-    }
-    let event = Event {
-        id,
-        source: ev.source,
-        ty: ev.r#type,
-        subject,
-        time,
-        datacontenttype,
-        dataschema,
-        data,
-        extensions,
-    };
-    let size = structured_size(&event);
-    if size > limits.max_event_size {
+/// The whole event, in the CloudEvents JSON format, within `limits.max_event_size`.
+fn size_rule(c: &Checked, limits: &Limits, v: &mut Violations<'_>) {
+    if c.size > limits.max_event_size {
         v.add(
             "",
             format!(
-                "event is {size} bytes in the CloudEvents JSON format, over the limit of {} bytes (limits.max_event_size)",
-                limits.max_event_size
+                "event is {} bytes in the CloudEvents JSON format, over the limit of {} bytes (limits.max_event_size)",
+                c.size, limits.max_event_size
             ),
         );
-        return Err(v.list);
     }
-    Ok(Checked { event, size })
 }
 
 /// Length of the event's CloudEvents JSON encoding, counted without building it.

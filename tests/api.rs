@@ -154,6 +154,18 @@ fn violations_from_json(body: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A gRPC call's result as an [`Outcome`]: the reply as pbjson JSON, or the status.
+fn grpc_outcome<T: serde::Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> Outcome {
+    match r {
+        Ok(r) => Outcome {
+            code: 0,
+            violations: vec![],
+            reply: serde_json::to_value(r.into_inner()).unwrap(),
+        },
+        Err(s) => outcome_from_status(s),
+    }
+}
+
 fn outcome_from_status(s: tonic::Status) -> Outcome {
     let violations = s
         .get_details_bad_request()
@@ -212,34 +224,11 @@ async fn grpc_and_rest_give_the_same_result() {
     for body in single_fixtures {
         let event: CloudEvent = serde_json::from_str(body).unwrap();
         for (route, grpc) in [("/api/v1/events", true), ("/api/v1/events/validate", false)] {
+            let event = Some(event.clone());
             let g = if grpc {
-                match client
-                    .ingest_event(IngestEventRequest {
-                        event: Some(event.clone()),
-                    })
-                    .await
-                {
-                    Ok(r) => Outcome {
-                        code: 0,
-                        violations: vec![],
-                        reply: serde_json::to_value(r.into_inner()).unwrap(),
-                    },
-                    Err(s) => outcome_from_status(s),
-                }
+                grpc_outcome(client.ingest_event(IngestEventRequest { event }).await)
             } else {
-                match client
-                    .validate(ValidateRequest {
-                        event: Some(event.clone()),
-                    })
-                    .await
-                {
-                    Ok(r) => Outcome {
-                        code: 0,
-                        violations: vec![],
-                        reply: serde_json::to_value(r.into_inner()).unwrap(),
-                    },
-                    Err(s) => outcome_from_status(s),
-                }
+                grpc_outcome(client.validate(ValidateRequest { event }).await)
             };
             let r = rest_outcome(&via_rest, route, body).await;
             assert_eq!(g, r, "fixture {body} on {route}");
@@ -247,14 +236,7 @@ async fn grpc_and_rest_give_the_same_result() {
     }
     for body in batch_fixtures {
         let batch: IngestBatchRequest = serde_json::from_str(body).unwrap();
-        let g = match client.ingest_batch(batch).await {
-            Ok(r) => Outcome {
-                code: 0,
-                violations: vec![],
-                reply: serde_json::to_value(r.into_inner()).unwrap(),
-            },
-            Err(s) => outcome_from_status(s),
-        };
+        let g = grpc_outcome(client.ingest_batch(batch).await);
         let r = rest_outcome(&via_rest, "/api/v1/events/batch", body).await;
         assert_eq!(g, r, "fixture {body}");
     }

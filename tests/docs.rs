@@ -64,8 +64,9 @@ fn the_document_is_valid_openapi() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("openapi.json");
     std::fs::write(&path, serde_json::to_vec(docs::openapi()).unwrap()).unwrap();
-    let py =
-        std::env::var("EVENT_GATEWAY_PYTHON").unwrap_or_else(|_| ".venv-test/bin/python".into());
+    let Some(py) = require(Tool::Python) else {
+        return;
+    };
     let out = std::process::Command::new(&py)
         .args([
             "-c",
@@ -73,7 +74,7 @@ fn the_document_is_valid_openapi() {
             path.to_str().unwrap(),
         ])
         .output()
-        .unwrap_or_else(|e| panic!("run {py} (scripts/test creates it): {e}"));
+        .unwrap_or_else(|e| panic!("run {}: {e}", py.display()));
     assert!(
         out.status.success(),
         "{}{}",

@@ -5,20 +5,18 @@ mod common;
 
 use common::*;
 
-fn python() -> String {
-    std::env::var("EVENT_GATEWAY_PYTHON").unwrap_or_else(|_| ".venv-test/bin/python".into())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reflection_driven_python_client_calls_every_rpc() {
+    let Some(py) = require(Tool::Python) else {
+        return;
+    };
     let gw = TestGateway::local().await;
-    let py = python();
     let addr = gw.addr.to_string();
     let out = tokio::process::Command::new(&py)
         .args(["tests/py/reflection_client.py", &addr])
         .output()
         .await
-        .unwrap_or_else(|e| panic!("run {py} (scripts/test creates it): {e}"));
+        .unwrap_or_else(|e| panic!("run {}: {e}", py.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

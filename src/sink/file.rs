@@ -1,7 +1,8 @@
 //! The embedded default sink: a local append-only log, `events.jsonl` in `storage.data_dir`,
 //! one CloudEvents structured-mode JSON event per line. A request is answered only after its
 //! lines are written and fsynced. One writer thread does group commit: it takes every request
-//! waiting at that moment, writes them all, and pays one `fdatasync` for the lot.
+//! waiting at that moment, writes them all, and pays one `fdatasync` for the lot. Its gauges
+//! (`local_log_events`, `local_log_size_bytes`) are registered on the meter it is given.
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -11,9 +12,10 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use opentelemetry::metrics::Meter;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{EventSink, FlushReport, SinkHealth, SinkStats, Stored};
+use super::{EventSink, FlushReport, OpenError, Stored};
 use crate::error::Error;
 use crate::event::Event;
 
@@ -34,28 +36,32 @@ pub struct FileSink {
     tx: mpsc::Sender<Job>,
     healthy: Arc<AtomicBool>,
     next_line: Arc<AtomicU64>,
+    /// Committed length of the log, kept by the writer.
+    len: Arc<AtomicU64>,
 }
 
 impl FileSink {
     /// Opens (creating) the log. A last line without its newline, left by a crash mid-write,
     /// is cut off: it was never acknowledged.
-    pub fn open(dir: &Path) -> Result<Self, Error> {
-        let fail = |what: &str, e: std::io::Error| {
-            Error::Internal(format!("{what} {}: {e}", dir.display()))
+    pub fn open(dir: &Path, meter: &Meter) -> Result<Self, OpenError> {
+        let fail = |action: &'static str, source: std::io::Error| OpenError::LocalLog {
+            action,
+            path: dir.to_path_buf(),
+            source,
         };
-        std::fs::create_dir_all(dir).map_err(|e| fail("cannot create data directory", e))?;
+        std::fs::create_dir_all(dir).map_err(|e| fail("create the data directory", e))?;
         let path = dir.join(LOG_FILE);
         let mut file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(&path)
-            .map_err(|e| fail("cannot open the log in", e))?;
+            .map_err(|e| fail("open the log in", e))?;
         let (lines, complete_len) =
-            count_lines(&mut file).map_err(|e| fail("cannot read the log in", e))?;
+            count_lines(&mut file).map_err(|e| fail("read the log in", e))?;
         let len = file
             .metadata()
-            .map_err(|e| fail("cannot stat the log in", e))?
+            .map_err(|e| fail("stat the log in", e))?
             .len();
         if complete_len != len {
             tracing::warn!(
@@ -64,27 +70,47 @@ impl FileSink {
                 "cutting an incomplete last line left by an interrupted write"
             );
             file.set_len(complete_len)
-                .map_err(|e| fail("cannot repair the log in", e))?;
+                .map_err(|e| fail("repair the log in", e))?;
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let healthy = Arc::new(AtomicBool::new(true));
         let next_line = Arc::new(AtomicU64::new(lines));
+        let len = Arc::new(AtomicU64::new(complete_len));
         let writer = Writer {
             file,
-            len: complete_len,
+            len: len.clone(),
             next_line: next_line.clone(),
             healthy: healthy.clone(),
         };
         std::thread::Builder::new()
             .name("local-log-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| fail("cannot start the log writer for", e))?;
-        Ok(Self {
+            .map_err(|e| fail("start the log writer for", e))?;
+        let sink = Self {
             path,
             tx,
             healthy,
             next_line,
-        })
+            len,
+        };
+        sink.register_instruments(meter);
+        Ok(sink)
+    }
+
+    fn register_instruments(&self, meter: &Meter) {
+        let lines = self.next_line.clone();
+        meter
+            .i64_observable_gauge("local_log_events")
+            .with_description("Events in the local log")
+            .with_callback(move |o| o.observe(lines.load(Ordering::Relaxed) as i64, &[]))
+            .build();
+        let len = self.len.clone();
+        meter
+            .i64_observable_gauge("local_log_size")
+            .with_unit("By")
+            .with_description("Committed size of the local log")
+            .with_callback(move |o| o.observe(len.load(Ordering::Relaxed) as i64, &[]))
+            .build();
     }
 
     pub fn path(&self) -> &Path {
@@ -115,7 +141,7 @@ fn count_lines(file: &mut File) -> std::io::Result<(u64, u64)> {
 
 struct Writer {
     file: File,
-    len: u64,
+    len: Arc<AtomicU64>,
     next_line: Arc<AtomicU64>,
     healthy: Arc<AtomicBool>,
 }
@@ -160,13 +186,14 @@ impl Writer {
         })();
         match attempt {
             Ok(()) => {
-                self.len += jobs.iter().map(|j| j.bytes.len() as u64).sum::<u64>();
+                let written = jobs.iter().map(|j| j.bytes.len() as u64).sum::<u64>();
+                self.len.fetch_add(written, Ordering::Relaxed);
                 self.healthy.store(true, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
                 self.healthy.store(false, Ordering::Relaxed);
-                let _ = self.file.set_len(self.len);
+                let _ = self.file.set_len(self.len.load(Ordering::Relaxed));
                 Err(e)
             }
         }
@@ -219,25 +246,14 @@ impl EventSink for FileSink {
         self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
     }
 
-    fn stats(&self) -> SinkStats {
-        SinkStats {
-            brokers_up: usize::from(self.is_ready()),
-            ..SinkStats::default()
-        }
-    }
-
-    fn health(&self) -> SinkHealth {
-        let ready = self.is_ready();
-        SinkHealth {
-            ready,
-            details: serde_json::json!({
-                "sink": "local-log",
-                "path": self.path.display().to_string(),
-                "lines": self.next_line.load(Ordering::Relaxed),
-                "writable": ready,
-            }),
-            stats: self.stats(),
-        }
+    fn details(&self) -> serde_json::Value {
+        serde_json::json!({
+            "sink": "local-log",
+            "path": self.path.display().to_string(),
+            "lines": self.next_line.load(Ordering::Relaxed),
+            "size_bytes": self.len.load(Ordering::Relaxed),
+            "writable": self.is_ready(),
+        })
     }
 
     fn flush(&self, _timeout: Duration) -> BoxFuture<'_, FlushReport> {
@@ -250,6 +266,10 @@ impl EventSink for FileSink {
 mod tests {
     use super::*;
     use crate::event::Data;
+
+    fn meter() -> Meter {
+        opentelemetry::global::meter("test")
+    }
 
     fn ev(id: &str) -> Event {
         Event {
@@ -268,7 +288,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_publishes_get_distinct_consecutive_offsets() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = Arc::new(FileSink::open(dir.path()).unwrap());
+        let sink = Arc::new(FileSink::open(dir.path(), &meter()).unwrap());
         let mut tasks = Vec::new();
         for t in 0..20 {
             let sink = sink.clone();
@@ -298,7 +318,7 @@ mod tests {
     async fn reopening_continues_numbering_and_cuts_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let sink = FileSink::open(dir.path()).unwrap();
+            let sink = FileSink::open(dir.path(), &meter()).unwrap();
             let r = sink.publish(&[ev("a"), ev("b")]).await;
             assert_eq!(r[1].as_ref().unwrap().offset, 1);
         }
@@ -306,7 +326,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"torn\":").unwrap();
         drop(f);
-        let sink = FileSink::open(dir.path()).unwrap();
+        let sink = FileSink::open(dir.path(), &meter()).unwrap();
         let r = sink.publish(&[ev("c")]).await;
         assert_eq!(r[0].as_ref().unwrap().offset, 2);
         let text = std::fs::read_to_string(&path).unwrap();

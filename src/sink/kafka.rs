@@ -1,7 +1,8 @@
 //! The Kafka sink (rdkafka): turns events into records per the CloudEvents Kafka protocol
 //! binding, answers only after each delivery report, classifies Kafka errors as retryable
-//! (UNAVAILABLE) or permanent, derives readiness from librdkafka statistics, and rebuilds the
-//! producer after fatal or fencing errors so the gateway recovers without a restart.
+//! (UNAVAILABLE) or permanent, derives readiness from librdkafka statistics, rebuilds the
+//! producer after fatal or fencing errors so the gateway recovers without a restart, and
+//! registers the `kafka_*` instruments (fed by those statistics) on the meter it is given.
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Meter;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -18,7 +21,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use std::sync::Mutex;
 
-use super::{EventSink, FlushReport, SinkHealth, SinkStats, Stored};
+use super::{EventSink, FlushReport, OpenError, Stored};
 use crate::config::{KafkaConfig, KeyStrategy, RecordMode, RequiredAcks};
 use crate::error::Error;
 use crate::event::Event;
@@ -111,12 +114,13 @@ impl ClientContext for GatewayContext {
 type GatewayProducer = FutureProducer<GatewayContext>;
 
 pub struct KafkaSink {
-    producer: ArcSwap<GatewayProducer>,
+    /// Shared with the metrics callbacks, which read the current producer's in-flight count.
+    producer: Arc<ArcSwap<GatewayProducer>>,
     /// Filled by the statistics callback of whichever producer is current.
     rd_stats: Arc<Stats>,
     config: KafkaConfig,
     fenced_in_a_row: AtomicU32,
-    rebuilds: AtomicU32,
+    rebuilds: Arc<AtomicU32>,
     /// Held while a rebuild runs, so concurrent failures replace the producer once.
     rebuilding: Mutex<()>,
 }
@@ -158,24 +162,147 @@ pub fn client_config(c: &KafkaConfig) -> ClientConfig {
     cc
 }
 
+/// What the sink must do about a failed produce, besides answering the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recovery {
+    /// Nothing: a later attempt may succeed as things are.
+    None,
+    /// Our configuration or permissions are wrong; an operator must act on this hint.
+    FixConfig(&'static str),
+    /// The broker refused the producer's id, epoch or sequence: rebuild after
+    /// `FENCED_REBUILD_THRESHOLD` of these in a row.
+    Fenced,
+    /// The producer is unusable: rebuild it now.
+    Rebuild,
+}
+
+/// The client's answer to a Kafka error and what the sink must do about it. Pure: it reads
+/// and changes no state, so every mapping is testable on its own; [`KafkaSink::failed`] acts.
+fn classify(err: &KafkaError, config: &KafkaConfig) -> (Error, Recovery) {
+    use RDKafkaErrorCode as C;
+    let Some(code) = err.rdkafka_error_code() else {
+        return (Error::unavailable(format!("kafka: {err}")), Recovery::None);
+    };
+    match code {
+        C::QueueFull => (
+            Error::unavailable(
+                "the Kafka producer queue is full (kafka.queue_max_messages); retry shortly",
+            ),
+            Recovery::None,
+        ),
+        C::MessageSizeTooLarge => (
+            Error::TooLarge {
+                what: "the event as a Kafka record".into(),
+                limit: u64::from(config.message_max_bytes),
+                size: None,
+            },
+            Recovery::None,
+        ),
+        C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition => (
+            Error::Internal(format!("Kafka topic `{}` does not exist", config.topic)),
+            Recovery::FixConfig(
+                "Kafka topic does not exist: create it (auto-creation is off) or fix kafka.topic",
+            ),
+        ),
+        C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::SaslAuthenticationFailed
+        | C::Authentication => (
+            Error::Internal(format!("not authorized to write to Kafka: {code}")),
+            Recovery::FixConfig(
+                "the gateway is not allowed to write to Kafka: fix the credentials or ACLs",
+            ),
+        ),
+        C::ProducerFenced
+        | C::InvalidProducerEpoch
+        | C::OutOfOrderSequenceNumber
+        | C::UnknownProducerId
+        | C::Fatal => (
+            Error::unavailable(format!(
+                "the Kafka producer is being reset after {code}; retry"
+            )),
+            if code == C::Fatal {
+                Recovery::Rebuild
+            } else {
+                Recovery::Fenced
+            },
+        ),
+        other => (
+            Error::unavailable(format!("Kafka did not store the event: {other}")),
+            Recovery::None,
+        ),
+    }
+}
+
 impl KafkaSink {
-    pub fn new(config: &KafkaConfig) -> Result<Self, Error> {
+    pub fn new(config: &KafkaConfig, meter: &Meter) -> Result<Self, OpenError> {
         let stats = Arc::new(Stats::default());
         let producer = Self::build(config, stats.clone())?;
-        Ok(Self {
-            producer: ArcSwap::from_pointee(producer),
+        let sink = Self {
+            producer: Arc::new(ArcSwap::from_pointee(producer)),
             rd_stats: stats,
             config: config.clone(),
             fenced_in_a_row: AtomicU32::new(0),
-            rebuilds: AtomicU32::new(0),
+            rebuilds: Arc::new(AtomicU32::new(0)),
             rebuilding: Mutex::new(()),
-        })
+        };
+        sink.register_instruments(meter);
+        Ok(sink)
     }
 
-    fn build(config: &KafkaConfig, stats: Arc<Stats>) -> Result<GatewayProducer, Error> {
-        client_config(config)
-            .create_with_context(GatewayContext { stats })
-            .map_err(|e| Error::Internal(format!("cannot create the Kafka producer: {e}")))
+    fn build(config: &KafkaConfig, stats: Arc<Stats>) -> Result<GatewayProducer, KafkaError> {
+        client_config(config).create_with_context(GatewayContext { stats })
+    }
+
+    /// The `kafka_*` gauges, read from librdkafka's latest statistics at scrape time.
+    fn register_instruments(&self, meter: &Meter) {
+        let stats = self.rd_stats.clone();
+        meter
+            .i64_observable_gauge("kafka_producer_queue_depth")
+            .with_description("Messages waiting in the producer queue")
+            .with_callback(move |o| {
+                let depth = stats.snapshot.lock().expect("stats lock").queue_depth;
+                o.observe(depth as i64, &[]);
+            })
+            .build();
+        let producer = self.producer.clone();
+        meter
+            .i64_observable_gauge("kafka_producer_in_flight")
+            .with_description("Messages produced but not yet acknowledged")
+            .with_callback(move |o| o.observe(i64::from(producer.load().in_flight_count()), &[]))
+            .build();
+        let stats = self.rd_stats.clone();
+        meter
+            .f64_observable_gauge("kafka_broker_rtt")
+            .with_unit("s")
+            .with_description("Average broker round-trip time from librdkafka statistics")
+            .with_callback(move |o| {
+                let snap = stats.snapshot.lock().expect("stats lock");
+                for b in &snap.brokers {
+                    if let Some(rtt_ms) = b.rtt_avg_ms {
+                        o.observe(rtt_ms / 1000.0, &[KeyValue::new("broker", b.name.clone())]);
+                    }
+                }
+            })
+            .build();
+        let stats = self.rd_stats.clone();
+        meter
+            .i64_observable_gauge("kafka_brokers_up")
+            .with_description("Brokers in state UP in librdkafka statistics")
+            .with_callback(move |o| {
+                let snap = stats.snapshot.lock().expect("stats lock");
+                o.observe(
+                    snap.brokers.iter().filter(|b| b.state == "UP").count() as i64,
+                    &[],
+                );
+            })
+            .build();
+        let rebuilds = self.rebuilds.clone();
+        meter
+            .u64_observable_counter("kafka_producer_rebuilds")
+            .with_description("Times the producer was replaced after a fatal or fencing error")
+            .with_callback(move |o| o.observe(u64::from(rebuilds.load(Ordering::Relaxed)), &[]))
+            .build();
     }
 
     /// True when statistics no older than `STATS_STALE_AFTER` showed at least one broker UP.
@@ -219,52 +346,24 @@ impl KafkaSink {
         }
     }
 
-    fn classify(&self, err: &KafkaError) -> Error {
-        use RDKafkaErrorCode as C;
-        let Some(code) = err.rdkafka_error_code() else {
-            return Error::unavailable(format!("kafka: {err}"));
-        };
-        match code {
-            C::QueueFull => Error::Unavailable {
-                message:
-                    "the Kafka producer queue is full (kafka.queue_max_messages); retry shortly"
-                        .into(),
-                retry_after: Duration::from_secs(1),
-            },
-            C::MessageSizeTooLarge => Error::TooLarge {
-                what: "the event as a Kafka record".into(),
-                limit: u64::from(self.config.message_max_bytes),
-                size: None,
-            },
-            C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition => {
-                tracing::error!(topic = %self.config.topic, "Kafka topic does not exist: create it (auto-creation is off) or fix kafka.topic");
-                Error::Internal(format!(
-                    "Kafka topic `{}` does not exist",
-                    self.config.topic
-                ))
+    /// Answers a failed produce and acts on its classification: the one place where a
+    /// failure changes the sink's state.
+    fn failed(&self, err: &KafkaError) -> Error {
+        let (error, recovery) = classify(err, &self.config);
+        match recovery {
+            Recovery::None => {}
+            Recovery::FixConfig(hint) => {
+                tracing::error!(topic = %self.config.topic, error = %err, "{hint}");
             }
-            C::TopicAuthorizationFailed
-            | C::ClusterAuthorizationFailed
-            | C::SaslAuthenticationFailed
-            | C::Authentication => {
-                tracing::error!(topic = %self.config.topic, error = %err, "the gateway is not allowed to write to Kafka: fix the credentials or ACLs");
-                Error::Internal(format!("not authorized to write to Kafka: {code}"))
-            }
-            C::ProducerFenced
-            | C::InvalidProducerEpoch
-            | C::OutOfOrderSequenceNumber
-            | C::UnknownProducerId
-            | C::Fatal => {
+            Recovery::Fenced => {
                 let n = self.fenced_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-                if code == C::Fatal || n >= FENCED_REBUILD_THRESHOLD {
-                    self.rebuild(&format!("{code} ({n} in a row)"));
+                if n >= FENCED_REBUILD_THRESHOLD {
+                    self.rebuild(&format!("{err} ({n} in a row)"));
                 }
-                Error::unavailable(format!(
-                    "the Kafka producer is being reset after {code}; retry"
-                ))
             }
-            other => Error::unavailable(format!("Kafka did not store the event: {other}")),
+            Recovery::Rebuild => self.rebuild(&err.to_string()),
         }
+        error
     }
 
     fn record_headers(&self, e: &Event, trace: &[(String, String)]) -> OwnedHeaders {
@@ -355,7 +454,7 @@ impl EventSink for KafkaSink {
             let mut out = Vec::with_capacity(events.len());
             for p in pending {
                 let r = match p {
-                    Err(err) => Err(self.classify(&err)),
+                    Err(err) => Err(self.failed(&err)),
                     Ok(fut) => match fut.await {
                         Ok(Ok(d)) => {
                             self.fenced_in_a_row.store(0, Ordering::Relaxed);
@@ -364,7 +463,7 @@ impl EventSink for KafkaSink {
                                 offset: d.offset,
                             })
                         }
-                        Ok(Err((err, _msg))) => Err(self.classify(&err)),
+                        Ok(Err((err, _msg))) => Err(self.failed(&err)),
                         Err(_canceled) => Err(Error::unavailable(
                             "the Kafka producer was replaced before reporting; retry",
                         )),
@@ -381,39 +480,20 @@ impl EventSink for KafkaSink {
         self.broker_reachable() && self.producer.load().client().fatal_error().is_none()
     }
 
-    fn stats(&self) -> SinkStats {
-        let snap = self.rd_stats.snapshot.lock().expect("stats lock");
-        SinkStats {
-            queue_depth: snap.queue_depth,
-            in_flight: i64::from(self.producer.load().in_flight_count()),
-            brokers_up: snap.brokers.iter().filter(|b| b.state == "UP").count(),
-            broker_rtt_ms: snap
-                .brokers
-                .iter()
-                .filter_map(|b| b.rtt_avg_ms.map(|r| (b.name.clone(), r)))
-                .collect(),
-        }
-    }
-
-    fn health(&self) -> SinkHealth {
-        let stats = self.stats();
+    fn details(&self) -> serde_json::Value {
         let snap = self.rd_stats.snapshot.lock().expect("stats lock").clone();
-        SinkHealth {
-            ready: self.is_ready(),
-            details: serde_json::json!({
-                "sink": "kafka",
-                "topic": self.config.topic,
-                "brokers_configured": self.config.brokers,
-                "brokers": snap.brokers,
-                "stats_age_ms": snap.at.map(|a| a.elapsed().as_millis() as u64),
-                "queue_depth": stats.queue_depth,
-                "in_flight": stats.in_flight,
-                "producer_rebuilds": self.rebuilds.load(Ordering::Relaxed),
-                "required_acks": self.config.required_acks.as_librdkafka(),
-                "record_mode": self.config.record_mode,
-            }),
-            stats,
-        }
+        serde_json::json!({
+            "sink": "kafka",
+            "topic": self.config.topic,
+            "brokers_configured": self.config.brokers,
+            "brokers": snap.brokers,
+            "stats_age_ms": snap.at.map(|a| a.elapsed().as_millis() as u64),
+            "queue_depth": snap.queue_depth,
+            "in_flight": self.producer.load().in_flight_count(),
+            "producer_rebuilds": self.rebuilds.load(Ordering::Relaxed),
+            "required_acks": self.config.required_acks.as_librdkafka(),
+            "record_mode": self.config.record_mode,
+        })
     }
 
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, FlushReport> {
@@ -432,5 +512,44 @@ impl EventSink for KafkaSink {
             FlushReport { undelivered }
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each row: a librdkafka error code, the client's gRPC-level answer and the recovery.
+    #[test]
+    fn classification_is_a_pure_table() {
+        use RDKafkaErrorCode as C;
+        let config = KafkaConfig::default();
+        let rows: &[(C, &str, Recovery)] = &[
+            (C::QueueFull, "unavailable", Recovery::None),
+            (C::MessageSizeTooLarge, "too_large", Recovery::None),
+            (C::MessageTimedOut, "unavailable", Recovery::None),
+            (C::BrokerTransportFailure, "unavailable", Recovery::None),
+            (C::ProducerFenced, "unavailable", Recovery::Fenced),
+            (C::InvalidProducerEpoch, "unavailable", Recovery::Fenced),
+            (C::OutOfOrderSequenceNumber, "unavailable", Recovery::Fenced),
+            (C::Fatal, "unavailable", Recovery::Rebuild),
+        ];
+        for (code, reason, recovery) in rows {
+            let err = KafkaError::MessageProduction(*code);
+            let (e, r) = classify(&err, &config);
+            assert_eq!((e.reason(), r), (*reason, *recovery), "{code:?}");
+        }
+        for code in [
+            C::UnknownTopicOrPartition,
+            C::TopicAuthorizationFailed,
+            C::SaslAuthenticationFailed,
+        ] {
+            let (e, r) = classify(&KafkaError::MessageProduction(code), &config);
+            assert_eq!(e.reason(), "internal", "{code:?}");
+            assert!(matches!(r, Recovery::FixConfig(_)), "{code:?}");
+        }
+        // Classifying twice gives the same answer: nothing was counted in between.
+        let fenced = KafkaError::MessageProduction(C::ProducerFenced);
+        assert_eq!(classify(&fenced, &config).1, classify(&fenced, &config).1);
     }
 }

@@ -1,10 +1,14 @@
 //! The seam between the core service and where accepted events go. A sink answers only once
 //! each event is durably stored (or definitely not), and says whether it can take events now.
-//! Two implementations: the embedded local log (`file`) and Kafka (`kafka`).
+//! Two implementations: the embedded local log (`file`) and Kafka (`kafka`). Each sink builds
+//! and registers its own instruments from the `Meter` it is given (Kafka's broker gauges mean
+//! nothing for a local file), so the trait carries only what every sink means.
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use opentelemetry::metrics::Meter;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -18,24 +22,6 @@ pub mod kafka;
 pub struct Stored {
     pub partition: i32,
     pub offset: i64,
-}
-
-/// Numbers a sink reports for metrics.
-#[derive(Debug, Clone, Default)]
-pub struct SinkStats {
-    pub queue_depth: u64,
-    pub in_flight: i64,
-    pub brokers_up: usize,
-    /// (broker, average round-trip time in ms)
-    pub broker_rtt_ms: Vec<(String, f64)>,
-}
-
-/// What a sink reports about itself for readiness, `/health/detailed` and metrics.
-#[derive(Debug, Clone)]
-pub struct SinkHealth {
-    pub ready: bool,
-    pub details: serde_json::Value,
-    pub stats: SinkStats,
 }
 
 /// What a shutdown flush left undelivered.
@@ -55,20 +41,32 @@ pub trait EventSink: Send + Sync + 'static {
     /// Whether the sink can take events now. Cheap: readiness checks call it often.
     fn is_ready(&self) -> bool;
 
-    /// Numbers for metrics. Cheap enough for every scrape.
-    fn stats(&self) -> SinkStats;
-
-    /// Readiness, stats and details for `/health/detailed`.
-    fn health(&self) -> SinkHealth;
+    /// What `/health/detailed` shows about this sink (for people, not probes).
+    fn details(&self) -> serde_json::Value;
 
     /// Delivers everything still queued, waiting at most `timeout`.
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, FlushReport>;
 }
 
+/// Why a sink could not be opened at startup; the underlying error is kept as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot {action} {}: {source}", .path.display())]
+    LocalLog {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the Kafka producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
 /// Builds the sink the configuration asks for: Kafka when brokers are set, else the local log.
-pub async fn from_config(config: &Config) -> Result<Arc<dyn EventSink>, Error> {
+/// Its instruments are registered on `meter`.
+pub fn from_config(config: &Config, meter: &Meter) -> Result<Arc<dyn EventSink>, OpenError> {
     if config.kafka.brokers.is_empty() {
-        let sink = file::FileSink::open(&config.storage.data_dir)?;
+        let sink = file::FileSink::open(&config.storage.data_dir, meter)?;
         tracing::info!(
             sink = "local-log",
             path = %sink.path().display(),
@@ -76,7 +74,7 @@ pub async fn from_config(config: &Config) -> Result<Arc<dyn EventSink>, Error> {
         );
         Ok(Arc::new(sink))
     } else {
-        let sink = kafka::KafkaSink::new(&config.kafka)?;
+        let sink = kafka::KafkaSink::new(&config.kafka, meter)?;
         tracing::info!(
             sink = "kafka",
             brokers = %config.kafka.brokers.join(","),

@@ -1,5 +1,6 @@
 //! The tonic service: unwraps each request, calls the core [`Gateway`], and maps errors with
-//! `status.rs`. Nothing cross-cutting lives here (no interceptors): that is the shared stack's.
+//! `status.rs`; replies are encoded by `reply.rs`, as REST's are. Nothing cross-cutting lives
+//! here (no interceptors): that is the shared stack's.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -10,7 +11,7 @@ use crate::proto::{
     ValidateRequest, ValidateResponse,
 };
 use crate::service::Gateway;
-use crate::status::batch_reply;
+use crate::transport::reply::{batch_reply, event_reply, validate_reply};
 use crate::validate::Incoming;
 
 pub struct GrpcService {
@@ -33,7 +34,8 @@ impl EventGatewayService for GrpcService {
         request: Request<IngestEventRequest>,
     ) -> Result<Response<IngestEventResponse>, Status> {
         let event = request.into_inner().event.map(Incoming::from);
-        Ok(Response::new(self.gateway.ingest_event(event).await?))
+        let ingested = self.gateway.ingest_event(event).await?;
+        Ok(Response::new(event_reply(ingested)))
     }
 
     async fn ingest_batch(
@@ -53,6 +55,6 @@ impl EventGatewayService for GrpcService {
         request: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
         let event = request.into_inner().event.map(Incoming::from);
-        Ok(Response::new(self.gateway.validate(event)?))
+        Ok(Response::new(validate_reply(self.gateway.validate(event)?)))
     }
 }

@@ -1,8 +1,11 @@
 //! Health over both protocols. REST: `/health` (summary), `/health/live` (the process answers),
 //! `/health/ready` (can store events now: not draining and the sink is ready),
 //! `/health/detailed` (everything an operator wants at a glance). gRPC: `grpc.health.v1.Health`
-//! for "" and for the service name, kept in step with readiness by a watcher task, plus
-//! `liveness`, which is SERVING while the process answers.
+//! for "" and for the service name, plus `liveness`, which is SERVING while the process answers.
+//!
+//! Readiness is evaluated in one place, [`Readiness::refresh`], and published in one step:
+//! gRPC health first, then the state the REST endpoints read. So once `/health/ready` says 200
+//! a gRPC check already says SERVING, and once it says 503 gRPC already says NOT_SERVING.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use http::StatusCode;
+use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -27,17 +31,89 @@ pub const ROUTE_DETAILED: &str = "/health/detailed";
 /// whatever Kafka does, for Kubernetes' native `grpc:` liveness probe.
 pub const GRPC_LIVENESS_SERVICE: &str = "liveness";
 
-/// How often gRPC health is brought in step with readiness.
-const GRPC_HEALTH_POLL: Duration = Duration::from_millis(250);
+/// How often readiness is re-evaluated (the sink's state changes on its own: a broker goes
+/// away, statistics go stale). Draining is published at once, not on the next poll.
+const READINESS_POLL: Duration = Duration::from_millis(250);
+
+/// Readiness as last published, with the reason when not ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ready {
+    ready: bool,
+    reason: &'static str,
+}
+
+/// The one readiness state both protocols report.
+pub struct Readiness {
+    gateway: Arc<Gateway>,
+    reporter: HealthReporter,
+    published: watch::Sender<Ready>,
+    /// What gRPC health last said (None: nothing yet). Held from evaluation to publication, so
+    /// a poll that evaluated before the drain began cannot publish after it.
+    grpc_serving: Mutex<Option<bool>>,
+}
+
+impl Readiness {
+    /// Not ready ("starting") until the first [`Readiness::refresh`].
+    pub fn new(gateway: Arc<Gateway>, reporter: HealthReporter) -> Arc<Self> {
+        let (published, _) = watch::channel(Ready {
+            ready: false,
+            reason: "starting",
+        });
+        Arc::new(Self {
+            gateway,
+            reporter,
+            published,
+            grpc_serving: Mutex::new(None),
+        })
+    }
+
+    fn current(&self) -> Ready {
+        *self.published.borrow()
+    }
+
+    /// Evaluates readiness and publishes a change: gRPC health first, then the REST state.
+    pub async fn refresh(&self) {
+        let mut grpc_serving = self.grpc_serving.lock().await;
+        let (ready, reason) = readiness(&self.gateway);
+        if *grpc_serving != Some(ready) {
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            for service in ["", SERVICE_NAME] {
+                self.reporter.set_service_status(service, status).await;
+            }
+            *grpc_serving = Some(ready);
+        }
+        self.published.send_if_modified(|current| {
+            let next = Ready { ready, reason };
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
+    }
+
+    /// Marks the gateway draining and publishes not-ready at once.
+    pub async fn drain(&self) {
+        self.gateway.start_draining();
+        self.refresh().await;
+    }
+}
 
 #[derive(Clone)]
 struct HealthState {
     gateway: Arc<Gateway>,
+    readiness: Arc<Readiness>,
     started: Instant,
     config: Arc<serde_json::Value>,
 }
 
-pub fn router(gateway: Arc<Gateway>, redacted_config: serde_json::Value) -> Router {
+pub fn router(
+    gateway: Arc<Gateway>,
+    readiness: Arc<Readiness>,
+    redacted_config: serde_json::Value,
+) -> Router {
     Router::new()
         .route(ROUTE_HEALTH, get(summary))
         .route(ROUTE_LIVE, get(live))
@@ -45,6 +121,7 @@ pub fn router(gateway: Arc<Gateway>, redacted_config: serde_json::Value) -> Rout
         .route(ROUTE_DETAILED, get(detailed))
         .with_state(HealthState {
             gateway,
+            readiness,
             started: Instant::now(),
             config: Arc::new(redacted_config),
         })
@@ -73,7 +150,7 @@ fn status_of(ready: bool) -> StatusCode {
 }
 
 async fn summary(State(s): State<HealthState>) -> Response {
-    let (ready, reason) = readiness(&s.gateway);
+    let Ready { ready, reason } = s.readiness.current();
     let body = serde_json::json!({
         "status": if ready { "ok" } else { "unavailable" },
         "reason": reason,
@@ -87,7 +164,7 @@ async fn live() -> Response {
 }
 
 async fn ready(State(s): State<HealthState>) -> Response {
-    let (ready, reason) = readiness(&s.gateway);
+    let Ready { ready, reason } = s.readiness.current();
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
         "reason": reason,
@@ -96,8 +173,7 @@ async fn ready(State(s): State<HealthState>) -> Response {
 }
 
 async fn detailed(State(s): State<HealthState>) -> Response {
-    let (ready, reason) = readiness(&s.gateway);
-    let sink = s.gateway.sink_health();
+    let Ready { ready, reason } = s.readiness.current();
     let body = serde_json::json!({
         "status": if ready { "ok" } else { "unavailable" },
         "ready": ready,
@@ -105,7 +181,7 @@ async fn detailed(State(s): State<HealthState>) -> Response {
         "draining": s.gateway.is_draining(),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": s.started.elapsed().as_secs(),
-        "sink": sink.details,
+        "sink": s.gateway.sink().details(),
         "rate_limit": s.config.get("rate_limit"),
         "limits": {
             "max_event_size_bytes": s.gateway.limits().max_event_size,
@@ -117,40 +193,31 @@ async fn detailed(State(s): State<HealthState>) -> Response {
     Json(body).into_response()
 }
 
-/// Keeps gRPC health for "" and the service in step with readiness until `stop` fires; the
-/// final state is NOT_SERVING.
-pub fn spawn_grpc_health_sync(
-    gateway: Arc<Gateway>,
-    reporter: HealthReporter,
+/// Sets the `liveness` service SERVING, then re-evaluates readiness every `READINESS_POLL`
+/// until `stop` fires; the final gRPC state is NOT_SERVING.
+pub fn spawn_readiness_poll(
+    readiness: Arc<Readiness>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        reporter
+        readiness
+            .reporter
             .set_service_status(GRPC_LIVENESS_SERVICE, ServingStatus::Serving)
             .await;
-        let mut last = None;
         loop {
-            let (ready, _) = readiness(&gateway);
-            if last != Some(ready) {
-                let status = if ready {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
-                reporter.set_service_status("", status).await;
-                reporter.set_service_status(SERVICE_NAME, status).await;
-                last = Some(ready);
-            }
+            readiness.refresh().await;
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(GRPC_HEALTH_POLL) => {}
+                _ = tokio::time::sleep(READINESS_POLL) => {}
             }
         }
-        reporter
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        reporter
-            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-            .await;
+        let mut grpc_serving = readiness.grpc_serving.lock().await;
+        *grpc_serving = Some(false);
+        for service in ["", SERVICE_NAME] {
+            readiness
+                .reporter
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
     })
 }

@@ -1,8 +1,11 @@
 //! The transports that adapt the core service to the wire: gRPC (tonic), REST (axum, JSON
 //! transcoding per the contract's google.api.http annotations), the health endpoints, the
-//! API docs, and the shared stack every request passes through.
+//! API docs, the shared stack every request passes through, the one table where errors become
+//! status codes (`status`), and the reply messages both adapters send (`reply`).
 pub mod docs;
 pub mod grpc;
 pub mod health;
+pub mod reply;
 pub mod rest;
 pub mod stack;
+pub mod status;

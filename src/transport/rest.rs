@@ -2,9 +2,9 @@
 //! annotations declare. Bodies follow the proto3 JSON mapping (lowerCamelCase and original
 //! field names, pbjson's decoders for timestamps and bytes) with one deliberate difference:
 //! `data` is kept as the exact JSON text the client sent (see [`RestEvent`]). Requests go to
-//! the same core [`Gateway`] the gRPC service calls; replies are encoded with pbjson. Content
-//! type, body size and decoding errors are reported here, as [`Error`]s like every other
-//! failure.
+//! the same core [`Gateway`] the gRPC service calls; replies are encoded with pbjson. What
+//! only this adapter can refuse (unknown route, wrong method, wrong media type) is a
+//! [`Rejection`]; body size and decoding failures are the core's [`Error`]s like every other.
 use std::sync::Arc;
 
 use axum::Router;
@@ -24,12 +24,40 @@ use crate::error::Error;
 use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
 use crate::service::Gateway;
-use crate::status::batch_reply;
+use crate::transport::reply::{batch_reply, event_reply, validate_reply};
+use crate::transport::status::{is_grpc, respond};
 use crate::validate::Incoming;
 
 pub const ROUTE_INGEST_EVENT: &str = "/api/v1/events";
 pub const ROUTE_INGEST_BATCH: &str = "/api/v1/events/batch";
 pub const ROUTE_VALIDATE: &str = "/api/v1/events/validate";
+
+/// The methods every REST route takes (each transcodes a `post:` rule of the contract).
+const ALLOWED_METHODS: &str = "POST";
+
+/// What the REST adapter and the router's fallback refuse before the core sees a request, or
+/// anything the core says. `status.rs` maps every variant.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    /// No route has this path.
+    #[error("no route for {method} {path}")]
+    NotFound { method: String, path: String },
+    /// The route exists; `allowed` lists the methods it takes.
+    #[error("method {method} not allowed on {path}; allowed: {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
+    /// The body's media type is not one we decode.
+    #[error("unsupported media type `{found}`: send {expected}")]
+    UnsupportedMediaType {
+        found: String,
+        expected: &'static str,
+    },
+    #[error(transparent)]
+    Core(#[from] Error),
+}
 
 /// Every REST route with the RPC it transcodes and the request field its body fills (`*` for
 /// the whole request), exactly as in the contract; a test holds the two together.
@@ -74,8 +102,10 @@ pub struct RestEvent {
     datacontenttype: Option<String>,
     dataschema: Option<String>,
     data: Option<Box<RawValue>>,
+    /// `BytesValue`'s JSON form is a bytes field's (base64, standard or URL-safe alphabet), so
+    /// its public deserializer decodes exactly as pbjson does for the generated types.
     #[serde(alias = "dataBase64")]
-    data_base64: Option<pbjson::private::BytesDeserialize<Vec<u8>>>,
+    data_base64: Option<pbjson_types::BytesValue>,
     extensions: Option<HashMap<String, String>>,
 }
 
@@ -91,7 +121,7 @@ impl From<RestEvent> for Incoming {
                 time: e.time,
                 datacontenttype: e.datacontenttype.unwrap_or_default(),
                 dataschema: e.dataschema.unwrap_or_default(),
-                payload: e.data_base64.map(|b| Payload::DataBase64(b.0)),
+                payload: e.data_base64.map(|b| Payload::DataBase64(b.value.into())),
                 extensions: e.extensions.unwrap_or_default(),
             },
             raw_data: e.data,
@@ -106,13 +136,13 @@ struct RestBatch {
     events: Option<Vec<RestEvent>>,
 }
 
-async fn ingest_event(State(s): State<RestState>, req: Request) -> Result<Response, Error> {
+async fn ingest_event(State(s): State<RestState>, req: Request) -> Result<Response, Rejection> {
     let event: RestEvent = decode(req, s.max_body).await?;
-    let reply = s.gateway.ingest_event(Some(event.into())).await?;
-    Ok(json(&reply))
+    let ingested = s.gateway.ingest_event(Some(event.into())).await?;
+    Ok(json(&event_reply(ingested)))
 }
 
-async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Response, Error> {
+async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Response, Rejection> {
     let batch: RestBatch = decode(req, s.max_body).await?;
     let events = batch.events.unwrap_or_default();
     let items = s
@@ -122,23 +152,27 @@ async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Respon
     Ok(json(&batch_reply(items)))
 }
 
-async fn validate(State(s): State<RestState>, req: Request) -> Result<Response, Error> {
+async fn validate(State(s): State<RestState>, req: Request) -> Result<Response, Rejection> {
     let event: RestEvent = decode(req, s.max_body).await?;
-    let reply = s.gateway.validate(Some(event.into()))?;
-    Ok(json(&reply))
+    let validated = s.gateway.validate(Some(event.into()))?;
+    Ok(json(&validate_reply(validated)))
 }
 
-async fn method_not_allowed(req: Request) -> Error {
-    Error::MethodNotAllowed {
+async fn method_not_allowed(req: Request) -> Rejection {
+    Rejection::MethodNotAllowed {
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
+        allowed: ALLOWED_METHODS,
     }
 }
 
 /// Unknown paths: a JSON 404 for HTTP clients; gRPC clients get UNIMPLEMENTED as gRPC expects.
 pub async fn fallback(req: Request) -> Response {
-    let err = Error::NotFound(format!("{} {}", req.method(), req.uri().path()));
-    crate::status::respond(crate::status::is_grpc(req.headers()), err)
+    let rejection = Rejection::NotFound {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+    };
+    respond(is_grpc(req.headers()), rejection)
 }
 
 fn json<T: Serialize>(value: &T) -> Response {
@@ -154,12 +188,12 @@ fn json<T: Serialize>(value: &T) -> Response {
 }
 
 /// `application/json`, or any `+json` type such as `application/cloudevents+json`.
-fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {
+fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
     let expected = "Content-Type: application/json";
     let Some(raw) = headers.get(header::CONTENT_TYPE) else {
-        return Err(Error::UnsupportedMediaType {
+        return Err(Rejection::UnsupportedMediaType {
             found: "(none)".into(),
-            expected: expected.into(),
+            expected,
         });
     };
     let text = raw.to_str().unwrap_or("(not text)");
@@ -170,9 +204,9 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::UnsupportedMediaType {
+        Err(Rejection::UnsupportedMediaType {
             found: text.to_owned(),
-            expected: expected.into(),
+            expected,
         })
     }
 }
@@ -204,10 +238,11 @@ async fn read_body(req: Request, max_body: usize) -> Result<Bytes, Error> {
     }
 }
 
-async fn decode<T: DeserializeOwned>(req: Request, max_body: usize) -> Result<T, Error> {
+async fn decode<T: DeserializeOwned>(req: Request, max_body: usize) -> Result<T, Rejection> {
     check_content_type(req.headers())?;
     let bytes = read_body(req, max_body).await?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Malformed(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Malformed(format!("invalid JSON body: {e}")).into())
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
 use opentelemetry_http::HeaderExtractor;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -37,8 +38,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::config::{PerformanceConfig, RateLimitConfig};
 use crate::error::Error;
-use crate::status::{self, is_grpc};
-use crate::telemetry::metrics::{LABEL_CARDINALITY_CAP, LabelCap, Metrics};
+use crate::proto::SERVICE_NAME;
+use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
+use crate::transport::rest::ROUTES;
+use crate::transport::status::{self, is_grpc};
 
 /// Header whose value, when present, is the rate-limit key instead of the peer address.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -149,12 +152,68 @@ pub fn admission(router: Router, rate: &RateLimitConfig, perf: &PerformanceConfi
     router.route_layer(from_fn_with_state(rl, rate_limit))
 }
 
-struct Observe {
-    metrics: Arc<Metrics>,
+/// The stack's instruments: every request by route and status, gRPC calls by method and code,
+/// open connections.
+pub struct HttpMetrics {
+    requests: Counter<u64>,
+    duration: Histogram<f64>,
+    grpc_requests: Counter<u64>,
+    /// Counted by the accept loop in `server.rs`.
+    pub active_connections: UpDownCounter<i64>,
     grpc_methods: LabelCap,
 }
 
-async fn observe(State(o): State<Arc<Observe>>, req: Request, next: Next) -> Response {
+impl HttpMetrics {
+    pub fn new(meter: &Meter) -> Self {
+        let m = Self {
+            requests: meter
+                .u64_counter("http_requests")
+                .with_description("HTTP requests by method, endpoint (route) and status")
+                .build(),
+            duration: meter
+                .f64_histogram("http_request_duration")
+                .with_unit("s")
+                .with_description("Time from request to response headers")
+                .with_boundaries(LATENCY_BUCKETS.to_vec())
+                .build(),
+            grpc_requests: meter
+                .u64_counter("grpc_server_requests")
+                .with_description("gRPC calls by method and status code")
+                .build(),
+            active_connections: meter
+                .i64_up_down_counter("http_active_connections")
+                .with_description("Open client connections (HTTP/1 and HTTP/2)")
+                .build(),
+            grpc_methods: LabelCap::default(),
+        };
+        // Each RPC's successful series exists from the start at 0, over both protocols, so
+        // a fresh gateway's dashboards and `rate()` alerts read 0 rather than "no data".
+        for (route, rpc, _) in ROUTES {
+            m.requests
+                .add(0, &request_labels("POST", route, 200, false));
+            let method = m.grpc_methods.label(&format!("/{SERVICE_NAME}/{rpc}"));
+            m.grpc_requests.add(
+                0,
+                &[
+                    KeyValue::new("method", method),
+                    KeyValue::new("code", status::code_name(tonic::Code::Ok)),
+                ],
+            );
+        }
+        m
+    }
+}
+
+fn request_labels(method: &str, endpoint: &str, status: u16, grpc: bool) -> [KeyValue; 4] {
+    [
+        KeyValue::new("method", method.to_owned()),
+        KeyValue::new("endpoint", endpoint.to_owned()),
+        KeyValue::new("status", i64::from(status)),
+        KeyValue::new("protocol", if grpc { "grpc" } else { "rest" }),
+    ]
+}
+
+async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().as_str().to_owned();
     let endpoint = req
@@ -166,14 +225,14 @@ async fn observe(State(o): State<Arc<Observe>>, req: Request, next: Next) -> Res
     let grpc = is_grpc(req.headers()).then(|| o.grpc_methods.label(req.uri().path()));
     let resp = next.run(req).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let labels = [
-        KeyValue::new("method", method),
-        KeyValue::new("endpoint", grpc.clone().unwrap_or(endpoint)),
-        KeyValue::new("status", i64::from(resp.status().as_u16())),
-        KeyValue::new("protocol", if grpc.is_some() { "grpc" } else { "rest" }),
-    ];
-    o.metrics.http_requests.add(1, &labels);
-    o.metrics.http_duration.record(elapsed, &labels);
+    let labels = request_labels(
+        &method,
+        grpc.as_deref().unwrap_or(&endpoint),
+        resp.status().as_u16(),
+        grpc.is_some(),
+    );
+    o.requests.add(1, &labels);
+    o.duration.record(elapsed, &labels);
     if let Some(path) = grpc {
         // A unary reply carries grpc-status in its headers when it failed before any
         // message (every error here); a success carries it in the trailers: OK.
@@ -184,7 +243,7 @@ async fn observe(State(o): State<Arc<Observe>>, req: Request, next: Next) -> Res
             .and_then(|v| v.parse::<i32>().ok())
             .map(tonic::Code::from)
             .unwrap_or(tonic::Code::Ok);
-        o.metrics.grpc_requests.add(
+        o.grpc_requests.add(
             1,
             &[
                 KeyValue::new("method", path),
@@ -215,11 +274,7 @@ fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
 }
 
 /// Wraps every route (ingest, health, metrics, reflection) in id, trace and metrics layers.
-pub fn observed(router: Router, metrics: Arc<Metrics>) -> Router {
-    let o = Arc::new(Observe {
-        metrics,
-        grpc_methods: LabelCap::new(LABEL_CARDINALITY_CAP),
-    });
+pub fn observed(router: Router, metrics: Arc<HttpMetrics>) -> Router {
     router.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -231,6 +286,6 @@ pub fn observed(router: Router, metrics: Arc<Metrics>) -> Router {
                     // each already logged where it arises: no second ERROR line per request.
                     .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
             )
-            .layer(from_fn_with_state(o, observe)),
+            .layer(from_fn_with_state(metrics, observe)),
     )
 }

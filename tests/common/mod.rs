@@ -1,6 +1,8 @@
 //! Test fixtures shared by the integration tests: a gateway served on port 0 through the
 //! library's own `serve`, real clients (tonic, reqwest), a real tansu broker started per test
-//! on a free port, and a Kafka reader that assigns every partition from the beginning.
+//! on a free port, and a Kafka reader that assigns every partition from the beginning. Tests
+//! that need a program from outside Cargo (tansu, promtool, the Python clients) ask
+//! [`require`] first, so a plain `cargo test` runs the rest and says what it skipped.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -10,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient;
-use event_gateway::{Config, ServeReport};
+use event_gateway::{Config, ServeReport, StartupError};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -41,7 +43,7 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub data_dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<tokio::task::JoinHandle<Result<ServeReport, event_gateway::Error>>>,
+    handle: Option<tokio::task::JoinHandle<Result<ServeReport, StartupError>>>,
 }
 
 /// Defaults for tests: local log in a temp dir, port 0, quiet rate limits.
@@ -182,20 +184,71 @@ impl Drop for TestGateway {
     }
 }
 
-/// The tansu binary: `$TANSU_BIN`, else `tansu` on PATH, else ~/.cargo/bin/tansu.
-fn tansu_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU_BIN") {
-        return p.into();
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
+/// A program from outside Cargo that some tests need; `scripts/test` installs every one.
+#[derive(Debug, Clone, Copy)]
+pub enum Tool {
+    /// The Kafka-compatible broker (crates.io).
+    Tansu,
+    /// Prometheus' checker (Debian's `prometheus` package).
+    Promtool,
+    /// The virtualenv with grpcio and openapi-spec-validator (PyPI).
+    Python,
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|d| d.join("tansu"))
+            .map(|d| d.join(name))
             .find(|p| p.is_file())
-    });
-    on_path.unwrap_or_else(|| {
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        PathBuf::from(home).join(".cargo/bin/tansu")
     })
+}
+
+impl Tool {
+    /// Where the program is expected: tansu at `$TANSU_BIN`, else on PATH, else
+    /// ~/.cargo/bin; promtool on PATH; Python at `$EVENT_GATEWAY_PYTHON`, else `.venv-test`.
+    pub fn path(self) -> PathBuf {
+        match self {
+            Tool::Tansu => std::env::var_os("TANSU_BIN")
+                .map(PathBuf::from)
+                .or_else(|| on_path("tansu"))
+                .unwrap_or_else(|| {
+                    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+                    PathBuf::from(home).join(".cargo/bin/tansu")
+                }),
+            Tool::Promtool => on_path("promtool").unwrap_or_else(|| "promtool".into()),
+            Tool::Python => std::env::var_os("EVENT_GATEWAY_PYTHON")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| ".venv-test/bin/python".into()),
+        }
+    }
+}
+
+/// The tool's path when it is installed. When it is not, the test should return at once:
+/// this says so on stderr (written past the test harness' capture, so a plain `cargo test`
+/// shows it) and returns `None`. Under `EVENT_GATEWAY_REQUIRE_ALL=1`, which `scripts/test`
+/// sets, a missing tool fails the test instead: CI never skips.
+pub fn require(tool: Tool) -> Option<PathBuf> {
+    let path = tool.path();
+    if path.is_file() {
+        return Some(path);
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    if std::env::var_os("EVENT_GATEWAY_REQUIRE_ALL").is_some_and(|v| v == "1") {
+        panic!(
+            "{test} needs {tool:?} at {}: run the README's test command (scripts/test), which installs it",
+            path.display()
+        );
+    }
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs {tool:?} (not at {}); scripts/test installs it",
+        path.display()
+    );
+    None
 }
 
 fn free_port() -> u16 {
@@ -220,10 +273,10 @@ impl Broker {
 
     /// Starts a broker on a chosen port without waiting for it.
     pub fn spawn_on(port: u16) -> Broker {
-        let bin = tansu_bin();
+        let bin = Tool::Tansu.path();
         assert!(
             bin.is_file(),
-            "tansu not found at {}: run the README's test command (scripts/test), which installs it",
+            "tansu not found at {}: the test must call require(Tool::Tansu) first",
             bin.display()
         );
         // A clean working directory: tansu reads a .env file from it.
@@ -489,4 +542,44 @@ pub async fn wait_grpc_health(
         },
     )
     .await;
+}
+
+/// Ingest over both protocols is refused as UNAVAILABLE: REST 503 with `Retry-After`, gRPC
+/// UNAVAILABLE. Returns the REST reply's headers and body, for the caller's own checks.
+pub async fn assert_unavailable_over_both_protocols(
+    gw: &TestGateway,
+) -> (reqwest::header::HeaderMap, serde_json::Value) {
+    use event_gateway::proto::{CloudEvent, IngestEventRequest};
+    // A client deadline far below kafka.message_timeout: a hanging request fails the test.
+    let r = post_seed_within(&gw.url("/api/v1/events"), 5).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let headers = r.headers().clone();
+    let body: serde_json::Value = r.json().await.unwrap();
+    let ev: CloudEvent = serde_json::from_str(SEED_EVENT).unwrap();
+    let err = gw
+        .grpc()
+        .await
+        .ingest_event(IngestEventRequest { event: Some(ev) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    (headers, body)
+}
+
+/// One gRPC health check, no retries: the status it reports right now.
+pub async fn grpc_health_now(
+    channel: Channel,
+    service: &str,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    tonic_health::pb::health_check_response::ServingStatus::try_from(status).unwrap()
 }

@@ -1,0 +1,66 @@
+//! Conventions every instrument follows, wherever it is built: latency buckets and the bound on
+//! client-chosen label values. A leaf module (it imports nothing of the crate), so the core, the
+//! sinks and the transports share them without depending on the registry wiring in
+//! [`super::metrics`].
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+/// Latency buckets in seconds, fine enough to tell 100 µs from 250 µs.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Distinct values one client-chosen label may take before further values read `other`.
+pub const LABEL_CARDINALITY_CAP: usize = 100;
+
+/// Remembers the first `cap` values seen; later new values map to `other`. A read lock on the
+/// hot path; the write lock only while the set is still filling.
+pub struct LabelCap {
+    cap: usize,
+    seen: RwLock<HashSet<String>>,
+}
+
+impl LabelCap {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            seen: RwLock::new(HashSet::new()),
+        }
+    }
+
+    pub fn label(&self, value: &str) -> String {
+        if self.seen.read().expect("label lock").contains(value) {
+            return value.to_owned();
+        }
+        let mut seen = self.seen.write().expect("label lock");
+        if seen.contains(value) || seen.len() < self.cap {
+            seen.insert(value.to_owned());
+            value.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+}
+
+impl Default for LabelCap {
+    fn default() -> Self {
+        Self::new(LABEL_CARDINALITY_CAP)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_cap_bounds_distinct_values() {
+        let cap = LabelCap::new(3);
+        assert_eq!(cap.label("a"), "a");
+        assert_eq!(cap.label("b"), "b");
+        assert_eq!(cap.label("c"), "c");
+        assert_eq!(cap.label("d"), "other");
+        assert_eq!(cap.label("a"), "a");
+        assert_eq!(cap.label("e"), "other");
+    }
+}
