@@ -22,6 +22,7 @@ const SECTIONS: &[&str] = &[
     "storage",
     "shutdown",
     "logging",
+    "types",
 ];
 
 /// The environment variable prefix.
@@ -39,6 +40,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub shutdown: ShutdownConfig,
     pub logging: LoggingConfig,
+    pub types: TypesConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -327,6 +329,57 @@ impl Default for LoggingConfig {
     }
 }
 
+/// `types.policy`: what happens to an event whose type matches no registry entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TypesPolicy {
+    /// Accepted, with the envelope checks only.
+    #[default]
+    Open,
+    /// Refused: `event.type: not a registered event type`.
+    Registered,
+}
+
+/// An entry's JSON Schema: a file path (relative to the file that declares the entry: the
+/// types file, or the working directory for `types.entries`), or the schema itself, inline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SchemaSource {
+    File(PathBuf),
+    Inline(serde_json::Value),
+}
+
+/// One registry entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypeEntryConfig {
+    /// An exact event type, or a glob (`billing.*`); the most specific entry wins.
+    pub r#type: String,
+    /// The JSON Schema (draft 2020-12 or draft-07, by `$schema`) that `data` must match.
+    #[serde(default)]
+    pub schema: Option<SchemaSource>,
+    /// The Kafka topic for these events (default: `kafka.topic`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// The `datacontenttype` these events must carry.
+    #[serde(default)]
+    pub datacontenttype: Option<String>,
+    /// The `dataschema` URI these events must carry; filled in when an event has none.
+    #[serde(default)]
+    pub dataschema: Option<String>,
+}
+
+/// `types`: the event-type registry (data contracts).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TypesConfig {
+    pub policy: TypesPolicy,
+    /// A YAML file `{entries: [...]}` of more entries, reloaded (with the schema files) when
+    /// it changes; a reload that fails keeps the registry in force.
+    pub file: Option<PathBuf>,
+    pub entries: Vec<TypeEntryConfig>,
+}
+
 /// `GATEWAY_KAFKA_BROKERS=a:9092,b:9092` or a YAML list.
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -421,6 +474,11 @@ impl Config {
                 "server.address `{}` is not a socket address like 0.0.0.0:8090",
                 self.server.address
             ));
+        }
+        for (i, e) in self.types.entries.iter().enumerate() {
+            if e.topic.as_ref().is_some_and(|t| t.trim().is_empty()) {
+                errors.push(format!("types.entries[{i}].topic must not be empty"));
+            }
         }
         if self.server.write_timeout.is_zero() {
             errors.push("server.write_timeout must be above 0".into());

@@ -34,6 +34,9 @@ pub struct Event {
     pub dataschema: Option<String>,
     pub data: Data,
     pub extensions: BTreeMap<String, String>,
+    /// Where it goes: its type's topic from the registry, or None for the sink's default. Not
+    /// a CloudEvents attribute: never part of the encodings.
+    pub topic: Option<std::sync::Arc<str>>,
 }
 
 impl Event {
@@ -185,6 +188,7 @@ mod tests {
             dataschema: None,
             data,
             extensions: BTreeMap::from([("partitionkey".into(), "k".into())]),
+            topic: None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! Kafka (or, with no broker configured, in a local fsynced log). A success reply means the
 //! event is durably stored. See ARCHITECTURE.md for the code map and the invariants.
 pub mod config;
+pub mod contracts;
 pub mod error;
 pub mod event;
 pub mod proto;

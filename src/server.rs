@@ -23,6 +23,7 @@ use tonic::server::NamedService;
 use tower::{Service, ServiceExt};
 
 use crate::config::Config;
+use crate::contracts::{ContractError, Contracts};
 use crate::proto;
 use crate::service::Gateway;
 use crate::sink::{self, FlushReport};
@@ -37,6 +38,8 @@ use crate::validate::Limits;
 pub enum StartupError {
     #[error(transparent)]
     Sink(#[from] sink::OpenError),
+    #[error(transparent)]
+    Contracts(#[from] ContractError),
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot read the listener's address: {0}")]
@@ -70,36 +73,79 @@ where
     router.route_service(&format!("/{}/{{*rest}}", S::NAME), svc)
 }
 
+/// How often the event-type files are checked for changes.
+const TYPES_POLL: Duration = Duration::from_secs(1);
+
 /// Everything a running gateway is made of, before it is bound to a listener.
 struct App {
     router: Router,
     gateway: Arc<Gateway>,
     readiness: Arc<Readiness>,
     http_metrics: Arc<HttpMetrics>,
+    /// Reloads the event types while it lives.
+    _types_watcher: Option<notify::PollWatcher>,
+}
+
+/// Server reflection, v1 and v1alpha, over the contract's descriptors and gRPC health's.
+///
+/// Its own function, with a builder per version written out: in release builds (thin LTO,
+/// rustc 1.95) the same two builders made by one closure inside `build` were miscompiled
+/// into a use-after-free (the second builder pushed into the first one's freed buffer;
+/// valgrind saw it, the gateway crashed at startup). `scripts/test` runs the release binary
+/// under valgrind to keep it that way.
+fn reflection_services() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    StartupError,
+> {
+    use tonic_reflection::server::Builder;
+    let v1 = Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok((v1, v1alpha))
 }
 
 /// Builds the sink, the core service and the router, wrapped in the shared stack.
 fn build(config: &Config) -> Result<App, StartupError> {
     let registry = Arc::new(MetricsRegistry::new());
     let meter = registry.meter();
-    let sink = sink::from_config(config, &meter)?;
+    let contracts = Contracts::load(&config.types)?;
+    contracts.register_instruments(&meter);
+    let types_watcher = contracts.watch(TYPES_POLL);
+    let topics: sink::kafka::TopicSource = {
+        let contracts = contracts.clone();
+        let default = config.kafka.topic.clone();
+        Arc::new(move || {
+            let mut t: Vec<String> = contracts.current().topics().map(str::to_owned).collect();
+            t.push(default.clone());
+            t.sort();
+            t.dedup();
+            t
+        })
+    };
+    let sink = sink::from_config(config, topics, &meter)?;
     let limits = Limits {
         max_event_size: config.limits.max_event_size.as_u64() as usize,
         max_batch_events: config.limits.max_batch_events,
     };
-    let gateway = Arc::new(Gateway::new(sink, limits, &meter));
+    let gateway = Arc::new(Gateway::new(sink, limits, contracts, &meter));
     let http_metrics = Arc::new(HttpMetrics::new(&meter));
     let max_request = config.performance.max_request_size.as_u64() as usize;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness::new(gateway.clone(), health_reporter);
-    let reflection = |b: tonic_reflection::server::Builder<'static>| {
-        b.register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
-    let reflection_v1alpha =
-        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) = reflection_services()?;
 
     // Ingest routes, both protocols, behind admission (rate limit, load shed, deadline).
     let ingest = grpc_route(
@@ -141,6 +187,7 @@ fn build(config: &Config) -> Result<App, StartupError> {
         gateway,
         readiness,
         http_metrics,
+        _types_watcher: types_watcher,
     })
 }
 

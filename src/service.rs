@@ -11,11 +11,13 @@ use chrono::{DateTime, Utc};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 
+use crate::config::TypesPolicy;
+use crate::contracts::{Contracts, TypeListing};
 use crate::error::{Error, FieldViolation};
 use crate::event::Event;
 use crate::sink::{EventSink, Stored};
 use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
-use crate::validate::{self, Checked, Incoming, Limits};
+use crate::validate::{self, Checked, Context, Incoming, Limits};
 
 /// One event stored: its id (assigned when the client sent none), where it is, and its time.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,10 +41,11 @@ pub struct Validated {
     pub max_event_size: usize,
 }
 
-/// The core's instruments: outcomes per event and time spent in the sink.
+/// The core's instruments: outcomes per event, schema violations, time spent in the sink.
 struct IngestMetrics {
     ingested: Counter<u64>,
     failed: Counter<u64>,
+    schema_violations: Counter<u64>,
     sink_publish: Histogram<f64>,
     types: LabelCap,
     sources: LabelCap,
@@ -65,6 +68,10 @@ impl IngestMetrics {
                 .with_description("Events stored, by type and source (capped label sets)")
                 .build(),
             failed,
+            schema_violations: meter
+                .u64_counter("schema_violations")
+                .with_description("Events whose data broke their type's JSON Schema, by type")
+                .build(),
             sink_publish: meter
                 .f64_histogram("sink_publish_duration")
                 .with_unit("s")
@@ -88,6 +95,11 @@ impl IngestMetrics {
         );
     }
 
+    fn schema_violation(&self, ty: &str) {
+        self.schema_violations
+            .add(1, &[KeyValue::new("type", self.types.label(ty))]);
+    }
+
     fn failed(&self, n: u64, reason: &'static str) {
         self.failed.add(n, &[KeyValue::new("reason", reason)]);
     }
@@ -101,18 +113,31 @@ impl IngestMetrics {
 pub struct Gateway {
     sink: Arc<dyn EventSink>,
     limits: Limits,
+    contracts: Arc<Contracts>,
     metrics: IngestMetrics,
     draining: AtomicBool,
 }
 
 impl Gateway {
-    pub fn new(sink: Arc<dyn EventSink>, limits: Limits, meter: &Meter) -> Self {
+    pub fn new(
+        sink: Arc<dyn EventSink>,
+        limits: Limits,
+        contracts: Arc<Contracts>,
+        meter: &Meter,
+    ) -> Self {
         Self {
             sink,
             limits,
+            contracts,
             metrics: IngestMetrics::new(meter),
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// The registry in force: its policy and every entry, most specific first.
+    pub fn list_types(&self) -> (TypesPolicy, Vec<TypeListing>) {
+        let registry = self.contracts.current();
+        (registry.policy, registry.listing())
     }
 
     /// Hands events to the sink and counts the outcomes.
@@ -147,9 +172,11 @@ impl Gateway {
     }
 
     pub async fn ingest_event(&self, event: Option<Incoming>) -> Result<Ingested, Error> {
-        let checked = self.check_single(event).inspect_err(|_| {
-            self.metrics.failed(1, "invalid");
-        })?;
+        let checked = self
+            .check_single(event, &|ty| self.metrics.schema_violation(ty))
+            .inspect_err(|_| {
+                self.metrics.failed(1, "invalid");
+            })?;
         let event = checked.event;
         let stored = self
             .publish(std::slice::from_ref(&event))
@@ -169,7 +196,13 @@ impl Gateway {
     /// reply is the error itself (UNAVAILABLE when every failure is retryable).
     pub async fn ingest_batch(&self, events: Vec<Incoming>) -> Result<Vec<ItemOutcome>, Error> {
         let count = events.len() as u64;
-        let checked = validate::check_batch(events, &self.limits, Utc::now()).map_err(|v| {
+        let registry = self.contracts.current();
+        let ctx = Context {
+            limits: &self.limits,
+            types: &registry,
+            on_schema_violation: &|ty| self.metrics.schema_violation(ty),
+        };
+        let checked = validate::check_batch(events, &ctx, Utc::now()).map_err(|v| {
             self.metrics.failed(count, "invalid");
             Error::InvalidArgument(v)
         })?;
@@ -197,22 +230,33 @@ impl Gateway {
     }
 
     /// The checks of `ingest_event`, and nothing else: no sink is touched.
+    /// A dry run does not count schema violations: `schema_violations_total` is about what
+    /// was sent for storage.
     pub fn validate(&self, event: Option<Incoming>) -> Result<Validated, Error> {
-        let checked = self.check_single(event)?;
+        let checked = self.check_single(event, &|_| {})?;
         Ok(Validated {
             size: checked.size,
             max_event_size: self.limits.max_event_size,
         })
     }
 
-    fn check_single(&self, event: Option<Incoming>) -> Result<Checked, Error> {
+    fn check_single(
+        &self,
+        event: Option<Incoming>,
+        on_schema_violation: &(dyn Fn(&str) + Sync),
+    ) -> Result<Checked, Error> {
         let Some(event) = event else {
             return Err(Error::InvalidArgument(vec![FieldViolation::new(
                 "event",
                 "is required",
             )]));
         };
-        validate::check_event(event, "event", &self.limits, Utc::now())
-            .map_err(Error::InvalidArgument)
+        let registry = self.contracts.current();
+        let ctx = Context {
+            limits: &self.limits,
+            types: &registry,
+            on_schema_violation,
+        };
+        validate::check_event(event, "event", &ctx, Utc::now()).map_err(Error::InvalidArgument)
     }
 }

@@ -1,10 +1,13 @@
 //! The validation rules: turns an incoming event (the wire `CloudEvent`, plus the exact JSON
 //! text of `data` when it came over REST) into a normalized [`Event`] or into every rule it
 //! breaks, each named by field path. Ingest and `Validate` both call this, so a dry run checks
-//! exactly what ingest checks. The rules are listed in the README ("Validation rules").
+//! exactly what ingest checks. The rules are listed in the README ("Validation rules"); the
+//! data contracts they consult (schemas, required attributes, topics) live in `contracts`.
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
+use crate::config::TypesPolicy;
+use crate::contracts::{Registry, TypeContract};
 use crate::error::FieldViolation;
 use crate::event::{Data, Event, JsonValue, SPEC_VERSION};
 use crate::proto::CloudEvent;
@@ -51,6 +54,26 @@ impl From<CloudEvent> for Incoming {
         Self {
             event,
             raw_data: None,
+        }
+    }
+}
+
+/// What validation needs besides the event: the limits, the registry in force, and whom to
+/// tell when an event breaks its type's schema (metrics).
+pub struct Context<'a> {
+    pub limits: &'a Limits,
+    pub types: &'a Registry,
+    pub on_schema_violation: &'a (dyn Fn(&str) + Sync),
+}
+
+impl<'a> Context<'a> {
+    /// Limits only: an open registry with no entries, nothing reported.
+    pub fn limits_only(limits: &'a Limits) -> Self {
+        static EMPTY: std::sync::LazyLock<Registry> = std::sync::LazyLock::new(Registry::empty);
+        Self {
+            limits,
+            types: &EMPTY,
+            on_schema_violation: &|_| {},
         }
     }
 }
@@ -103,18 +126,24 @@ const RULES: &[Rule] = &[
     extensions_rule,
 ];
 
-/// A rule on the normalised event (id assigned, time set, data encoded, size known). Checks
-/// that need the final event (its size; data schemas and authorization next) are of this kind.
-type EventRule = fn(&Checked, &Limits, &mut Violations<'_>);
+/// A rule on the normalised event (id assigned, time set, data encoded, size known), with the
+/// registry entry its type matched. Checks that need the final event are of this kind: size,
+/// the data contract; authorization next.
+type EventRule = fn(&Checked, &Context<'_>, Option<&TypeContract>, &mut Violations<'_>);
 
-const EVENT_RULES: &[EventRule] = &[size_rule];
+const EVENT_RULES: &[EventRule] = &[
+    size_rule,
+    registered_rule,
+    contract_attributes_rule,
+    schema_rule,
+];
 
 /// Checks one event. `prefix` is its field path in the request (`event`, `events[3]`); `now`
 /// becomes `time` when the event has none.
 pub fn check_event(
     incoming: Incoming,
     prefix: &str,
-    limits: &Limits,
+    ctx: &Context<'_>,
     now: DateTime<Utc>,
 ) -> Result<Checked, Vec<FieldViolation>> {
     let mut v = Violations {
@@ -127,13 +156,14 @@ pub fn check_event(
     if !v.list.is_empty() {
         return Err(v.list);
     }
-    let event = normalise(incoming, now);
+    let contract = ctx.types.lookup(&incoming.event.r#type);
+    let event = normalise(incoming, contract, now);
     let checked = Checked {
         size: structured_size(&event),
         event,
     };
     for rule in EVENT_RULES {
-        rule(&checked, limits, &mut v);
+        rule(&checked, ctx, contract, &mut v);
     }
     if v.list.is_empty() {
         Ok(checked)
@@ -143,9 +173,10 @@ pub fn check_event(
 }
 
 /// The valid event with every default filled in: a UUIDv7 (time-ordered) id when the client
-/// sent none, `now` when it sent no time, `data` encoded once as the JSON the sinks write.
+/// sent none, `now` when it sent no time, `data` encoded once as the JSON the sinks write, and
+/// from its type's contract the `dataschema` (when the event has none) and the topic.
 /// Called only after every [`RULES`] entry passed.
-fn normalise(incoming: Incoming, now: DateTime<Utc>) -> Event {
+fn normalise(incoming: Incoming, contract: Option<&TypeContract>, now: DateTime<Utc>) -> Event {
     let Incoming {
         event: ev,
         raw_data,
@@ -176,9 +207,12 @@ fn normalise(incoming: Incoming, now: DateTime<Utc>) -> Event {
         subject: (!ev.subject.is_empty()).then_some(ev.subject),
         time,
         datacontenttype: (!ev.datacontenttype.is_empty()).then_some(ev.datacontenttype),
-        dataschema: (!ev.dataschema.is_empty()).then_some(ev.dataschema),
+        dataschema: (!ev.dataschema.is_empty())
+            .then_some(ev.dataschema)
+            .or_else(|| contract.and_then(|c| c.dataschema.clone())),
         data,
         extensions: ev.extensions.into_iter().collect(),
+        topic: contract.and_then(|c| c.topic.clone()),
     }
 }
 
@@ -385,15 +419,111 @@ fn extensions_rule(i: &Incoming, v: &mut Violations<'_>) {
 }
 
 /// The whole event, in the CloudEvents JSON format, within `limits.max_event_size`.
-fn size_rule(c: &Checked, limits: &Limits, v: &mut Violations<'_>) {
-    if c.size > limits.max_event_size {
+fn size_rule(c: &Checked, ctx: &Context<'_>, _: Option<&TypeContract>, v: &mut Violations<'_>) {
+    let limit = ctx.limits.max_event_size;
+    if c.size > limit {
         v.add(
             "",
             format!(
-                "event is {} bytes in the CloudEvents JSON format, over the limit of {} bytes (limits.max_event_size)",
-                c.size, limits.max_event_size
+                "event is {} bytes in the CloudEvents JSON format, over the limit of {limit} bytes (limits.max_event_size)",
+                c.size
             ),
         );
+    }
+}
+
+/// With `types.policy: registered`, the type must match a registry entry.
+fn registered_rule(
+    _: &Checked,
+    ctx: &Context<'_>,
+    contract: Option<&TypeContract>,
+    v: &mut Violations<'_>,
+) {
+    if contract.is_none() && ctx.types.policy == TypesPolicy::Registered {
+        v.add(
+            "type",
+            "not a registered event type (types.policy is registered; GET /api/v1/types lists them)",
+        );
+    }
+}
+
+/// The attributes the type's contract requires: its `datacontenttype` (same media type,
+/// parameters aside) and its `dataschema` (filled in when absent, so only a different one
+/// is refused).
+fn contract_attributes_rule(
+    c: &Checked,
+    _: &Context<'_>,
+    contract: Option<&TypeContract>,
+    v: &mut Violations<'_>,
+) {
+    let Some(contract) = contract else { return };
+    let ty = &c.event.ty;
+    if let Some(want) = &contract.datacontenttype {
+        let essence = |s: &str| s.parse::<mime::Mime>().map(|m| m.essence_str().to_owned());
+        let same = match &c.event.datacontenttype {
+            Some(got) => essence(got).ok() == essence(want).ok(),
+            None => false,
+        };
+        if !same {
+            v.add(
+                "datacontenttype",
+                format!("must be `{want}` for events of type `{ty}`"),
+            );
+        }
+    }
+    if let (Some(want), Some(got)) = (&contract.dataschema, &c.event.dataschema)
+        && want != got
+    {
+        v.add(
+            "dataschema",
+            format!("must be `{want}` for events of type `{ty}` (or omitted)"),
+        );
+    }
+}
+
+/// `data` matches the JSON Schema of the type's contract: every violation, by its path inside
+/// `data`, with the keyword's message. Binary data cannot match a JSON Schema; absent data is
+/// checked as `null`.
+fn schema_rule(
+    c: &Checked,
+    ctx: &Context<'_>,
+    contract: Option<&TypeContract>,
+    v: &mut Violations<'_>,
+) {
+    let Some((pattern, schema)) = contract.and_then(|c| Some((&c.pattern, c.schema.as_ref()?)))
+    else {
+        return;
+    };
+    let ty = &c.event.ty;
+    let value = match &c.event.data {
+        Data::Json(raw) => match serde_json::from_str::<serde_json::Value>(raw.get()) {
+            Ok(value) => value,
+            Err(e) => {
+                v.add(
+                    "data",
+                    format!("cannot be checked against the schema of `{pattern}`: {e}"),
+                );
+                (ctx.on_schema_violation)(ty);
+                return;
+            }
+        },
+        Data::None => serde_json::Value::Null,
+        Data::Binary(_) => {
+            v.add(
+                "data",
+                format!("is binary (data_base64), but events of type `{ty}` must carry JSON data matching the schema of `{pattern}`"),
+            );
+            (ctx.on_schema_violation)(ty);
+            return;
+        }
+    };
+    let found = schema.violations(&value);
+    if found.is_empty() {
+        return;
+    }
+    (ctx.on_schema_violation)(ty);
+    for sv in found {
+        v.add(&format!("data{}", sv.path), sv.message);
     }
 }
 
@@ -418,9 +548,10 @@ fn structured_size(event: &Event) -> usize {
 /// returned together; the batch is valid only if every event is.
 pub fn check_batch(
     events: Vec<Incoming>,
-    limits: &Limits,
+    ctx: &Context<'_>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Checked>, Vec<FieldViolation>> {
+    let limits = ctx.limits;
     if events.is_empty() {
         return Err(vec![FieldViolation::new(
             "events",
@@ -440,7 +571,7 @@ pub fn check_batch(
     let mut ok = Vec::with_capacity(events.len());
     let mut violations = Vec::new();
     for (i, ev) in events.into_iter().enumerate() {
-        match check_event(ev, &format!("events[{i}]"), limits, now) {
+        match check_event(ev, &format!("events[{i}]"), ctx, now) {
             Ok(c) => ok.push(c),
             Err(mut v) => violations.append(&mut v),
         }
@@ -470,7 +601,12 @@ mod tests {
     }
 
     fn violations(ev: CloudEvent) -> Vec<FieldViolation> {
-        match check_event(ev.into(), "event", &LIMITS, Utc::now()) {
+        match check_event(
+            ev.into(),
+            "event",
+            &Context::limits_only(&LIMITS),
+            Utc::now(),
+        ) {
             Ok(_) => Vec::new(),
             Err(v) => v,
         }
@@ -483,7 +619,13 @@ mod tests {
     #[test]
     fn minimal_event_gets_id_and_time() {
         let before = Utc::now();
-        let c = check_event(valid().into(), "event", &LIMITS, Utc::now()).unwrap();
+        let c = check_event(
+            valid().into(),
+            "event",
+            &Context::limits_only(&LIMITS),
+            Utc::now(),
+        )
+        .unwrap();
         let id = uuid::Uuid::parse_str(&c.event.id).unwrap();
         assert_eq!(id.get_version_num(), 7);
         assert!(c.event.time >= before);
@@ -655,7 +797,13 @@ mod tests {
     #[test]
     fn raw_json_data_is_kept_exactly() {
         let text = r#"{"z":1.0,"a":[1e3,12345678901234567890],"m":{"y":-0}}"#;
-        let c = check_event(raw(text), "event", &LIMITS, Utc::now()).unwrap();
+        let c = check_event(
+            raw(text),
+            "event",
+            &Context::limits_only(&LIMITS),
+            Utc::now(),
+        )
+        .unwrap();
         match &c.event.data {
             Data::Json(r) => assert_eq!(r.get(), text),
             other => panic!("{other:?}"),
@@ -663,16 +811,16 @@ mod tests {
         // The content-type rule applies to raw data too: a string is fine as text/plain.
         let mut ok = raw(r#""hello""#);
         ok.event.datacontenttype = "text/plain".into();
-        assert!(check_event(ok, "event", &LIMITS, Utc::now()).is_ok());
+        assert!(check_event(ok, "event", &Context::limits_only(&LIMITS), Utc::now()).is_ok());
         let mut bad = raw("[1]");
         bad.event.datacontenttype = "text/plain".into();
-        let v = check_event(bad, "event", &LIMITS, Utc::now())
+        let v = check_event(bad, "event", &Context::limits_only(&LIMITS), Utc::now())
             .err()
             .unwrap();
         assert_eq!(v[0].field, "event.data");
         let mut both = raw("1");
         both.event.payload = Some(Payload::DataBase64(vec![1]));
-        let v = check_event(both, "event", &LIMITS, Utc::now())
+        let v = check_event(both, "event", &Context::limits_only(&LIMITS), Utc::now())
             .err()
             .unwrap();
         assert_eq!(v[0].field, "event.data");
@@ -681,9 +829,11 @@ mod tests {
     #[test]
     fn batch_paths_and_limits() {
         let now = Utc::now();
-        let err = check_batch(vec![], &LIMITS, now).err().unwrap();
+        let err = check_batch(vec![], &Context::limits_only(&LIMITS), now)
+            .err()
+            .unwrap();
         assert_eq!(err[0].field, "events");
-        let err = check_batch(vec![valid().into(); 4], &LIMITS, now)
+        let err = check_batch(vec![valid().into(); 4], &Context::limits_only(&LIMITS), now)
             .err()
             .unwrap();
         assert_eq!(err[0].field, "events");
@@ -693,7 +843,7 @@ mod tests {
         bad.r#type.clear();
         let err = check_batch(
             vec![valid().into(), bad.clone().into(), bad.into()],
-            &LIMITS,
+            &Context::limits_only(&LIMITS),
             now,
         )
         .err()
@@ -701,7 +851,7 @@ mod tests {
         let fields: Vec<_> = err.iter().map(|v| v.field.as_str()).collect();
         assert_eq!(fields, vec!["events[1].type", "events[2].type"]);
         assert_eq!(
-            check_batch(vec![valid().into(); 3], &LIMITS, now)
+            check_batch(vec![valid().into(); 3], &Context::limits_only(&LIMITS), now)
                 .unwrap()
                 .len(),
             3

@@ -525,7 +525,10 @@ async fn reflection_v1_and_v1alpha_describe_the_service() {
             .iter()
             .map(|m| m.name().to_owned())
             .collect();
-        assert_eq!(methods, vec!["IngestEvent", "IngestBatch", "Validate"]);
+        assert_eq!(
+            methods,
+            vec!["IngestEvent", "IngestBatch", "Validate", "ListEventTypes"]
+        );
     }
     // v1alpha
     {
@@ -571,24 +574,50 @@ async fn rest_routes_match_the_contract_annotations() {
         let rule = rule
             .as_message()
             .expect("every RPC has a google.api.http rule");
-        let post = rule.get_field_by_name("post").unwrap();
+        // The one pattern set among post/get (prost-reflect reports an unset string as "").
+        let (method, path) = ["post", "get"]
+            .iter()
+            .find_map(|m| {
+                let v = rule.get_field_by_name(m).unwrap();
+                let p = v.as_str().unwrap().to_owned();
+                (!p.is_empty()).then(|| (m.to_uppercase(), p))
+            })
+            .expect("a post or get rule");
         let body = rule.get_field_by_name("body").unwrap();
         from_contract.push((
-            post.as_str().unwrap().to_owned(),
+            method,
+            path,
             m.name().to_owned(),
             body.as_str().unwrap().to_owned(),
         ));
     }
     let served: Vec<_> = ROUTES
         .iter()
-        .map(|(r, m, b)| (r.to_string(), m.to_string(), b.to_string()))
+        .map(|(method, r, m, b)| {
+            (
+                method.to_string(),
+                r.to_string(),
+                m.to_string(),
+                b.to_string(),
+            )
+        })
         .collect();
     assert_eq!(from_contract, served);
 
-    // And each declared route really answers (400 for an empty event, not 404).
+    // And each declared route really answers: 400 for an empty event, 200 for a listing.
     let gw = TestGateway::local().await;
-    for (route, _, _) in &from_contract {
-        let (s, _) = post_json(&http(), &gw.url(route), "{}").await;
-        assert_eq!(s, 400, "{route}");
+    for (method, route, _, _) in &from_contract {
+        let s = if method == "POST" {
+            post_json(&http(), &gw.url(route), "{}").await.0
+        } else {
+            http()
+                .get(gw.url(route))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        };
+        assert_eq!(s, if method == "POST" { 400 } else { 200 }, "{route}");
     }
 }

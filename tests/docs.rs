@@ -10,8 +10,8 @@ use event_gateway::transport::{docs, health, rest};
 
 fn server_routes() -> BTreeSet<(String, String)> {
     let mut s = BTreeSet::new();
-    for (path, _, _) in rest::ROUTES {
-        s.insert(("post".to_owned(), path.to_string()));
+    for (method, path, _, _) in rest::ROUTES {
+        s.insert((method.to_lowercase(), path.to_string()));
     }
     for path in [
         health::ROUTE_HEALTH,

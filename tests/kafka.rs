@@ -560,8 +560,10 @@ async fn a_missing_topic_is_a_500_that_names_it() {
     let mut config = kafka_config(&broker.bootstrap());
     config.kafka.topic = "no-such-topic".into();
     let gw = TestGateway::start(config).await;
-    gw.wait_ready().await;
-    // librdkafka gives up on the topic after topic.metadata.propagation.max.ms (5 s).
+    // Readiness says so first, naming the topic (the topics are checked at startup)...
+    gw.wait_not_ready_naming("no-such-topic").await;
+    // ...and a request sent anyway gets a 500 naming it, once librdkafka gives up on the
+    // topic after topic.metadata.propagation.max.ms (5 s).
     let r = post_seed_within(&gw.url("/api/v1/events"), 15).await;
     assert_eq!(r.status(), 500);
     let body: Value = r.json().await.unwrap();

@@ -246,6 +246,10 @@ impl EventSink for FileSink {
         self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
     }
 
+    fn not_ready_reason(&self) -> String {
+        "the local log is not writable (see the error log)".into()
+    }
+
     fn details(&self) -> serde_json::Value {
         serde_json::json!({
             "sink": "local-log",
@@ -282,6 +286,7 @@ mod tests {
             dataschema: None,
             data: Data::None,
             extensions: Default::default(),
+            topic: None,
         }
     }
 

@@ -3,9 +3,11 @@
 //! (UNAVAILABLE) or permanent, derives readiness from librdkafka statistics, rebuilds the
 //! producer after fatal or fencing errors so the gateway recovers without a restart, and
 //! registers the `kafka_*` instruments (fed by those statistics) on the meter it is given.
-use std::sync::Arc;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+//! Each record goes to its event's topic (the registry's routing) or `kafka.topic`; every
+//! topic the gateway may write to is checked in the background, and a missing one keeps the
+//! gateway not ready, named in the reason.
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -31,6 +33,13 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 const STATS_STALE_AFTER: Duration = Duration::from_secs(10);
 /// Consecutive fencing errors after which the producer is replaced (a new producer id).
 const FENCED_REBUILD_THRESHOLD: u32 = 3;
+/// How often the topics are checked while one is missing or unknown, and once all exist.
+const TOPIC_CHECK_PENDING: Duration = Duration::from_secs(1);
+const TOPIC_CHECK_SETTLED: Duration = Duration::from_secs(30);
+
+/// Every topic the gateway may write to right now (the registry's topics and `kafka.topic`);
+/// asked again on each check, so a reloaded registry's new topics are checked too.
+pub type TopicSource = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct BrokerState {
@@ -123,6 +132,11 @@ pub struct KafkaSink {
     rebuilds: Arc<AtomicU32>,
     /// Held while a rebuild runs, so concurrent failures replace the producer once.
     rebuilding: Mutex<()>,
+    /// Topics found missing by the last check; until a check completed, not known.
+    missing_topics: RwLock<Vec<String>>,
+    topics_checked: AtomicBool,
+    /// Records acknowledged, by topic (topics come from configuration: a bounded set).
+    produced: opentelemetry::metrics::Counter<u64>,
 }
 
 /// The librdkafka settings derived from `kafka.*`, before the passthrough map.
@@ -178,7 +192,7 @@ enum Recovery {
 
 /// The client's answer to a Kafka error and what the sink must do about it. Pure: it reads
 /// and changes no state, so every mapping is testable on its own; [`KafkaSink::failed`] acts.
-fn classify(err: &KafkaError, config: &KafkaConfig) -> (Error, Recovery) {
+fn classify(err: &KafkaError, topic: &str, config: &KafkaConfig) -> (Error, Recovery) {
     use RDKafkaErrorCode as C;
     let Some(code) = err.rdkafka_error_code() else {
         return (Error::unavailable(format!("kafka: {err}")), Recovery::None);
@@ -199,9 +213,9 @@ fn classify(err: &KafkaError, config: &KafkaConfig) -> (Error, Recovery) {
             Recovery::None,
         ),
         C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition => (
-            Error::Internal(format!("Kafka topic `{}` does not exist", config.topic)),
+            Error::Internal(format!("Kafka topic `{topic}` does not exist")),
             Recovery::FixConfig(
-                "Kafka topic does not exist: create it (auto-creation is off) or fix kafka.topic",
+                "Kafka topic does not exist: create it (auto-creation is off) or fix kafka.topic / types.entries[].topic",
             ),
         ),
         C::TopicAuthorizationFailed
@@ -235,19 +249,55 @@ fn classify(err: &KafkaError, config: &KafkaConfig) -> (Error, Recovery) {
 }
 
 impl KafkaSink {
-    pub fn new(config: &KafkaConfig, meter: &Meter) -> Result<Self, OpenError> {
+    /// Builds the producer and starts checking the topics `topics` names.
+    pub fn new(
+        config: &KafkaConfig,
+        topics: TopicSource,
+        meter: &Meter,
+    ) -> Result<Arc<Self>, OpenError> {
         let stats = Arc::new(Stats::default());
         let producer = Self::build(config, stats.clone())?;
-        let sink = Self {
+        let sink = Arc::new(Self {
             producer: Arc::new(ArcSwap::from_pointee(producer)),
             rd_stats: stats,
             config: config.clone(),
             fenced_in_a_row: AtomicU32::new(0),
             rebuilds: Arc::new(AtomicU32::new(0)),
             rebuilding: Mutex::new(()),
-        };
+            missing_topics: RwLock::new(Vec::new()),
+            topics_checked: AtomicBool::new(false),
+            produced: meter
+                .u64_counter("kafka_events_produced")
+                .with_description("Records the brokers acknowledged, by topic")
+                .build(),
+        });
         sink.register_instruments(meter);
+        let weak = Arc::downgrade(&sink);
+        std::thread::Builder::new()
+            .name("kafka-topic-check".into())
+            .spawn(move || check_topics(weak, topics))
+            .map_err(|e| OpenError::Thread(e.to_string()))?;
         Ok(sink)
+    }
+
+    /// Asks the brokers about each topic; None when they could not be asked.
+    fn missing_now(&self, topics: &[String]) -> Option<Vec<String>> {
+        let producer = self.producer.load_full();
+        let mut missing = Vec::new();
+        for topic in topics {
+            let md = producer
+                .client()
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .ok()?;
+            let known = md
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+            if !known {
+                missing.push(topic.clone());
+            }
+        }
+        Some(missing)
     }
 
     fn build(config: &KafkaConfig, stats: Arc<Stats>) -> Result<GatewayProducer, KafkaError> {
@@ -348,12 +398,12 @@ impl KafkaSink {
 
     /// Answers a failed produce and acts on its classification: the one place where a
     /// failure changes the sink's state.
-    fn failed(&self, err: &KafkaError) -> Error {
-        let (error, recovery) = classify(err, &self.config);
+    fn failed(&self, err: &KafkaError, topic: &str) -> Error {
+        let (error, recovery) = classify(err, topic, &self.config);
         match recovery {
             Recovery::None => {}
             Recovery::FixConfig(hint) => {
-                tracing::error!(topic = %self.config.topic, error = %err, "{hint}");
+                tracing::error!(topic, error = %err, "{hint}");
             }
             Recovery::Fenced => {
                 let n = self.fenced_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
@@ -437,8 +487,9 @@ impl EventSink for KafkaSink {
             let trace = crate::telemetry::current_trace_headers();
             let mut pending = Vec::with_capacity(events.len());
             for (e, body) in events.iter().zip(&structured) {
+                let topic = e.topic.as_deref().unwrap_or(&self.config.topic);
                 let mut record: FutureRecord<'_, str, [u8]> =
-                    FutureRecord::to(&self.config.topic).headers(self.record_headers(e, &trace));
+                    FutureRecord::to(topic).headers(self.record_headers(e, &trace));
                 let value = match body {
                     Some(b) => Some(b.as_slice()),
                     None => e.data_bytes(),
@@ -452,18 +503,21 @@ impl EventSink for KafkaSink {
                 pending.push(producer.send_result(record).map_err(|(err, _)| err));
             }
             let mut out = Vec::with_capacity(events.len());
-            for p in pending {
+            for (p, e) in pending.into_iter().zip(events) {
+                let topic = e.topic.as_deref().unwrap_or(&self.config.topic);
                 let r = match p {
-                    Err(err) => Err(self.failed(&err)),
+                    Err(err) => Err(self.failed(&err, topic)),
                     Ok(fut) => match fut.await {
                         Ok(Ok(d)) => {
                             self.fenced_in_a_row.store(0, Ordering::Relaxed);
+                            self.produced
+                                .add(1, &[KeyValue::new("topic", topic.to_owned())]);
                             Ok(Stored {
                                 partition: d.partition,
                                 offset: d.offset,
                             })
                         }
-                        Ok(Err((err, _msg))) => Err(self.failed(&err)),
+                        Ok(Err((err, _msg))) => Err(self.failed(&err, topic)),
                         Err(_canceled) => Err(Error::unavailable(
                             "the Kafka producer was replaced before reporting; retry",
                         )),
@@ -477,7 +531,28 @@ impl EventSink for KafkaSink {
     }
 
     fn is_ready(&self) -> bool {
-        self.broker_reachable() && self.producer.load().client().fatal_error().is_none()
+        self.broker_reachable()
+            && self.producer.load().client().fatal_error().is_none()
+            && self.topics_checked.load(Ordering::Relaxed)
+            && self.missing_topics.read().expect("topics lock").is_empty()
+    }
+
+    fn not_ready_reason(&self) -> String {
+        let missing = self.missing_topics.read().expect("topics lock");
+        if !self.broker_reachable() {
+            "no Kafka broker is reachable".into()
+        } else if let Some((code, reason)) = self.producer.load().client().fatal_error() {
+            format!("the Kafka producer failed ({code}: {reason}) and is being rebuilt")
+        } else if !missing.is_empty() {
+            format!(
+                "Kafka topics do not exist: {} (create them: auto-creation is off)",
+                missing.join(", ")
+            )
+        } else if !self.topics_checked.load(Ordering::Relaxed) {
+            "checking that the Kafka topics exist".into()
+        } else {
+            "ready".into()
+        }
     }
 
     fn details(&self) -> serde_json::Value {
@@ -491,6 +566,7 @@ impl EventSink for KafkaSink {
             "queue_depth": snap.queue_depth,
             "in_flight": self.producer.load().in_flight_count(),
             "producer_rebuilds": self.rebuilds.load(Ordering::Relaxed),
+            "missing_topics": *self.missing_topics.read().expect("topics lock"),
             "required_acks": self.config.required_acks.as_librdkafka(),
             "record_mode": self.config.record_mode,
         })
@@ -515,6 +591,34 @@ impl EventSink for KafkaSink {
     }
 }
 
+/// The topic check loop: every `TOPIC_CHECK_PENDING` until all topics exist, then every
+/// `TOPIC_CHECK_SETTLED`; ends when the sink is gone. A thread, not a task: librdkafka's
+/// metadata call blocks.
+fn check_topics(sink: Weak<KafkaSink>, topics: TopicSource) {
+    loop {
+        let Some(s) = sink.upgrade() else { return };
+        let wanted = topics();
+        let settled = match s.missing_now(&wanted) {
+            Some(missing) => {
+                if !missing.is_empty() {
+                    tracing::error!(topics = %missing.join(","), "Kafka topics do not exist: create them (auto-creation is off) or fix the configuration");
+                }
+                let settled = missing.is_empty();
+                *s.missing_topics.write().expect("topics lock") = missing;
+                s.topics_checked.store(true, Ordering::Relaxed);
+                settled
+            }
+            None => false,
+        };
+        drop(s);
+        std::thread::sleep(if settled {
+            TOPIC_CHECK_SETTLED
+        } else {
+            TOPIC_CHECK_PENDING
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,7 +640,7 @@ mod tests {
         ];
         for (code, reason, recovery) in rows {
             let err = KafkaError::MessageProduction(*code);
-            let (e, r) = classify(&err, &config);
+            let (e, r) = classify(&err, "t", &config);
             assert_eq!((e.reason(), r), (*reason, *recovery), "{code:?}");
         }
         for code in [
@@ -544,12 +648,15 @@ mod tests {
             C::TopicAuthorizationFailed,
             C::SaslAuthenticationFailed,
         ] {
-            let (e, r) = classify(&KafkaError::MessageProduction(code), &config);
+            let (e, r) = classify(&KafkaError::MessageProduction(code), "t", &config);
             assert_eq!(e.reason(), "internal", "{code:?}");
             assert!(matches!(r, Recovery::FixConfig(_)), "{code:?}");
         }
         // Classifying twice gives the same answer: nothing was counted in between.
         let fenced = KafkaError::MessageProduction(C::ProducerFenced);
-        assert_eq!(classify(&fenced, &config).1, classify(&fenced, &config).1);
+        assert_eq!(
+            classify(&fenced, "t", &config).1,
+            classify(&fenced, "t", &config).1
+        );
     }
 }

@@ -41,6 +41,9 @@ pub trait EventSink: Send + Sync + 'static {
     /// Whether the sink can take events now. Cheap: readiness checks call it often.
     fn is_ready(&self) -> bool;
 
+    /// Why it cannot, for `/health/ready` and `/health/detailed`.
+    fn not_ready_reason(&self) -> String;
+
     /// What `/health/detailed` shows about this sink (for people, not probes).
     fn details(&self) -> serde_json::Value;
 
@@ -60,11 +63,18 @@ pub enum OpenError {
     },
     #[error("cannot create the Kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("cannot start a sink thread: {0}")]
+    Thread(String),
 }
 
 /// Builds the sink the configuration asks for: Kafka when brokers are set, else the local log.
-/// Its instruments are registered on `meter`.
-pub fn from_config(config: &Config, meter: &Meter) -> Result<Arc<dyn EventSink>, OpenError> {
+/// `topics` names every topic events may be routed to (Kafka checks they exist). Its
+/// instruments are registered on `meter`.
+pub fn from_config(
+    config: &Config,
+    topics: kafka::TopicSource,
+    meter: &Meter,
+) -> Result<Arc<dyn EventSink>, OpenError> {
     if config.kafka.brokers.is_empty() {
         let sink = file::FileSink::open(&config.storage.data_dir, meter)?;
         tracing::info!(
@@ -74,7 +84,7 @@ pub fn from_config(config: &Config, meter: &Meter) -> Result<Arc<dyn EventSink>,
         );
         Ok(Arc::new(sink))
     } else {
-        let sink = kafka::KafkaSink::new(&config.kafka, meter)?;
+        let sink = kafka::KafkaSink::new(&config.kafka, topics, meter)?;
         tracing::info!(
             sink = "kafka",
             brokers = %config.kafka.brokers.join(","),
@@ -82,6 +92,6 @@ pub fn from_config(config: &Config, meter: &Meter) -> Result<Arc<dyn EventSink>,
             acks = config.kafka.required_acks.as_librdkafka(),
             "events are produced to Kafka"
         );
-        Ok(Arc::new(sink))
+        Ok(sink)
     }
 }

@@ -8,10 +8,10 @@ use tonic::{Request, Response, Status};
 use crate::proto::event_gateway_service_server::{EventGatewayService, EventGatewayServiceServer};
 use crate::proto::{
     IngestBatchRequest, IngestBatchResponse, IngestEventRequest, IngestEventResponse,
-    ValidateRequest, ValidateResponse,
+    ListEventTypesRequest, ListEventTypesResponse, ValidateRequest, ValidateResponse,
 };
 use crate::service::Gateway;
-use crate::transport::reply::{batch_reply, event_reply, validate_reply};
+use crate::transport::reply::{batch_reply, event_reply, types_reply, validate_reply};
 use crate::validate::Incoming;
 
 pub struct GrpcService {
@@ -56,5 +56,13 @@ impl EventGatewayService for GrpcService {
     ) -> Result<Response<ValidateResponse>, Status> {
         let event = request.into_inner().event.map(Incoming::from);
         Ok(Response::new(validate_reply(self.gateway.validate(event)?)))
+    }
+
+    async fn list_event_types(
+        &self,
+        _request: Request<ListEventTypesRequest>,
+    ) -> Result<Response<ListEventTypesResponse>, Status> {
+        let (policy, listing) = self.gateway.list_types();
+        Ok(Response::new(types_reply(policy, listing)))
     }
 }

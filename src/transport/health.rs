@@ -36,10 +36,10 @@ pub const GRPC_LIVENESS_SERVICE: &str = "liveness";
 const READINESS_POLL: Duration = Duration::from_millis(250);
 
 /// Readiness as last published, with the reason when not ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Ready {
     ready: bool,
-    reason: &'static str,
+    reason: String,
 }
 
 /// The one readiness state both protocols report.
@@ -57,7 +57,7 @@ impl Readiness {
     pub fn new(gateway: Arc<Gateway>, reporter: HealthReporter) -> Arc<Self> {
         let (published, _) = watch::channel(Ready {
             ready: false,
-            reason: "starting",
+            reason: "starting".into(),
         });
         Arc::new(Self {
             gateway,
@@ -68,7 +68,7 @@ impl Readiness {
     }
 
     fn current(&self) -> Ready {
-        *self.published.borrow()
+        self.published.borrow().clone()
     }
 
     /// Evaluates readiness and publishes a change: gRPC health first, then the REST state.
@@ -128,16 +128,13 @@ pub fn router(
 }
 
 /// Ready to take events: not draining and the sink can store; with the reason when not.
-fn readiness(g: &Gateway) -> (bool, &'static str) {
+fn readiness(g: &Gateway) -> (bool, String) {
     if g.is_draining() {
-        (false, "draining: the gateway is shutting down")
+        (false, "draining: the gateway is shutting down".into())
     } else if !g.sink().is_ready() {
-        (
-            false,
-            "the sink cannot store events (no Kafka broker reachable or log not writable)",
-        )
+        (false, g.sink().not_ready_reason())
     } else {
-        (true, "ready")
+        (true, "ready".into())
     }
 }
 

@@ -1,8 +1,11 @@
 //! The contract's reply messages, built from the core's domain outcomes. Both adapters send
 //! these (gRPC as protobuf, REST as pbjson JSON), so a reply cannot differ between protocols;
 //! a failed batch item's code comes from `status.rs`.
+use crate::config::TypesPolicy;
+use crate::contracts::TypeListing;
 use crate::proto::{
-    EventResult, IngestBatchResponse, IngestEventResponse, Outcome, ValidateResponse,
+    EventResult, EventType, IngestBatchResponse, IngestEventResponse, ListEventTypesResponse,
+    Outcome, ValidateResponse,
 };
 use crate::service::{Ingested, ItemOutcome, Validated};
 use crate::transport::status::item_error;
@@ -57,5 +60,28 @@ pub fn batch_reply(items: Vec<ItemOutcome>) -> IngestBatchResponse {
         results,
         stored_count: stored,
         failed_count: failed,
+    }
+}
+
+/// The registry listing. A schema holding an integer a double cannot represent (beyond 2^53)
+/// has no `google.protobuf.Value` form: it is listed without its document, origin kept.
+pub fn types_reply(policy: TypesPolicy, listing: Vec<TypeListing>) -> ListEventTypesResponse {
+    ListEventTypesResponse {
+        policy: match policy {
+            TypesPolicy::Open => "open",
+            TypesPolicy::Registered => "registered",
+        }
+        .into(),
+        types: listing
+            .into_iter()
+            .map(|t| EventType {
+                pattern: t.pattern,
+                topic: t.topic.unwrap_or_default(),
+                datacontenttype: t.datacontenttype.unwrap_or_default(),
+                dataschema: t.dataschema.unwrap_or_default(),
+                schema: t.schema.and_then(|s| serde_json::from_value(s).ok()),
+                schema_origin: t.schema_origin.unwrap_or_default(),
+            })
+            .collect(),
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -24,16 +24,14 @@ use crate::error::Error;
 use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
 use crate::service::Gateway;
-use crate::transport::reply::{batch_reply, event_reply, validate_reply};
+use crate::transport::reply::{batch_reply, event_reply, types_reply, validate_reply};
 use crate::transport::status::{is_grpc, respond};
 use crate::validate::Incoming;
 
 pub const ROUTE_INGEST_EVENT: &str = "/api/v1/events";
 pub const ROUTE_INGEST_BATCH: &str = "/api/v1/events/batch";
 pub const ROUTE_VALIDATE: &str = "/api/v1/events/validate";
-
-/// The methods every REST route takes (each transcodes a `post:` rule of the contract).
-const ALLOWED_METHODS: &str = "POST";
+pub const ROUTE_TYPES: &str = "/api/v1/types";
 
 /// What the REST adapter and the router's fallback refuse before the core sees a request, or
 /// anything the core says. `status.rs` maps every variant.
@@ -59,12 +57,14 @@ pub enum Rejection {
     Core(#[from] Error),
 }
 
-/// Every REST route with the RPC it transcodes and the request field its body fills (`*` for
-/// the whole request), exactly as in the contract; a test holds the two together.
-pub const ROUTES: &[(&str, &str, &str)] = &[
-    (ROUTE_INGEST_EVENT, "IngestEvent", "event"),
-    (ROUTE_INGEST_BATCH, "IngestBatch", "*"),
-    (ROUTE_VALIDATE, "Validate", "event"),
+/// Every REST route: its method, path, the RPC it transcodes and the request field its body
+/// fills (`*` for the whole request, empty for none), exactly as in the contract; a test holds
+/// the two together.
+pub const ROUTES: &[(&str, &str, &str, &str)] = &[
+    ("POST", ROUTE_INGEST_EVENT, "IngestEvent", "event"),
+    ("POST", ROUTE_INGEST_BATCH, "IngestBatch", "*"),
+    ("POST", ROUTE_VALIDATE, "Validate", "event"),
+    ("GET", ROUTE_TYPES, "ListEventTypes", ""),
 ];
 
 #[derive(Clone)]
@@ -79,6 +79,7 @@ pub fn router(gateway: Arc<Gateway>, max_body: usize) -> Router {
         .route(ROUTE_INGEST_EVENT, post(ingest_event))
         .route(ROUTE_INGEST_BATCH, post(ingest_batch))
         .route(ROUTE_VALIDATE, post(validate))
+        .route(ROUTE_TYPES, get(list_types))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(RestState { gateway, max_body })
 }
@@ -158,11 +159,21 @@ async fn validate(State(s): State<RestState>, req: Request) -> Result<Response, 
     Ok(json(&validate_reply(validated)))
 }
 
+async fn list_types(State(s): State<RestState>) -> Response {
+    let (policy, listing) = s.gateway.list_types();
+    json(&types_reply(policy, listing))
+}
+
 async fn method_not_allowed(req: Request) -> Rejection {
+    let path = req.uri().path().to_owned();
+    let allowed = ROUTES
+        .iter()
+        .find(|(_, p, _, _)| *p == path)
+        .map_or("POST", |(m, _, _, _)| *m);
     Rejection::MethodNotAllowed {
         method: req.method().to_string(),
-        path: req.uri().path().to_owned(),
-        allowed: ALLOWED_METHODS,
+        path,
+        allowed,
     }
 }
 

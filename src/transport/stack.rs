@@ -188,9 +188,9 @@ impl HttpMetrics {
         };
         // Each RPC's successful series exists from the start at 0, over both protocols, so
         // a fresh gateway's dashboards and `rate()` alerts read 0 rather than "no data".
-        for (route, rpc, _) in ROUTES {
+        for (method, route, rpc, _) in ROUTES {
             m.requests
-                .add(0, &request_labels("POST", route, 200, false));
+                .add(0, &request_labels(method, route, 200, false));
             let method = m.grpc_methods.label(&format!("/{SERVICE_NAME}/{rpc}"));
             m.grpc_requests.add(
                 0,

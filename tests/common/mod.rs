@@ -167,6 +167,29 @@ impl TestGateway {
         .await;
     }
 
+    /// Waits until `/health/ready` answers 503 with a reason that contains `text`.
+    pub async fn wait_not_ready_naming(&self, text: &str) {
+        let client = reqwest::Client::new();
+        let url = self.url("/health/ready");
+        wait_until(
+            Duration::from_secs(15),
+            &format!("readiness 503 naming {text:?}"),
+            || {
+                let req = client.get(&url).send();
+                async move {
+                    match req.await {
+                        Ok(r) if r.status() == 503 => r
+                            .json::<serde_json::Value>()
+                            .await
+                            .is_ok_and(|b| b["reason"].as_str().is_some_and(|r| r.contains(text))),
+                        _ => false,
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
     /// Signals shutdown and waits for `serve` to return.
     pub async fn stop(mut self) -> ServeReport {
         if let Some(tx) = self.shutdown.take() {

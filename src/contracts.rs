@@ -1,0 +1,417 @@
+//! Data contracts: the event-type registry. Each entry matches event types (exactly, or by a
+//! glob such as `billing.*`; the most specific entry wins) and may carry a JSON Schema for
+//! `data`, the topic the type goes to, a required `datacontenttype` and a `dataschema` URI.
+//! Schemas are compiled once, when the registry is loaded (at startup, and again when a
+//! watched file changes), never per request; `$ref` resolves only among the registry's own
+//! schema files, never over the network. A reload that fails keeps the registry in force.
+//! Part of the core: it knows nothing of transports, and the validation rules consult it.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use globset::{Glob, GlobMatcher};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{SchemaSource, TypeEntryConfig, TypesConfig, TypesPolicy};
+
+/// Why a registry could not be loaded; names the file or entry.
+#[derive(Debug, thiserror::Error)]
+#[error("event types: {0}")]
+pub struct ContractError(String);
+
+/// A compiled JSON Schema and where it came from.
+pub struct Schema {
+    /// The schema as written, for `GET /api/v1/types`.
+    pub document: Value,
+    /// `inline` or the file it was read from.
+    pub origin: String,
+    validator: jsonschema::Validator,
+}
+
+/// One schema violation: the path inside `data` (`.items[2].price`, empty for `data` itself)
+/// and the keyword's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaViolation {
+    pub path: String,
+    pub message: String,
+}
+
+impl Schema {
+    /// Every way `data` breaks the schema.
+    pub fn violations(&self, data: &Value) -> Vec<SchemaViolation> {
+        self.validator
+            .iter_errors(data)
+            .map(|e| {
+                let mut path = String::new();
+                for segment in &e.instance_path {
+                    match segment {
+                        jsonschema::paths::LocationSegment::Property(p) => {
+                            path.push('.');
+                            path.push_str(&p);
+                        }
+                        jsonschema::paths::LocationSegment::Index(i) => {
+                            path.push_str(&format!("[{i}]"));
+                        }
+                    }
+                }
+                let keyword = e.schema_path.as_str().rsplit('/').next().unwrap_or("");
+                SchemaViolation {
+                    path,
+                    message: format!("{e} (schema keyword `{keyword}`)"),
+                }
+            })
+            .collect()
+    }
+}
+
+/// What the registry says about one type pattern.
+pub struct TypeContract {
+    pub pattern: String,
+    /// None for an exact pattern.
+    glob: Option<GlobMatcher>,
+    pub topic: Option<Arc<str>>,
+    pub datacontenttype: Option<String>,
+    pub dataschema: Option<String>,
+    pub schema: Option<Schema>,
+}
+
+impl TypeContract {
+    fn matches(&self, ty: &str) -> bool {
+        match &self.glob {
+            None => self.pattern == ty,
+            Some(g) => g.is_match(ty),
+        }
+    }
+
+    /// Exact patterns first, then globs with more literal characters first.
+    fn specificity(&self) -> (bool, usize) {
+        let literal = self
+            .pattern
+            .chars()
+            .filter(|c| !matches!(c, '*' | '?' | '[' | ']' | '{' | '}'))
+            .count();
+        (self.glob.is_none(), literal)
+    }
+}
+
+/// The registered types and the policy for the others.
+pub struct Registry {
+    pub policy: TypesPolicy,
+    /// Most specific first.
+    contracts: Vec<TypeContract>,
+    /// Every schema file read, for the reload watcher.
+    files: Vec<PathBuf>,
+}
+
+/// One entry as `GET /api/v1/types` lists it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TypeListing {
+    pub pattern: String,
+    pub topic: Option<String>,
+    pub datacontenttype: Option<String>,
+    pub dataschema: Option<String>,
+    pub schema: Option<Value>,
+    pub schema_origin: Option<String>,
+}
+
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', '{'])
+}
+
+impl Registry {
+    /// An open registry with no entries: every type is accepted, nothing is checked.
+    pub fn empty() -> Self {
+        Self {
+            policy: TypesPolicy::Open,
+            contracts: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Reads the inline entries and the types file, reads and compiles every schema.
+    pub fn load(config: &TypesConfig) -> Result<Self, ContractError> {
+        let mut entries: Vec<(TypeEntryConfig, PathBuf, String)> = config
+            .entries
+            .iter()
+            .cloned()
+            .map(|e| (e, PathBuf::from("."), "types.entries".to_owned()))
+            .collect();
+        let mut files = Vec::new();
+        if let Some(path) = &config.file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ContractError(format!("cannot read types.file {}: {e}", path.display()))
+            })?;
+            let from_file = parse_types_file(&text)
+                .map_err(|e| ContractError(format!("types.file {}: {e}", path.display())))?;
+            let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            entries.extend(
+                from_file
+                    .into_iter()
+                    .map(|e| (e, base.clone(), path.display().to_string())),
+            );
+            files.push(path.clone());
+        }
+
+        // Every schema file, read once, registered under its file URI so `$ref`s between them
+        // resolve (and nothing else does: no network, no other files).
+        let mut documents: BTreeMap<PathBuf, Value> = BTreeMap::new();
+        for (entry, base, _) in &entries {
+            if let Some(SchemaSource::File(rel)) = &entry.schema {
+                let path = base.join(rel);
+                if documents.contains_key(&path) {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ContractError(format!(
+                        "cannot read the schema of `{}` at {}: {e}",
+                        entry.r#type,
+                        path.display()
+                    ))
+                })?;
+                let doc: Value = serde_json::from_str(&text).map_err(|e| {
+                    ContractError(format!("schema {} is not JSON: {e}", path.display()))
+                })?;
+                files.push(path.clone());
+                documents.insert(path, doc);
+            }
+        }
+        let uri = |path: &Path| -> String {
+            let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            format!("file://{}", abs.display())
+        };
+
+        let mut contracts = Vec::with_capacity(entries.len());
+        let mut seen = std::collections::HashSet::new();
+        for (entry, base, declared_in) in entries {
+            let pattern = entry.r#type.clone();
+            if pattern.is_empty() {
+                return Err(ContractError(format!(
+                    "an entry in {declared_in} has an empty `type`"
+                )));
+            }
+            if entry.topic.as_ref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(ContractError(format!(
+                    "`{pattern}`: topic must not be empty"
+                )));
+            }
+            if !seen.insert(pattern.clone()) {
+                return Err(ContractError(format!(
+                    "type pattern `{pattern}` is declared twice (last in {declared_in})"
+                )));
+            }
+            let glob = if is_glob(&pattern) {
+                Some(
+                    Glob::new(&pattern)
+                        .map_err(|e| {
+                            ContractError(format!("type pattern `{pattern}` is not a glob: {e}"))
+                        })?
+                        .compile_matcher(),
+                )
+            } else {
+                None
+            };
+            if let Some(ct) = &entry.datacontenttype
+                && ct.parse::<mime::Mime>().is_err()
+            {
+                return Err(ContractError(format!(
+                    "`{pattern}`: datacontenttype `{ct}` is not a media type"
+                )));
+            }
+            if let Some(ds) = &entry.dataschema
+                && fluent_uri::Uri::parse(ds.as_str()).is_err()
+            {
+                return Err(ContractError(format!(
+                    "`{pattern}`: dataschema `{ds}` is not an absolute URI"
+                )));
+            }
+            let schema = match &entry.schema {
+                None => None,
+                Some(source) => {
+                    let (document, origin, base_uri) = match source {
+                        SchemaSource::Inline(v) => (v.clone(), "inline".to_owned(), None),
+                        SchemaSource::File(rel) => {
+                            let path = base.join(rel);
+                            (
+                                documents[&path].clone(),
+                                path.display().to_string(),
+                                Some(uri(&path)),
+                            )
+                        }
+                    };
+                    let mut options = jsonschema::options();
+                    if let Some(b) = base_uri {
+                        options = options.with_base_uri(b);
+                    }
+                    for (path, doc) in &documents {
+                        let resource =
+                            jsonschema::Resource::from_contents(doc.clone()).map_err(|e| {
+                                ContractError(format!("schema {}: {e}", path.display()))
+                            })?;
+                        options = options.with_resource(uri(path), resource);
+                    }
+                    let validator = options.build(&document).map_err(|e| {
+                        ContractError(format!(
+                            "the schema of `{pattern}` ({origin}) does not compile: {e}"
+                        ))
+                    })?;
+                    Some(Schema {
+                        document,
+                        origin,
+                        validator,
+                    })
+                }
+            };
+            contracts.push(TypeContract {
+                pattern,
+                glob,
+                topic: entry.topic.map(Arc::from),
+                datacontenttype: entry.datacontenttype,
+                dataschema: entry.dataschema,
+                schema,
+            });
+        }
+        // Stable: among equally specific globs the one declared first wins.
+        contracts.sort_by_key(|c| std::cmp::Reverse(c.specificity()));
+        Ok(Self {
+            policy: config.policy,
+            contracts,
+            files,
+        })
+    }
+
+    /// The most specific entry matching `ty`.
+    pub fn lookup(&self, ty: &str) -> Option<&TypeContract> {
+        self.contracts.iter().find(|c| c.matches(ty))
+    }
+
+    /// Every topic an entry routes to.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.contracts.iter().filter_map(|c| c.topic.as_deref())
+    }
+
+    pub fn listing(&self) -> Vec<TypeListing> {
+        self.contracts
+            .iter()
+            .map(|c| TypeListing {
+                pattern: c.pattern.clone(),
+                topic: c.topic.as_deref().map(str::to_owned),
+                datacontenttype: c.datacontenttype.clone(),
+                dataschema: c.dataschema.clone(),
+                schema: c.schema.as_ref().map(|s| s.document.clone()),
+                schema_origin: c.schema.as_ref().map(|s| s.origin.clone()),
+            })
+            .collect()
+    }
+}
+
+/// The types file: `{entries: [...]}`, the shape of `types.entries`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypesFile {
+    entries: Vec<TypeEntryConfig>,
+}
+
+/// YAML through figment's provider (already a dependency for the config), which spares a
+/// direct dependency on the deprecated serde_yaml.
+fn parse_types_file(text: &str) -> Result<Vec<TypeEntryConfig>, String> {
+    use figment::providers::{Format, Yaml};
+    figment::Figment::from(Yaml::string(text))
+        .extract::<TypesFile>()
+        .map(|f| f.entries)
+        .map_err(|e| e.to_string())
+}
+
+/// The registry in force, swapped whole on reload, and what reloads did.
+pub struct Contracts {
+    current: ArcSwap<Registry>,
+    config: TypesConfig,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+impl Contracts {
+    pub fn load(config: &TypesConfig) -> Result<Arc<Self>, ContractError> {
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(Registry::load(config)?),
+            config: config.clone(),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        }))
+    }
+
+    /// `types_reloads_total` and `types_reload_failures_total`.
+    pub fn register_instruments(self: &Arc<Self>, meter: &opentelemetry::metrics::Meter) {
+        let this = self.clone();
+        meter
+            .u64_observable_counter("types_reloads")
+            .with_description("Event-type registry reloads that took effect")
+            .with_callback(move |o| o.observe(this.reloads.load(Ordering::Relaxed), &[]))
+            .build();
+        let this = self.clone();
+        meter
+            .u64_observable_counter("types_reload_failures")
+            .with_description("Event-type registry reloads refused (the previous one stays)")
+            .with_callback(move |o| o.observe(this.reload_failures.load(Ordering::Relaxed), &[]))
+            .build();
+    }
+
+    pub fn current(&self) -> arc_swap::Guard<Arc<Registry>> {
+        self.current.load()
+    }
+
+    /// Loads the files again: on success the new registry takes over; on failure the old one
+    /// stays, and the error is logged and counted.
+    pub fn reload(&self) -> Result<(), ContractError> {
+        match Registry::load(&self.config) {
+            Ok(r) => {
+                self.current.store(Arc::new(r));
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("event types reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "event types not reloaded; the previous ones stay in force");
+                Err(e)
+            }
+        }
+    }
+
+    /// Watches the types file and every schema file, reloading when one changes. notify's
+    /// poll watcher (stat and content hash once per `interval`): it sees files replaced by
+    /// rename, as editors and Kubernetes ConfigMap updates do, where inotify watches on the
+    /// file itself are lost. Returns None when there is nothing to watch.
+    pub fn watch(self: &Arc<Self>, interval: Duration) -> Option<notify::PollWatcher> {
+        use notify::Watcher as _;
+        let files = self.current().files.clone();
+        if files.is_empty() {
+            return None;
+        }
+        let this = Arc::downgrade(self);
+        let handler = move |event: notify::Result<notify::Event>| {
+            if let (Ok(_), Some(c)) = (event, this.upgrade()) {
+                let _ = c.reload();
+            }
+        };
+        let config = notify::Config::default()
+            .with_poll_interval(interval)
+            .with_compare_contents(true);
+        let mut watcher = match notify::PollWatcher::new(handler, config) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the event type files; changes need a restart");
+                return None;
+            }
+        };
+        for f in &files {
+            if let Err(e) = watcher.watch(f, notify::RecursiveMode::NonRecursive) {
+                tracing::error!(file = %f.display(), error = %e, "cannot watch an event type file");
+            }
+        }
+        Some(watcher)
+    }
+}
