@@ -114,6 +114,8 @@ async fn the_docs_page_is_self_contained() {
     );
     let html = r.text().await.unwrap();
     assert!(html.contains(docs::ROUTE_OPENAPI));
+    // The data contracts in force are one click away.
+    assert!(html.contains("href=\"/api/v1/types\""), "{html}");
     for external in ["<script src", "<link", "http://", "https://"] {
         assert!(!html.contains(external), "external asset: {external}");
     }

@@ -54,7 +54,9 @@ h1{margin-bottom:0}.op{border:1px solid #ddd;border-radius:6px;margin:1em 0;padd
 pre{padding:.6em;overflow:auto;font-size:13px}.codes span{margin-right:.8em}
 details{margin:.3em 0}
 </style></head><body>
-<h1>Event Gateway API</h1><p id="desc"></p><div id="ops"></div>
+<h1>Event Gateway API</h1><p id="desc"></p>
+<p>Data contracts in force: <a href="/api/v1/types"><code>GET /api/v1/types</code></a></p>
+<div id="ops"></div>
 <h2>Schemas</h2><div id="schemas"></div>
 <script>
 fetch('/api/docs/openapi.json').then(r => r.json()).then(doc => {
@@ -70,7 +72,9 @@ fetch('/api/docs/openapi.json').then(r => r.json()).then(doc => {
         return '<span title="' + esc(d) + '"><b>' + c + '</b> ' + esc(ref || d) + '</span>';
       }).join('');
       ops.insertAdjacentHTML('beforeend', '<div class="op"><span class="m ' + method + '">' + method +
-        '</span> <code>' + esc(path) + '</code> — ' + esc(op.summary) +
+        '</span> ' + (method === 'get' && !path.includes('{')
+        ? '<a href="' + esc(path) + '"><code>' + esc(path) + '</code></a>'
+        : '<code>' + esc(path) + '</code>') + ' — ' + esc(op.summary) +
         (op.description ? '<p>' + esc(op.description) + '</p>' : '') +
         (body && body.example ? '<details><summary>example request</summary><pre>' +
           esc(JSON.stringify(body.example, null, 2)) + '</pre></details>' : '') +
