@@ -40,11 +40,19 @@ pub struct SchemaViolation {
     pub message: String,
 }
 
+/// Schema violations listed per event; past this, one more line says how many were left out.
+/// Without a cap, a 512 KiB array of wrong-typed items would produce about 250,000 violations
+/// (tens of MiB of error text) for one event.
+pub const MAX_SCHEMA_VIOLATIONS: usize = 20;
+
 impl Schema {
-    /// Every way `data` breaks the schema.
-    pub fn violations(&self, data: &Value) -> Vec<SchemaViolation> {
-        self.validator
-            .iter_errors(data)
+    /// How `data` breaks the schema: the first [`MAX_SCHEMA_VIOLATIONS`] violations, and the
+    /// number of the others (counted, not kept: memory stays bounded by the cap).
+    pub fn violations(&self, data: &Value) -> (Vec<SchemaViolation>, usize) {
+        let mut errors = self.validator.iter_errors(data);
+        let listed = errors
+            .by_ref()
+            .take(MAX_SCHEMA_VIOLATIONS)
             .map(|e| {
                 let mut path = String::new();
                 for segment in &e.instance_path {
@@ -64,7 +72,8 @@ impl Schema {
                     message: format!("{e} (schema keyword `{keyword}`)"),
                 }
             })
-            .collect()
+            .collect();
+        (listed, errors.count())
     }
 }
 

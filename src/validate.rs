@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
 use crate::config::TypesPolicy;
-use crate::contracts::{Registry, TypeContract};
+use crate::contracts::{MAX_SCHEMA_VIOLATIONS, Registry, TypeContract};
 use crate::error::FieldViolation;
 use crate::event::{Data, Event, JsonValue, SPEC_VERSION};
 use crate::proto::CloudEvent;
@@ -517,13 +517,21 @@ fn schema_rule(
             return;
         }
     };
-    let found = schema.violations(&value);
+    let (found, more) = schema.violations(&value);
     if found.is_empty() {
         return;
     }
     (ctx.on_schema_violation)(ty);
     for sv in found {
         v.add(&format!("data{}", sv.path), sv.message);
+    }
+    if more > 0 {
+        v.add(
+            "data",
+            format!(
+                "and {more} more schema violations, not listed (the first {MAX_SCHEMA_VIOLATIONS} are)"
+            ),
+        );
     }
 }
 

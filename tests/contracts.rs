@@ -164,6 +164,39 @@ async fn nonconforming_data_names_every_violating_path_over_both_protocols() {
     );
 }
 
+/// A hostile event cannot make the reply (or the memory behind it) grow with its size: the
+/// schema violations of one event are capped, and the rest are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_violations_per_event_are_capped_and_counted() {
+    let types = vec![TypeEntryConfig {
+        schema: Some(SchemaSource::Inline(
+            json!({"type": "array", "items": {"type": "string"}}),
+        )),
+        ..entry("list.sent")
+    }];
+    let gw = TestGateway::start(local_with(types, TypesPolicy::Open)).await;
+    let n = 100_000;
+    let data = format!("[{}]", vec!["1"; n].join(","));
+    let (s, body) = post_json(
+        &http(),
+        &gw.url("/api/v1/events"),
+        &event_json("list.sent", &data),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let listed = body["details"][0]["fieldViolations"].as_array().unwrap();
+    let cap = event_gateway::contracts::MAX_SCHEMA_VIOLATIONS;
+    assert_eq!(
+        listed.len(),
+        cap + 1,
+        "the cap, plus one line counting the rest"
+    );
+    assert_eq!(listed[0]["field"], "event.data[0]");
+    let last = listed[cap]["description"].as_str().unwrap();
+    assert!(last.contains(&format!("and {} more", n - cap)), "{last}");
+    assert!(body.to_string().len() < 16 * 1024, "the reply stays small");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_policy_refuses_unknown_types_and_open_accepts_them() {
     let types = vec![entry("billing.*"), entry("user.created")];
