@@ -29,3 +29,56 @@ async fn a_reflection_driven_python_client_calls_every_rpc() {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[2]["subject"], "user-456");
 }
+
+/// The CloudEvents Python SDK's own HTTP encodings (binary and structured mode, and a batch
+/// of its structured events) are accepted and stored as the same event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloudevents_python_sdk_is_understood_in_every_mode() {
+    let Some(py) = require(Tool::Python) else {
+        return;
+    };
+    let gw = TestGateway::local().await;
+    let out = tokio::process::Command::new(&py)
+        .args(["tests/py/cloudevents_sdk.py", &gw.addr.to_string()])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {}: {e}", py.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: std::collections::HashMap<String, serde_json::Value> = stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["case"].as_str().unwrap().to_owned(), v)
+        })
+        .collect();
+    for case in ["binary", "structured", "batch"] {
+        assert_eq!(cases[case]["status"], 200, "{case}: {}", cases[case]);
+    }
+    assert_eq!(cases["batch"]["reply"]["storedCount"], 2);
+    let missing = &cases["binary-without-type"];
+    assert_eq!(missing["status"], 400);
+    assert_eq!(
+        missing["reply"]["details"][0]["fieldViolations"][0]["field"],
+        "ce-type"
+    );
+
+    // Four events stored, equal but for their ids.
+    let mut lines = gw.log_lines();
+    assert_eq!(lines.len(), 4);
+    for l in &mut lines {
+        assert!(l["id"].as_str().unwrap().starts_with("sdk-"));
+        l.as_object_mut().unwrap().remove("id");
+    }
+    assert!(lines.windows(2).all(|w| w[0] == w[1]), "{lines:?}");
+    assert_eq!(lines[0]["subject"], "user 1");
+    assert_eq!(lines[0]["partitionkey"], "k-1");
+    assert_eq!(
+        lines[0]["data"],
+        serde_json::json!({"user_id": "1", "email": "a@example.com"})
+    );
+}

@@ -2,6 +2,7 @@
 //! transcoding per the contract's google.api.http annotations), the health endpoints, the
 //! API docs, the shared stack every request passes through, the one table where errors become
 //! status codes (`status`), and the reply messages both adapters send (`reply`).
+pub mod cloudevents;
 pub mod docs;
 pub mod grpc;
 pub mod health;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::collections::HashMap;
+use tower_http::decompression::RequestDecompressionLayer;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,7 @@ use crate::error::Error;
 use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
 use crate::service::Gateway;
+use crate::transport::cloudevents::{self, Mode};
 use crate::transport::reply::{batch_reply, event_reply, types_reply, validate_reply};
 use crate::transport::status::{is_grpc, respond};
 use crate::validate::Incoming;
@@ -53,6 +55,12 @@ pub enum Rejection {
         found: String,
         expected: &'static str,
     },
+    /// The body's `Content-Encoding` is not one we decompress.
+    #[error("unsupported Content-Encoding `{found}`: send one of {supported}, or none")]
+    UnsupportedEncoding {
+        found: String,
+        supported: &'static str,
+    },
     #[error(transparent)]
     Core(#[from] Error),
 }
@@ -73,7 +81,11 @@ struct RestState {
     max_body: usize,
 }
 
-/// The REST routes; requests with a body over `max_body` bytes get 413.
+/// The `Content-Encoding`s request bodies may use (tower-http decompresses them while the body
+/// is read, so `max_body` counts decompressed bytes: a gzip bomb stops at the limit).
+pub const SUPPORTED_ENCODINGS: &str = "gzip, deflate, zstd";
+
+/// The REST routes; requests with a body over `max_body` bytes (decompressed) get 413.
 pub fn router(gateway: Arc<Gateway>, max_body: usize) -> Router {
     Router::new()
         .route(ROUTE_INGEST_EVENT, post(ingest_event))
@@ -82,6 +94,9 @@ pub fn router(gateway: Arc<Gateway>, max_body: usize) -> Router {
         .route(ROUTE_TYPES, get(list_types))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(RestState { gateway, max_body })
+        // Unknown encodings pass through untouched, so `read_body` can refuse them with a
+        // reply that names the supported ones (tower-http's own 415 has an empty body).
+        .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true))
 }
 
 /// The REST body of one event: the fields of `eventgateway.v1.CloudEvent` under their proto3
@@ -137,26 +152,94 @@ struct RestBatch {
     events: Option<Vec<RestEvent>>,
 }
 
+/// `POST /api/v1/events`: one event as the contract's JSON, in structured mode (the
+/// CloudEvents JSON format) or in binary mode (`ce-*` headers, the body is the data); a
+/// batch-mode body is taken as `IngestBatch`.
 async fn ingest_event(State(s): State<RestState>, req: Request) -> Result<Response, Rejection> {
-    let event: RestEvent = decode(req, s.max_body).await?;
-    let ingested = s.gateway.ingest_event(Some(event.into())).await?;
+    let mode = cloudevents::mode(req.headers());
+    if mode == Mode::Batch {
+        return ingest_batch(State(s), req).await;
+    }
+    let incoming = decode_one(mode, req, s.max_body).await?;
+    let ingested = s
+        .gateway
+        .ingest_event(Some(incoming))
+        .await
+        .map_err(|e| rename_for(mode, e))?;
     Ok(json(&event_reply(ingested)))
 }
 
+/// `POST /api/v1/events/batch`: `{"events": [...]}`, or a batch-mode body (a JSON array of
+/// events in the CloudEvents JSON format, `application/cloudevents-batch+json`).
 async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Response, Rejection> {
-    let batch: RestBatch = decode(req, s.max_body).await?;
-    let events = batch.events.unwrap_or_default();
-    let items = s
-        .gateway
-        .ingest_batch(events.into_iter().map(Incoming::from).collect())
-        .await?;
+    let events = match cloudevents::mode(req.headers()) {
+        Mode::Batch => {
+            let body = read_body(req, s.max_body).await?;
+            cloudevents::decode_batch(&body)?
+        }
+        Mode::Json => {
+            let batch: RestBatch = decode(req, s.max_body).await?;
+            let events = batch.events.unwrap_or_default();
+            events.into_iter().map(Incoming::from).collect()
+        }
+        Mode::Binary | Mode::Structured => return Err(one_event_to_batch(&req)),
+    };
+    let items = s.gateway.ingest_batch(events).await?;
     Ok(json(&batch_reply(items)))
 }
 
+/// `POST /api/v1/events/validate`: one event, in any single-event mode.
 async fn validate(State(s): State<RestState>, req: Request) -> Result<Response, Rejection> {
-    let event: RestEvent = decode(req, s.max_body).await?;
-    let validated = s.gateway.validate(Some(event.into()))?;
+    let mode = cloudevents::mode(req.headers());
+    if mode == Mode::Batch {
+        return Err(Rejection::UnsupportedMediaType {
+            found: cloudevents::BATCH_MEDIA_TYPE.into(),
+            expected: "one event: application/json, application/cloudevents+json, or binary mode",
+        });
+    }
+    let incoming = decode_one(mode, req, s.max_body).await?;
+    let validated = s
+        .gateway
+        .validate(Some(incoming))
+        .map_err(|e| rename_for(mode, e))?;
     Ok(json(&validate_reply(validated)))
+}
+
+/// One event from a request in a single-event mode.
+async fn decode_one(mode: Mode, req: Request, max_body: usize) -> Result<Incoming, Rejection> {
+    match mode {
+        Mode::Json => Ok(decode::<RestEvent>(req, max_body).await?.into()),
+        Mode::Structured => Ok(cloudevents::decode_structured(
+            &read_body(req, max_body).await?,
+        )?),
+        Mode::Binary => {
+            let headers = req.headers().clone();
+            let body = read_body(req, max_body).await?;
+            Ok(cloudevents::decode_binary(&headers, body)?)
+        }
+        Mode::Batch => unreachable!("batch bodies are decoded by ingest_batch"),
+    }
+}
+
+/// Binary mode names violations by header; the other modes by field.
+fn rename_for(mode: Mode, e: Error) -> Error {
+    if mode == Mode::Binary {
+        cloudevents::binary_field_names(e)
+    } else {
+        e
+    }
+}
+
+fn one_event_to_batch(req: &Request) -> Rejection {
+    Rejection::UnsupportedMediaType {
+        found: req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(none)")
+            .to_owned(),
+        expected: "{\"events\": [...]} as application/json, or application/cloudevents-batch+json; a single event (binary or structured mode) goes to POST /api/v1/events",
+    }
 }
 
 async fn list_types(State(s): State<RestState>) -> Response {
@@ -222,7 +305,16 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
     }
 }
 
-async fn read_body(req: Request, max_body: usize) -> Result<Bytes, Error> {
+async fn read_body(req: Request, max_body: usize) -> Result<Bytes, Rejection> {
+    // Encodings the decompression layer knows are gone by now; what is left is unknown.
+    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING)
+        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return Err(Rejection::UnsupportedEncoding {
+            found: String::from_utf8_lossy(enc.as_bytes()).into_owned(),
+            supported: SUPPORTED_ENCODINGS,
+        });
+    }
     let too_large = |size| Error::TooLarge {
         what: "request body".into(),
         limit: max_body as u64,
@@ -237,15 +329,16 @@ async fn read_body(req: Request, max_body: usize) -> Result<Bytes, Error> {
     if let Some(len) = declared
         && len > max_body as u64
     {
-        return Err(too_large(Some(len)));
+        return Err(too_large(Some(len)).into());
     }
     // Without a length (chunked), read at most the limit and stop there.
     match Limited::new(req.into_body(), max_body).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(None)),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(None).into()),
         Err(e) => Err(Error::Malformed(format!(
-            "could not read the request body: {e}"
-        ))),
+            "could not read the request body (or decompress it): {e}"
+        ))
+        .into()),
     }
 }
 

@@ -25,6 +25,8 @@ struct Mapped {
     retry_after: Option<Duration>,
     /// The methods a route takes, for 405's `Allow` header.
     allow: Option<&'static str>,
+    /// The content encodings accepted, for 415's `Accept-Encoding` header.
+    accept_encoding: Option<&'static str>,
 }
 
 impl Mapped {
@@ -36,6 +38,7 @@ impl Mapped {
             violations: Vec::new(),
             retry_after: None,
             allow: None,
+            accept_encoding: None,
         }
     }
 }
@@ -94,6 +97,14 @@ fn map_rejection(r: Rejection) -> Mapped {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             message,
         ),
+        Rejection::UnsupportedEncoding { supported, .. } => Mapped {
+            accept_encoding: Some(supported),
+            ..Mapped::new(
+                Code::InvalidArgument,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                message,
+            )
+        },
     }
 }
 
@@ -172,6 +183,10 @@ fn to_http(m: Mapped) -> Response {
     if let Some(allow) = m.allow {
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    if let Some(enc) = m.accept_encoding {
+        resp.headers_mut()
+            .insert(header::ACCEPT_ENCODING, HeaderValue::from_static(enc));
     }
     resp
 }
@@ -261,6 +276,10 @@ mod tests {
                 found: "text/plain".into(),
                 expected: "Content-Type: application/json",
             },
+            Rejection::UnsupportedEncoding {
+                found: "br".into(),
+                supported: "gzip",
+            },
         ];
         samples
             .into_iter()
@@ -278,6 +297,7 @@ mod tests {
                     Rejection::NotFound { .. } => (Code::Unimplemented, 404),
                     Rejection::MethodNotAllowed { .. } => (Code::Unimplemented, 405),
                     Rejection::UnsupportedMediaType { .. } => (Code::InvalidArgument, 415),
+                    Rejection::UnsupportedEncoding { .. } => (Code::InvalidArgument, 415),
                 };
                 (r, grpc, http)
             })
@@ -306,6 +326,10 @@ mod tests {
                     expected,
                 }
             }
+            Rejection::UnsupportedEncoding { found, supported } => Rejection::UnsupportedEncoding {
+                found: found.clone(),
+                supported,
+            },
         }
     }
 
@@ -342,6 +366,7 @@ mod tests {
                 .get(header::RETRY_AFTER)
                 .map(|v| v.to_str().unwrap().to_owned());
             let allow = resp.headers().get(header::ALLOW).cloned();
+            let accept_encoding = resp.headers().get(header::ACCEPT_ENCODING).cloned();
             let body = http_body(resp).await;
             assert_eq!(body["code"], grpc as i32, "{name}");
             assert_eq!(body["message"], name);
@@ -385,8 +410,13 @@ mod tests {
             );
             assert_eq!(grpc_retry.is_some(), wants_retry, "{name}");
             assert_eq!(retry_header, grpc_retry.map(|s| s.to_string()), "{name}");
-            // 405 names what the route takes.
+            // 405 names what the route takes; 415 for an encoding names the accepted ones.
             assert_eq!(allow.is_some(), http == 405, "{name}");
+            assert_eq!(
+                accept_encoding.is_some(),
+                matches!(r, Rejection::UnsupportedEncoding { .. }),
+                "{name}"
+            );
         }
         // Every reason the metrics know is produced by some variant, and no other.
         assert_eq!(
