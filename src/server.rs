@@ -86,7 +86,9 @@ struct App {
     _types_watcher: Option<notify::PollWatcher>,
 }
 
-/// Server reflection, v1 and v1alpha, over the contract's descriptors and gRPC health's.
+/// Server reflection, v1 and v1alpha, over the contract's descriptors, gRPC health's, and the
+/// `google.rpc` error-detail types our errors carry (`BadRequest`, `RetryInfo`), so that
+/// reflection clients such as grpcurl decode error details instead of printing raw bytes.
 ///
 /// Its own function, with a builder per version written out: in release builds (thin LTO,
 /// rustc 1.95) the same two builders made by one closure inside `build` were miscompiled
@@ -108,10 +110,12 @@ fn reflection_services() -> Result<
     let v1 = Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let v1alpha = Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     Ok((v1, v1alpha))
 }

