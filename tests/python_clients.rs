@@ -1,9 +1,28 @@
 //! Clients from another ecosystem: Python's grpcio driven only by server reflection (as
-//! grpcurl is) lists the services and calls all three RPCs. The interpreter comes from
-//! `$EVENT_GATEWAY_PYTHON`, the virtualenv scripts/test prepares with grpcio from PyPI.
+//! grpcurl is) lists the services and calls the RPCs; the CloudEvents Python SDK sends in
+//! every HTTP content mode. The interpreter comes from `$EVENT_GATEWAY_PYTHON`, the
+//! virtualenv scripts/test prepares with both from PyPI.
 mod common;
 
+use std::path::Path;
+
 use common::*;
+
+/// Runs `tests/py/<script> <gateway address>` and returns what it printed; it must succeed.
+async fn run_script(py: &Path, script: &str, gw: &TestGateway) -> String {
+    let out = tokio::process::Command::new(py)
+        .args([&format!("tests/py/{script}"), &gw.addr.to_string()])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {}: {e}", py.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reflection_driven_python_client_calls_every_rpc() {
@@ -11,18 +30,7 @@ async fn a_reflection_driven_python_client_calls_every_rpc() {
         return;
     };
     let gw = TestGateway::local().await;
-    let addr = gw.addr.to_string();
-    let out = tokio::process::Command::new(&py)
-        .args(["tests/py/reflection_client.py", &addr])
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("run {}: {e}", py.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_script(&py, "reflection_client.py", &gw).await;
     assert!(stdout.contains("\"storedCount\": 2"), "{stdout}");
     // Two calls stored three events, read back from the local log.
     let lines = gw.log_lines();
@@ -38,17 +46,7 @@ async fn the_cloudevents_python_sdk_is_understood_in_every_mode() {
         return;
     };
     let gw = TestGateway::local().await;
-    let out = tokio::process::Command::new(&py)
-        .args(["tests/py/cloudevents_sdk.py", &gw.addr.to_string()])
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("run {}: {e}", py.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_script(&py, "cloudevents_sdk.py", &gw).await;
     let cases: std::collections::HashMap<String, serde_json::Value> = stdout
         .lines()
         .map(|l| {
