@@ -503,6 +503,9 @@ impl EventSink for KafkaSink {
                 pending.push(producer.send_result(record).map_err(|(err, _)| err));
             }
             let mut out = Vec::with_capacity(events.len());
+            // Acknowledged records per topic, added to the counter once per topic rather than
+            // once per event (a batch names few topics).
+            let mut produced: Vec<(&str, u64)> = Vec::new();
             for (p, e) in pending.into_iter().zip(events) {
                 let topic = e.topic.as_deref().unwrap_or(&self.config.topic);
                 let r = match p {
@@ -510,8 +513,10 @@ impl EventSink for KafkaSink {
                     Ok(fut) => match fut.await {
                         Ok(Ok(d)) => {
                             self.fenced_in_a_row.store(0, Ordering::Relaxed);
-                            self.produced
-                                .add(1, &[KeyValue::new("topic", topic.to_owned())]);
+                            match produced.iter_mut().find(|(t, _)| *t == topic) {
+                                Some((_, n)) => *n += 1,
+                                None => produced.push((topic, 1)),
+                            }
                             Ok(Stored {
                                 partition: d.partition,
                                 offset: d.offset,
@@ -524,6 +529,10 @@ impl EventSink for KafkaSink {
                     },
                 };
                 out.push(r);
+            }
+            for (topic, n) in produced {
+                self.produced
+                    .add(n, &[KeyValue::new("topic", topic.to_owned())]);
             }
             out
         }
