@@ -223,6 +223,16 @@ async fn a_batch_with_one_invalid_event_stores_nothing() {
     assert_eq!(s, 400);
     assert_eq!(fields(&r), ["events[1].type"]);
     assert!(gw.log_lines().is_empty());
+    // Validate checks one event: a batch body is refused, saying what it takes.
+    let (s, _, r) = post(
+        &gw,
+        "/api/v1/events/validate",
+        &[("content-type", "application/cloudevents-batch+json")],
+        batch.to_string().into(),
+    )
+    .await;
+    assert_eq!(s, 415, "{r}");
+    assert!(r["message"].as_str().unwrap().contains("one event"), "{r}");
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
