@@ -1,7 +1,8 @@
-//! Clients from another ecosystem: Python's grpcio driven only by server reflection (as
+//! Clients from other ecosystems: Python's grpcio driven only by server reflection (as
 //! grpcurl is) lists the services and calls the RPCs; the CloudEvents Python SDK sends in
-//! every HTTP content mode. The interpreter comes from `$EVENT_GATEWAY_PYTHON`, the
-//! virtualenv scripts/test prepares with both from PyPI.
+//! every HTTP content mode, and the CloudEvents JavaScript SDK's HTTP emitter in binary and
+//! structured mode. The interpreter comes from `$EVENT_GATEWAY_PYTHON` (the virtualenv
+//! scripts/test prepares from PyPI); the JavaScript SDK from `tests/js` (npm ci).
 mod common;
 
 use std::path::Path;
@@ -79,4 +80,43 @@ async fn the_cloudevents_python_sdk_is_understood_in_every_mode() {
         lines[0]["data"],
         serde_json::json!({"user_id": "1", "email": "a@example.com"})
     );
+}
+
+/// The CloudEvents JavaScript SDK's own HTTP emitter (binary mode, its default, and
+/// structured mode) is understood, and both store the same event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloudevents_javascript_emitter_is_understood() {
+    let Some(_) = require(Tool::JsSdk) else {
+        return;
+    };
+    let gw = TestGateway::local().await;
+    let out = tokio::process::Command::new("node")
+        .args(["tests/js/cloudevents_emitter.mjs", &gw.addr.to_string()])
+        .output()
+        .await
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replies: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(replies.len(), 2, "{stdout}");
+    for (r, id) in replies.iter().zip(["js-binary", "js-structured"]) {
+        // A stored reply (an error reply has `code` and no `id`).
+        assert_eq!(r["reply"]["id"], id, "{stdout}");
+        assert!(r["reply"]["offset"].is_string(), "{stdout}");
+    }
+    let mut lines = gw.log_lines();
+    assert_eq!(lines.len(), 2);
+    for l in &mut lines {
+        l.as_object_mut().unwrap().remove("id");
+    }
+    assert_eq!(lines[0], lines[1]);
+    assert_eq!(lines[0]["subject"], "user 1");
+    assert_eq!(lines[0]["partitionkey"], "k-1");
 }

