@@ -166,7 +166,9 @@ impl Registry {
         }
 
         // Every schema file, read once, registered under its file URI so `$ref`s between them
-        // resolve (and nothing else does: no network, no other files).
+        // resolve (and nothing else does: no network, no other files). The set is the files
+        // the entries name plus every other `*.json` beside them, so shared definitions
+        // (`{"$ref": "common.json#/$defs/email"}`) need no entry of their own.
         let mut documents: BTreeMap<PathBuf, Value> = BTreeMap::new();
         for (entry, base, _) in &entries {
             if let Some(SchemaSource::File(rel)) = &entry.schema {
@@ -186,6 +188,37 @@ impl Registry {
                 })?;
                 files.push(path.clone());
                 documents.insert(path, doc);
+            }
+        }
+        let dirs: std::collections::BTreeSet<PathBuf> = documents
+            .keys()
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .collect();
+        for dir in dirs {
+            let listing = std::fs::read_dir(&dir).map_err(|e| {
+                ContractError(format!(
+                    "cannot list the schema directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            for path in listing.filter_map(|e| e.ok().map(|e| e.path())) {
+                let neighbour = dir.join(path.file_name().unwrap_or_default());
+                if neighbour.extension().is_none_or(|x| x != "json")
+                    || documents.contains_key(&neighbour)
+                {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&neighbour).map_err(|e| {
+                    ContractError(format!("cannot read {}: {e}", neighbour.display()))
+                })?;
+                let doc: Value = serde_json::from_str(&text).map_err(|e| {
+                    ContractError(format!(
+                        "{} (beside a schema, so available to $ref) is not JSON: {e}",
+                        neighbour.display()
+                    ))
+                })?;
+                files.push(neighbour.clone());
+                documents.insert(neighbour, doc);
             }
         }
         let uri = |path: &Path| -> String {

@@ -412,6 +412,71 @@ async fn schema_file_changes_are_picked_up_and_a_broken_one_is_refused() {
     .await;
 }
 
+/// `$ref` resolves among the schema files, shared definitions included, by relative path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refs_resolve_among_the_schema_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let schemas = dir.path().join("schemas");
+    std::fs::create_dir(&schemas).unwrap();
+    write(
+        &schemas.join("common.json"),
+        r#"{"$defs": {"email": {"type": "string", "pattern": "@"}}}"#,
+    );
+    write(
+        &schemas.join("user.json"),
+        r#"{"type": "object", "required": ["email"], "properties": {"email": {"$ref": "common.json#/$defs/email"}}}"#,
+    );
+    let types_file = dir.path().join("types.yaml");
+    write(
+        &types_file,
+        "entries:\n  - type: user.created\n    schema: schemas/user.json\n",
+    );
+    let mut config = test_config(dir.path());
+    config.types.file = Some(types_file);
+    let gw = TestGateway::start(config).await;
+    let url = gw.url("/api/v1/events");
+    let (s, r) = post_json(
+        &http(),
+        &url,
+        &event_json("user.created", r#"{"email":"a@b"}"#),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let (s, r) = post_json(
+        &http(),
+        &url,
+        &event_json("user.created", r#"{"email":"nope"}"#),
+    )
+    .await;
+    assert_eq!(s, 400, "{r}");
+    assert_eq!(
+        rest_fields(&r),
+        BTreeSet::from(["event.data.email".to_owned()])
+    );
+    // The shared file is watched too: tightening it takes effect without a restart.
+    write(
+        &schemas.join("common.json"),
+        r#"{"$defs": {"email": {"type": "string", "pattern": "@example[.]com$"}}}"#,
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the shared definition reloaded",
+        || {
+            let url = url.clone();
+            async move {
+                post_json(
+                    &http(),
+                    &url,
+                    &event_json("user.created", r#"{"email":"a@b"}"#),
+                )
+                .await
+                .0 == 400
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_that_does_not_compile_stops_startup() {
     let mut config = local_with(
