@@ -176,16 +176,7 @@ impl Registry {
                 if documents.contains_key(&path) {
                     continue;
                 }
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    ContractError(format!(
-                        "cannot read the schema of `{}` at {}: {e}",
-                        entry.r#type,
-                        path.display()
-                    ))
-                })?;
-                let doc: Value = serde_json::from_str(&text).map_err(|e| {
-                    ContractError(format!("schema {} is not JSON: {e}", path.display()))
-                })?;
+                let doc = read_json(&path, &format!("the schema of `{}`", entry.r#type))?;
                 files.push(path.clone());
                 documents.insert(path, doc);
             }
@@ -201,22 +192,13 @@ impl Registry {
                     dir.display()
                 ))
             })?;
-            for path in listing.filter_map(|e| e.ok().map(|e| e.path())) {
-                let neighbour = dir.join(path.file_name().unwrap_or_default());
+            for neighbour in listing.filter_map(|e| e.ok().map(|e| e.path())) {
                 if neighbour.extension().is_none_or(|x| x != "json")
                     || documents.contains_key(&neighbour)
                 {
                     continue;
                 }
-                let text = std::fs::read_to_string(&neighbour).map_err(|e| {
-                    ContractError(format!("cannot read {}: {e}", neighbour.display()))
-                })?;
-                let doc: Value = serde_json::from_str(&text).map_err(|e| {
-                    ContractError(format!(
-                        "{} (beside a schema, so available to $ref) is not JSON: {e}",
-                        neighbour.display()
-                    ))
-                })?;
+                let doc = read_json(&neighbour, "a file beside a schema (available to $ref)")?;
                 files.push(neighbour.clone());
                 documents.insert(neighbour, doc);
             }
@@ -348,6 +330,14 @@ impl Registry {
             })
             .collect()
     }
+}
+
+/// A schema file's JSON; `what` says what the file is, for the error.
+fn read_json(path: &Path, what: &str) -> Result<Value, ContractError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ContractError(format!("cannot read {what} at {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| ContractError(format!("{what} at {} is not JSON: {e}", path.display())))
 }
 
 /// The types file: `{entries: [...]}`, the shape of `types.entries`.

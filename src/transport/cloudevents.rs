@@ -81,17 +81,8 @@ pub fn decode_structured_value(
                 Some(Ok(t)) => ev.time = Some(t.with_timezone(&chrono::Utc).into()),
                 _ => bad(&name, "must be an RFC 3339 timestamp string"),
             },
-            "id" | "source" | "specversion" | "type" | "subject" | "datacontenttype"
-            | "dataschema" => match text() {
-                Some(t) => match name.as_str() {
-                    "id" => ev.id = t,
-                    "source" => ev.source = t,
-                    "specversion" => ev.specversion = t,
-                    "type" => ev.r#type = t,
-                    "subject" => ev.subject = t,
-                    "datacontenttype" => ev.datacontenttype = t,
-                    _ => ev.dataschema = t,
-                },
+            _ if string_attribute(&mut ev, &name).is_some() => match text() {
+                Some(t) => *string_attribute(&mut ev, &name).expect("checked by the guard") = t,
                 None => bad(&name, "must be a string"),
             },
             _ => {
@@ -158,6 +149,21 @@ pub fn decode_batch(body: &[u8]) -> Result<Vec<Incoming>, Error> {
     }
 }
 
+/// The field of a context attribute that is a plain string (all but `time` and the data),
+/// in the CloudEvents JSON format and in binary mode alike.
+fn string_attribute<'e>(ev: &'e mut CloudEvent, name: &str) -> Option<&'e mut String> {
+    Some(match name {
+        "id" => &mut ev.id,
+        "source" => &mut ev.source,
+        "specversion" => &mut ev.specversion,
+        "type" => &mut ev.r#type,
+        "subject" => &mut ev.subject,
+        "datacontenttype" => &mut ev.datacontenttype,
+        "dataschema" => &mut ev.dataschema,
+        _ => return None,
+    })
+}
+
 fn is_json(m: &mime::Mime) -> bool {
     m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON)
 }
@@ -188,12 +194,13 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Incoming, Error
         };
         let value = value.into_owned();
         match attr {
-            "id" => ev.id = value,
-            "source" => ev.source = value,
-            "specversion" => ev.specversion = value,
-            "type" => ev.r#type = value,
-            "subject" => ev.subject = value,
-            "dataschema" => ev.dataschema = value,
+            "datacontenttype" => violations.push(FieldViolation::new(
+                field,
+                "binary mode carries datacontenttype as the Content-Type header",
+            )),
+            _ if string_attribute(&mut ev, attr).is_some() => {
+                *string_attribute(&mut ev, attr).expect("checked by the guard") = value;
+            }
             "time" => match chrono::DateTime::parse_from_rfc3339(&value) {
                 Ok(t) => ev.time = Some(t.with_timezone(&chrono::Utc).into()),
                 Err(e) => violations.push(FieldViolation::new(
@@ -201,10 +208,6 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Incoming, Error
                     format!("must be an RFC 3339 timestamp: {e}"),
                 )),
             },
-            "datacontenttype" => violations.push(FieldViolation::new(
-                field,
-                "binary mode carries datacontenttype as the Content-Type header",
-            )),
             extension => {
                 ev.extensions.insert(extension.to_owned(), value);
             }
