@@ -237,8 +237,12 @@ pub struct PerformanceConfig {
     /// Deadline for one request, delivery included. Must exceed kafka.message_timeout.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Requests handled at once; more are shed with 503 / UNAVAILABLE.
+    /// Requests handled at once; more are shed with 503 / UNAVAILABLE. Each event in flight
+    /// on a stream (IngestStream, the WebSocket route) takes one of these slots too.
     pub max_concurrent_requests: usize,
+    /// Streams (IngestStream calls and WebSockets) open at once; more are refused with
+    /// UNAVAILABLE (WebSocket close code 1013).
+    pub max_streams: usize,
 }
 
 impl Default for PerformanceConfig {
@@ -247,6 +251,7 @@ impl Default for PerformanceConfig {
             max_request_size: ByteSize::mib(10),
             request_timeout: Duration::from_secs(30),
             max_concurrent_requests: 10_000,
+            max_streams: 1000,
         }
     }
 }
@@ -256,8 +261,11 @@ impl Default for PerformanceConfig {
 pub struct LimitsConfig {
     /// Largest event, measured in the CloudEvents JSON format.
     pub max_event_size: ByteSize,
-    /// Most events in one IngestBatch.
+    /// Most events in one IngestBatch (and in one request of a stream).
     pub max_batch_events: usize,
+    /// Events of one stream in flight at once (taken, not yet reported); the server stops
+    /// reading the stream while this many are outstanding.
+    pub max_stream_in_flight: usize,
 }
 
 impl Default for LimitsConfig {
@@ -265,6 +273,7 @@ impl Default for LimitsConfig {
         Self {
             max_event_size: ByteSize::kib(512),
             max_batch_events: 1000,
+            max_stream_in_flight: 1000,
         }
     }
 }
@@ -525,6 +534,12 @@ impl Config {
         }
         if self.performance.max_concurrent_requests == 0 {
             errors.push("performance.max_concurrent_requests must be above 0".into());
+        }
+        if self.performance.max_streams == 0 {
+            errors.push("performance.max_streams must be above 0".into());
+        }
+        if self.limits.max_stream_in_flight == 0 {
+            errors.push("limits.max_stream_in_flight must be above 0".into());
         }
         if self.rate_limit.enabled
             && (self.rate_limit.requests_per_second == 0 || self.rate_limit.burst_size == 0)

@@ -9,6 +9,7 @@ pub mod proto;
 pub mod server;
 pub mod service;
 pub mod sink;
+pub mod stream;
 pub mod telemetry;
 pub mod transport;
 pub mod validate;

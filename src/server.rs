@@ -30,7 +30,7 @@ use crate::sink::{self, FlushReport};
 use crate::telemetry::metrics::MetricsRegistry;
 use crate::transport::health::Readiness;
 use crate::transport::stack::HttpMetrics;
-use crate::transport::{docs, grpc, health, rest, stack};
+use crate::transport::{docs, grpc, health, rest, stack, ws};
 use crate::validate::Limits;
 
 /// Why the gateway could not start; the underlying error is kept as the source.
@@ -152,11 +152,26 @@ fn build(config: &Config) -> Result<App, StartupError> {
     let (reflection_v1, reflection_v1alpha) = reflection_services()?;
 
     // Ingest routes, both protocols, behind admission (rate limit, load shed, deadline).
-    let ingest = grpc_route(
+    let in_flight = config.limits.max_stream_in_flight;
+    let grpc_gateway = grpc::server(gateway.clone(), max_request, in_flight);
+    let admission = stack::Admission::new(&config.rate_limit, &config.performance);
+    let ingest = admission.unary(grpc_route(
         rest::router(gateway.clone(), max_request),
-        grpc::server(gateway.clone(), max_request),
+        grpc_gateway.clone(),
+    ));
+    // Streams, both protocols: a stream slot when they open, then each event is admitted on
+    // its own. IngestStream's exact path takes precedence over the service's wildcard route.
+    let streams = ws::router(
+        gateway.clone(),
+        max_request,
+        in_flight,
+        config.server.idle_timeout,
+    )
+    .route_service(
+        &format!("/{}/IngestStream", proto::SERVICE_NAME),
+        grpc_gateway.map_request(|req: Request| req.map(tonic::body::Body::new)),
     );
-    let ingest = stack::admission(ingest, &config.rate_limit, &config.performance);
+    let ingest = ingest.merge(admission.streaming(streams));
 
     // Operational routes stay reachable when ingest is saturated.
     let mut ops =
@@ -237,12 +252,15 @@ pub async fn serve(
         let readiness = app.readiness.clone();
         let accepting = accepting.clone();
         let delay = config.shutdown.drain_delay;
+        let gateway = gateway.clone();
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!(?delay, "shutdown requested: reporting not ready");
             readiness.drain().await;
             tokio::time::sleep(delay).await;
             accepting.cancel();
+            // Streams end with the listener: they report what they took, then close.
+            gateway.stop_streams();
         });
     }
 

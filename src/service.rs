@@ -1,5 +1,6 @@
 //! The core ingest service: the one implementation of `IngestEvent`, `IngestBatch` and
-//! `Validate` behind both gRPC and REST. It validates, hands events to the sink and returns
+//! `Validate` behind both gRPC and REST (and of each event of a stream: `stream.rs` drives
+//! those through [`Gateway::ingest_item`]). It validates, hands events to the sink and returns
 //! domain outcomes ([`Ingested`], [`ItemOutcome`], [`Validated`]); the transports encode the
 //! replies. It imports nothing from tonic, axum or http, and no registry wiring: its
 //! instruments are built from the OpenTelemetry `Meter` it is given.
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::config::TypesPolicy;
 use crate::contracts::{Contracts, TypeListing};
@@ -116,6 +118,9 @@ pub struct Gateway {
     contracts: Arc<Contracts>,
     metrics: IngestMetrics,
     draining: AtomicBool,
+    /// Cancelled when the server stops accepting connections: open streams stop taking
+    /// events, report the ones they took, and end.
+    streams: CancellationToken,
 }
 
 impl Gateway {
@@ -131,6 +136,7 @@ impl Gateway {
             contracts,
             metrics: IngestMetrics::new(meter),
             draining: AtomicBool::new(false),
+            streams: CancellationToken::new(),
         }
     }
 
@@ -171,23 +177,68 @@ impl Gateway {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// Open streams stop taking events from now on; new ones are refused. Called when the
+    /// server stops accepting connections (after `shutdown.drain_delay`), the moment unary
+    /// requests stop arriving too.
+    pub fn stop_streams(&self) {
+        self.streams.cancel();
+    }
+
+    pub fn streams_stopped(&self) -> bool {
+        self.streams.is_cancelled()
+    }
+
+    /// Resolves once [`Gateway::stop_streams`] was called.
+    pub fn streams_stopping(&self) -> WaitForCancellationFutureOwned {
+        self.streams.clone().cancelled_owned()
+    }
+
+    /// Counts an event refused before validation (a stream's per-event admission).
+    pub fn count_refused(&self, e: &Error) {
+        self.metrics.failed(1, e.reason());
+    }
+
     pub async fn ingest_event(&self, event: Option<Incoming>) -> Result<Ingested, Error> {
-        let checked = self
-            .check_single(event, &|ty| self.metrics.schema_violation(ty))
-            .inspect_err(|_| {
-                self.metrics.failed(1, "invalid");
-            })?;
-        let event = checked.event;
-        let stored = self
-            .publish(std::slice::from_ref(&event))
-            .await
-            .pop()
-            .expect("one result per event")?;
+        let event = self.check_for_ingest(event)?;
+        let stored = self.publish_one(&event).await?;
         Ok(Ingested {
             id: event.id,
             stored,
             time: event.time,
         })
+    }
+
+    /// One event of a stream: the checks and the storing of `ingest_event`, reported with the
+    /// id it was stored under (assigned when the client sent none) even when storing failed.
+    pub async fn ingest_item(&self, incoming: Incoming) -> ItemOutcome {
+        let sent_id = incoming.event.id.clone();
+        match self.check_for_ingest(Some(incoming)) {
+            Ok(event) => ItemOutcome {
+                result: self.publish_one(&event).await,
+                id: event.id,
+            },
+            Err(e) => ItemOutcome {
+                id: sent_id,
+                result: Err(e),
+            },
+        }
+    }
+
+    /// Validation for storing: schema violations and invalid events are counted.
+    fn check_for_ingest(&self, event: Option<Incoming>) -> Result<Event, Error> {
+        let checked = self
+            .check_single(event, &|ty| self.metrics.schema_violation(ty))
+            .inspect_err(|_| {
+                self.metrics.failed(1, "invalid");
+            })?;
+        Ok(checked.event)
+    }
+
+    async fn publish_one(&self, event: &Event) -> Result<Stored, Error> {
+        self.publish(std::slice::from_ref(event))
+            .await
+            .pop()
+            .expect("one result per event")
     }
 
     /// Batch semantics: validation is all-or-nothing (one invalid event rejects the batch,

@@ -1,30 +1,70 @@
-//! The tonic service: unwraps each request, calls the core [`Gateway`], and maps errors with
-//! `status.rs`; replies are encoded by `reply.rs`, as REST's are. Nothing cross-cutting lives
-//! here (no interceptors): that is the shared stack's.
+//! The tonic service: unwraps each request, calls the core [`Gateway`] (or, for
+//! `IngestStream`, the core's stream loop in `stream.rs`), and maps errors with `status.rs`;
+//! replies are encoded by `reply.rs`, as REST's are. Nothing cross-cutting lives here (no
+//! interceptors): that is the shared stack's, which also admits each streamed event.
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use futures::stream::BoxStream;
+use futures::{StreamExt as _, TryStreamExt as _};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
+use crate::error::Error;
 use crate::proto::event_gateway_service_server::{EventGatewayService, EventGatewayServiceServer};
 use crate::proto::{
     IngestBatchRequest, IngestBatchResponse, IngestEventRequest, IngestEventResponse,
-    ListEventTypesRequest, ListEventTypesResponse, ValidateRequest, ValidateResponse,
+    IngestStreamRequest, IngestStreamResponse, ListEventTypesRequest, ListEventTypesResponse,
+    ValidateRequest, ValidateResponse,
 };
 use crate::service::Gateway;
-use crate::transport::reply::{batch_reply, event_reply, types_reply, validate_reply};
+use crate::stream::{self, End, StreamAdmission, Submission};
+use crate::transport::reply::{
+    batch_reply, event_reply, stream_reply, types_reply, validate_reply,
+};
 use crate::validate::Incoming;
 
 pub struct GrpcService {
     gateway: Arc<Gateway>,
+    max_stream_in_flight: usize,
 }
 
 /// The tonic server for the gateway service, decoding messages up to `max_message_size`.
+///
+/// Requests may be compressed with gzip or zstd (`grpc-encoding`); tonic (0.14.9 and later)
+/// decompresses into a buffer limited to `max_message_size`, so a compression bomb ends in
+/// RESOURCE_EXHAUSTED at the limit instead of in memory. Replies are compressed when the
+/// client's `grpc-accept-encoding` asks for it.
 pub fn server(
     gateway: Arc<Gateway>,
     max_message_size: usize,
+    max_stream_in_flight: usize,
 ) -> EventGatewayServiceServer<GrpcService> {
-    EventGatewayServiceServer::new(GrpcService { gateway })
-        .max_decoding_message_size(max_message_size)
+    EventGatewayServiceServer::new(GrpcService {
+        gateway,
+        max_stream_in_flight,
+    })
+    .max_decoding_message_size(max_message_size)
+    .accept_compressed(CompressionEncoding::Gzip)
+    .accept_compressed(CompressionEncoding::Zstd)
+    .send_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Zstd)
+}
+
+/// Why a stream ended, as the call's final status: nothing for a clean end (OK).
+fn final_status(end: End<Status>) -> Option<Status> {
+    match end {
+        End::Closed | End::Gone => None,
+        End::Draining => Some(
+            Error::unavailable(
+                "the gateway is shutting down; events without a result were not taken: send them again",
+            )
+            .into(),
+        ),
+        End::Broken(status) => Some(status),
+    }
 }
 
 #[tonic::async_trait]
@@ -64,5 +104,61 @@ impl EventGatewayService for GrpcService {
     ) -> Result<Response<ListEventTypesResponse>, Status> {
         let (policy, listing) = self.gateway.list_types();
         Ok(Response::new(types_reply(policy, listing)))
+    }
+
+    type IngestStreamStream = BoxStream<'static, Result<IngestStreamResponse, Status>>;
+
+    /// Results stream back as the core's loop produces them; the loop's end becomes the
+    /// call's final status.
+    async fn ingest_stream(
+        &self,
+        request: Request<Streaming<IngestStreamRequest>>,
+    ) -> Result<Response<Self::IngestStreamStream>, Status> {
+        let admit = match request.extensions().get::<StreamAdmission>() {
+            Some(StreamAdmission(opened)) => opened.clone()?,
+            None => {
+                return Err(Error::Internal(
+                    "IngestStream served outside its admission layer".into(),
+                )
+                .into());
+            }
+        };
+        if self.gateway.streams_stopped() {
+            return Err(Error::unavailable(
+                "the gateway is shutting down; open the stream elsewhere",
+            )
+            .into());
+        }
+        let input = request.into_inner().map_ok(|r| Submission {
+            sequence: r.sequence,
+            events: r
+                .events
+                .into_iter()
+                .map(|e| Ok(Incoming::from(e)))
+                .collect(),
+        });
+        let (results, reports) = mpsc::channel(self.max_stream_in_flight);
+        let (ended, end) = oneshot::channel();
+        let gateway = self.gateway.clone();
+        let max = self.max_stream_in_flight;
+        // The request's span goes with the loop, so its trace context reaches the records.
+        tokio::spawn(
+            async move {
+                let end = stream::run(gateway, admit, input, results, max).await;
+                let _ = ended.send(end);
+            }
+            .instrument(tracing::Span::current()),
+        );
+        let end = futures::stream::once(end).filter_map(|end| async move {
+            match end {
+                Ok(end) => final_status(end).map(Err),
+                Err(_) => Some(Err(Error::Internal(
+                    "the stream ended without saying how".into(),
+                )
+                .into())),
+            }
+        });
+        let replies = ReceiverStream::new(reports).map(|r| Ok(stream_reply(r)));
+        Ok(Response::new(replies.chain(end).boxed()))
     }
 }

@@ -4,10 +4,11 @@
 use crate::config::TypesPolicy;
 use crate::contracts::TypeListing;
 use crate::proto::{
-    EventResult, EventType, IngestBatchResponse, IngestEventResponse, ListEventTypesResponse,
-    Outcome, ValidateResponse,
+    EventResult, EventType, IngestBatchResponse, IngestEventResponse, IngestStreamResponse,
+    ListEventTypesResponse, Outcome, ValidateResponse,
 };
 use crate::service::{Ingested, ItemOutcome, Validated};
+use crate::stream::Report;
 use crate::transport::status::item_error;
 
 pub fn event_reply(i: Ingested) -> IngestEventResponse {
@@ -60,6 +61,22 @@ pub fn batch_reply(items: Vec<ItemOutcome>) -> IngestBatchResponse {
         results,
         stored_count: stored,
         failed_count: failed,
+    }
+}
+
+/// One event's result on a stream (IngestStream, and the WebSocket route's result frames).
+pub fn stream_reply(r: Report) -> IngestStreamResponse {
+    let (outcome, partition, offset, error) = match r.result {
+        Ok(s) => (Outcome::Stored, s.partition, s.offset, None),
+        Err(e) => (Outcome::Failed, 0, 0, Some(item_error(e))),
+    };
+    IngestStreamResponse {
+        sequence: r.sequence,
+        id: r.id,
+        outcome: outcome as i32,
+        partition,
+        offset,
+        error,
     }
 }
 

@@ -61,6 +61,11 @@ pub enum Rejection {
         found: String,
         supported: &'static str,
     },
+    /// A plain request on the WebSocket route: it only answers a WebSocket handshake.
+    #[error(
+        "{path} is a WebSocket: send a WebSocket handshake (GET with Upgrade: websocket): {reason}"
+    )]
+    UpgradeRequired { path: &'static str, reason: String },
     #[error(transparent)]
     Core(#[from] Error),
 }
@@ -73,6 +78,12 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("POST", ROUTE_INGEST_BATCH, "IngestBatch", "*"),
     ("POST", ROUTE_VALIDATE, "Validate", "event"),
     ("GET", ROUTE_TYPES, "ListEventTypes", ""),
+    (
+        "GET",
+        crate::transport::ws::ROUTE_EVENTS_WS,
+        "IngestStream",
+        "",
+    ),
 ];
 
 #[derive(Clone)]
@@ -245,7 +256,7 @@ async fn list_types(State(s): State<RestState>) -> Response {
     json(&types_reply(policy, listing))
 }
 
-async fn method_not_allowed(req: Request) -> Rejection {
+pub(crate) async fn method_not_allowed(req: Request) -> Rejection {
     let path = req.uri().path().to_owned();
     let allowed = ROUTES
         .iter()

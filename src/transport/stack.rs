@@ -10,7 +10,10 @@
 //! 4. admission, on the ingest routes only (health, metrics and reflection stay reachable
 //!    under overload): per-client token bucket, then load shedding at
 //!    `performance.max_concurrent_requests`, then the `performance.request_timeout` deadline.
-//!    Rate limiting comes first so a flooding client cannot take concurrency slots.
+//!    Rate limiting comes first so a flooding client cannot take concurrency slots. Streams
+//!    (IngestStream, the WebSocket route) take a `performance.max_streams` slot when they
+//!    open, and each of their events then passes the same bucket, the same slots and the
+//!    same deadline, through the [`Admit`] this layer puts on the request.
 //!
 //! Rejections are rendered for the caller's protocol: a gRPC client gets a gRPC status
 //! (RESOURCE_EXHAUSTED with RetryInfo, UNAVAILABLE, DEADLINE_EXCEEDED), never a bare HTTP
@@ -31,6 +34,7 @@ use http::{HeaderMap, HeaderValue};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
 use opentelemetry_http::HeaderExtractor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{BoxError, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -39,6 +43,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::config::{PerformanceConfig, RateLimitConfig};
 use crate::error::Error;
 use crate::proto::SERVICE_NAME;
+use crate::stream::{Admit, StreamAdmission};
 use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
 use crate::transport::rest::ROUTES;
 use crate::transport::status::{self, is_grpc};
@@ -53,6 +58,21 @@ struct RateLimit {
     limiter: DefaultKeyedRateLimiter<String>,
     rps: u32,
     burst: u32,
+}
+
+impl RateLimit {
+    /// Takes one token from `key`'s bucket, or says how long until one is there.
+    fn check(&self, key: &String) -> Result<(), Error> {
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| Error::RateLimited {
+                limit: format!(
+                    "{} requests/s, burst {} per client (rate_limit.*)",
+                    self.rps, self.burst
+                ),
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            })
+    }
 }
 
 /// The client key: the API key header when present, else the peer IP address.
@@ -70,23 +90,19 @@ fn client_key(req: &Request) -> String {
     }
 }
 
-async fn rate_limit(State(rl): State<Arc<RateLimit>>, req: Request, next: Next) -> Response {
-    let key = client_key(&req);
-    match rl.limiter.check_key(&key) {
+async fn rate_limit(State(a): State<Arc<Admission>>, req: Request, next: Next) -> Response {
+    let Some(rl) = &a.rate else {
+        return next.run(req).await;
+    };
+    match rl.check(&client_key(&req)) {
         Ok(()) => next.run(req).await,
-        Err(not_until) => {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
+        Err(e) => {
+            let wait = match &e {
+                Error::RateLimited { retry_after, .. } => *retry_after,
+                _ => Duration::ZERO,
+            };
             let grpc = is_grpc(req.headers());
-            let mut resp = status::respond(
-                grpc,
-                Error::RateLimited {
-                    limit: format!(
-                        "{} requests/s, burst {} per client (rate_limit.*)",
-                        rl.rps, rl.burst
-                    ),
-                    retry_after: wait,
-                },
-            );
+            let mut resp = status::respond(grpc, e);
             if !grpc {
                 // IETF draft-ietf-httpapi-ratelimit-headers: quota q per window w seconds,
                 // r remaining now, t seconds until a request is allowed again.
@@ -107,10 +123,14 @@ async fn rate_limit(State(rl): State<Arc<RateLimit>>, req: Request, next: Next) 
     }
 }
 
+fn overloaded() -> Error {
+    Error::unavailable("the gateway is at performance.max_concurrent_requests; retry shortly")
+}
+
 /// Renders what tower's load-shed and timeout layers return, for the caller's protocol.
 async fn admission_error(headers: HeaderMap, err: BoxError) -> Response {
     let e = if err.is::<tower::load_shed::error::Overloaded>() {
-        Error::unavailable("the gateway is at performance.max_concurrent_requests; retry shortly")
+        overloaded()
     } else if err.is::<tower::timeout::error::Elapsed>() {
         Error::DeadlineExceeded("performance.request_timeout passed".into())
     } else {
@@ -119,37 +139,114 @@ async fn admission_error(headers: HeaderMap, err: BoxError) -> Response {
     status::respond(is_grpc(&headers), e)
 }
 
-/// Wraps the ingest routes (REST ingest routes and the gRPC gateway service) in admission.
-pub fn admission(router: Router, rate: &RateLimitConfig, perf: &PerformanceConfig) -> Router {
-    let router = router.route_layer(
-        ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(admission_error))
-            .load_shed()
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                perf.max_concurrent_requests,
-            ))
-            .timeout(perf.request_timeout),
-    );
-    if !rate.enabled {
-        return router;
-    }
-    let rps = NonZeroU32::new(rate.requests_per_second).expect("checked by config");
-    let burst = NonZeroU32::new(rate.burst_size).expect("checked by config");
-    let rl = Arc::new(RateLimit {
-        limiter: RateLimiter::dashmap(Quota::per_second(rps).allow_burst(burst)),
-        rps: rps.get(),
-        burst: burst.get(),
-    });
-    let weak = Arc::downgrade(&rl);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(LIMITER_GC_INTERVAL);
-        loop {
-            tick.tick().await;
-            let Some(rl) = weak.upgrade() else { break };
-            rl.limiter.retain_recent();
+/// Admission's shared state: one rate limiter and one pool of `max_concurrent_requests`
+/// slots for unary requests and streamed events alike, so a client cannot escape either by
+/// switching from requests to a stream; and the `max_streams` slots.
+pub struct Admission {
+    rate: Option<RateLimit>,
+    /// `performance.max_concurrent_requests`: a unary request holds one for its whole life,
+    /// a stream one per event in flight.
+    slots: Arc<Semaphore>,
+    /// `performance.max_streams`: one per open stream.
+    streams: Arc<Semaphore>,
+    timeout: Duration,
+}
+
+impl Admission {
+    pub fn new(rate: &RateLimitConfig, perf: &PerformanceConfig) -> Arc<Self> {
+        let rate = rate.enabled.then(|| {
+            let rps = NonZeroU32::new(rate.requests_per_second).expect("checked by config");
+            let burst = NonZeroU32::new(rate.burst_size).expect("checked by config");
+            RateLimit {
+                limiter: RateLimiter::dashmap(Quota::per_second(rps).allow_burst(burst)),
+                rps: rps.get(),
+                burst: burst.get(),
+            }
+        });
+        let a = Arc::new(Self {
+            rate,
+            slots: Arc::new(Semaphore::new(perf.max_concurrent_requests)),
+            streams: Arc::new(Semaphore::new(perf.max_streams)),
+            timeout: perf.request_timeout,
+        });
+        if a.rate.is_some() {
+            let weak = Arc::downgrade(&a);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(LIMITER_GC_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    let Some(a) = weak.upgrade() else { break };
+                    if let Some(rl) = &a.rate {
+                        rl.limiter.retain_recent();
+                    }
+                }
+            });
         }
-    });
-    router.route_layer(from_fn_with_state(rl, rate_limit))
+        a
+    }
+
+    /// Wraps the unary ingest routes (REST ingest routes and the gRPC gateway service):
+    /// per-client token bucket, then load shedding at `max_concurrent_requests`, then the
+    /// `request_timeout` deadline.
+    pub fn unary(self: &Arc<Self>, router: Router) -> Router {
+        router
+            .route_layer(
+                ServiceBuilder::new()
+                    .layer(HandleErrorLayer::new(admission_error))
+                    .load_shed()
+                    .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
+                        self.slots.clone(),
+                    ))
+                    .timeout(self.timeout),
+            )
+            .route_layer(from_fn_with_state(self.clone(), rate_limit))
+    }
+
+    /// Wraps the streaming routes (IngestStream, the WebSocket route): a stream takes a
+    /// `max_streams` slot and no token; each of its events is admitted on its own by the
+    /// [`Admit`] this puts on the request (rate limits count events, not streams).
+    pub fn streaming(self: &Arc<Self>, router: Router) -> Router {
+        router.route_layer(from_fn_with_state(self.clone(), open_stream))
+    }
+}
+
+/// One stream's admission: the client's key, decided once when the stream opens.
+struct StreamAdmit {
+    admission: Arc<Admission>,
+    key: String,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Admit for StreamAdmit {
+    fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
+        if let Some(rl) = &self.admission.rate {
+            rl.check(&self.key)?;
+        }
+        self.admission
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| overloaded())
+    }
+
+    fn deadline(&self) -> Duration {
+        self.admission.timeout
+    }
+}
+
+async fn open_stream(State(a): State<Arc<Admission>>, mut req: Request, next: Next) -> Response {
+    let opened = match a.streams.clone().try_acquire_owned() {
+        Ok(slot) => Ok(Arc::new(StreamAdmit {
+            key: client_key(&req),
+            admission: a.clone(),
+            _slot: slot,
+        }) as Arc<dyn Admit>),
+        Err(_) => Err(Error::unavailable(
+            "the gateway is at performance.max_streams open streams; retry shortly",
+        )),
+    };
+    req.extensions_mut().insert(StreamAdmission(opened));
+    next.run(req).await
 }
 
 /// The stack's instruments: every request by route and status, gRPC calls by method and code,

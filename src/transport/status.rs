@@ -12,7 +12,7 @@ use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::{Error, FieldViolation};
-use crate::proto::EventError;
+use crate::proto::{self, EventError};
 use crate::transport::rest::Rejection;
 
 /// A failure laid out for rendering: codes for both protocols plus the details both carry.
@@ -27,6 +27,8 @@ struct Mapped {
     allow: Option<&'static str>,
     /// The content encodings accepted, for 415's `Accept-Encoding` header.
     accept_encoding: Option<&'static str>,
+    /// The protocol to upgrade to, for 426's `Upgrade` header.
+    upgrade: Option<&'static str>,
 }
 
 impl Mapped {
@@ -39,6 +41,7 @@ impl Mapped {
             retry_after: None,
             allow: None,
             accept_encoding: None,
+            upgrade: None,
         }
     }
 }
@@ -102,6 +105,14 @@ fn map_rejection(r: Rejection) -> Mapped {
             ..Mapped::new(
                 Code::InvalidArgument,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                message,
+            )
+        },
+        Rejection::UpgradeRequired { .. } => Mapped {
+            upgrade: Some("websocket"),
+            ..Mapped::new(
+                Code::FailedPrecondition,
+                StatusCode::UPGRADE_REQUIRED,
                 message,
             )
         },
@@ -188,6 +199,10 @@ fn to_http(m: Mapped) -> Response {
         resp.headers_mut()
             .insert(header::ACCEPT_ENCODING, HeaderValue::from_static(enc));
     }
+    if let Some(proto) = m.upgrade {
+        resp.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static(proto));
+    }
     resp
 }
 
@@ -227,7 +242,7 @@ pub fn respond(grpc: bool, r: impl Into<Rejection>) -> Response {
     }
 }
 
-/// A failed event of a batch, as the batch reply reports it.
+/// A failed event of a batch or a stream, as its result reports it.
 pub fn item_error(e: Error) -> EventError {
     let retryable = e.is_retryable();
     let m = map(e);
@@ -235,6 +250,14 @@ pub fn item_error(e: Error) -> EventError {
         code: code_name(m.grpc).into(),
         message: m.message,
         retryable,
+        field_violations: m
+            .violations
+            .into_iter()
+            .map(|v| proto::FieldViolation {
+                field: v.field,
+                description: v.description,
+            })
+            .collect(),
     }
 }
 
@@ -280,6 +303,10 @@ mod tests {
                 found: "br".into(),
                 supported: "gzip",
             },
+            Rejection::UpgradeRequired {
+                path: "/api/v1/events/ws",
+                reason: "no Upgrade header".into(),
+            },
         ];
         samples
             .into_iter()
@@ -298,6 +325,7 @@ mod tests {
                     Rejection::MethodNotAllowed { .. } => (Code::Unimplemented, 405),
                     Rejection::UnsupportedMediaType { .. } => (Code::InvalidArgument, 415),
                     Rejection::UnsupportedEncoding { .. } => (Code::InvalidArgument, 415),
+                    Rejection::UpgradeRequired { .. } => (Code::FailedPrecondition, 426),
                 };
                 (r, grpc, http)
             })
@@ -329,6 +357,10 @@ mod tests {
             Rejection::UnsupportedEncoding { found, supported } => Rejection::UnsupportedEncoding {
                 found: found.clone(),
                 supported,
+            },
+            Rejection::UpgradeRequired { path, reason } => Rejection::UpgradeRequired {
+                path,
+                reason: reason.clone(),
             },
         }
     }
@@ -367,6 +399,7 @@ mod tests {
                 .map(|v| v.to_str().unwrap().to_owned());
             let allow = resp.headers().get(header::ALLOW).cloned();
             let accept_encoding = resp.headers().get(header::ACCEPT_ENCODING).cloned();
+            let upgrade = resp.headers().get(header::UPGRADE).cloned();
             let body = http_body(resp).await;
             assert_eq!(body["code"], grpc as i32, "{name}");
             assert_eq!(body["message"], name);
@@ -415,6 +448,12 @@ mod tests {
             assert_eq!(
                 accept_encoding.is_some(),
                 matches!(r, Rejection::UnsupportedEncoding { .. }),
+                "{name}"
+            );
+            // 426 says what to upgrade to.
+            assert_eq!(
+                upgrade.as_ref().map(|v| v.to_str().unwrap()),
+                (http == 426).then_some("websocket"),
                 "{name}"
             );
         }

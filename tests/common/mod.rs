@@ -190,6 +190,12 @@ impl TestGateway {
         .await;
     }
 
+    /// Signals shutdown and waits for `serve` to return; the data directory outlives it.
+    pub async fn stop_keeping_data(mut self) -> (ServeReport, tempfile::TempDir) {
+        let dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap());
+        (self.stop().await, dir)
+    }
+
     /// Signals shutdown and waits for `serve` to return.
     pub async fn stop(mut self) -> ServeReport {
         if let Some(tx) = self.shutdown.take() {

@@ -1,0 +1,329 @@
+//! WebSocket ingest on `GET /api/v1/events/ws`, the HTTP face of `IngestStream`: each text
+//! frame is one event in the CloudEvents JSON format, or `{"sequence": n, "events": [...]}`
+//! (an `IngestStreamRequest`, its events in the CloudEvents JSON format); each result goes
+//! back as a text frame holding an `IngestStreamResponse` in JSON. The frames feed the core's
+//! stream loop (`stream.rs`), exactly as IngestStream's messages do, so admission, validation,
+//! the in-flight bound (the socket is not read past it) and the drain are the same.
+//!
+//! The server pings every half of `server.idle_timeout` and closes a socket that sent nothing,
+//! not even a pong, for a whole `idle_timeout`. Close codes say why a socket ended: 1001 going
+//! away (shutdown, idle), 1008 policy (a binary frame), 1009 too big (a frame over
+//! `performance.max_request_size`), 1013 try again later (`performance.max_streams`).
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{
+    CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code,
+    rejection::WebSocketUpgradeRejection,
+};
+use axum::extract::{Extension, State};
+use axum::response::{IntoResponse as _, Response};
+use axum::routing::get;
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
+
+use crate::error::Error;
+use crate::service::Gateway;
+use crate::stream::{self, Admit, End, StreamAdmission, Submission};
+use crate::transport::cloudevents::decode_structured_value;
+use crate::transport::reply::stream_reply;
+use crate::transport::rest::{Rejection, method_not_allowed};
+
+pub const ROUTE_EVENTS_WS: &str = "/api/v1/events/ws";
+
+#[derive(Clone)]
+struct WsState {
+    gateway: Arc<Gateway>,
+    max_message: usize,
+    max_in_flight: usize,
+    idle_timeout: Duration,
+}
+
+/// The WebSocket route. Frames over `max_message` bytes close the socket with 1009.
+pub fn router(
+    gateway: Arc<Gateway>,
+    max_message: usize,
+    max_in_flight: usize,
+    idle_timeout: Duration,
+) -> Router {
+    Router::new()
+        .route(ROUTE_EVENTS_WS, get(upgrade))
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(WsState {
+            gateway,
+            max_message,
+            max_in_flight,
+            idle_timeout,
+        })
+}
+
+async fn upgrade(
+    State(s): State<WsState>,
+    admission: Option<Extension<StreamAdmission>>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(r) => {
+            return Rejection::UpgradeRequired {
+                path: ROUTE_EVENTS_WS,
+                reason: r.body_text(),
+            }
+            .into_response();
+        }
+    };
+    let opened = match admission {
+        Some(Extension(StreamAdmission(opened))) => opened,
+        None => Err(Error::Internal(
+            "the WebSocket route is served outside its admission layer".into(),
+        )),
+    };
+    // The request's span goes with the socket, so its trace context reaches the records.
+    let span = tracing::Span::current();
+    ws.max_message_size(s.max_message)
+        .max_frame_size(s.max_message)
+        .on_upgrade(move |socket| session(s, opened, socket).instrument(span))
+}
+
+/// Why the socket's input ended, beyond the client closing it.
+#[derive(Debug)]
+enum Broken {
+    /// A frame over the size limit.
+    TooBig,
+    /// A binary frame.
+    Binary,
+    /// Nothing arrived, not even a pong, for `idle_timeout`.
+    Idle,
+    /// The connection failed.
+    Read,
+}
+
+fn close_frame(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+async fn session(s: WsState, opened: Result<Arc<dyn Admit>, Error>, mut socket: WebSocket) {
+    let admit = match opened {
+        Ok(_) if s.gateway.streams_stopped() => {
+            let bye = close_frame(
+                close_code::AWAY,
+                "the gateway is shutting down; connect again",
+            );
+            let _ = socket.send(bye).await;
+            return;
+        }
+        Ok(admit) => admit,
+        Err(e) => {
+            let _ = socket
+                .send(close_frame(close_code::AGAIN, &e.to_string()))
+                .await;
+            return;
+        }
+    };
+    let (mut out, frames) = socket.split();
+    let max = s.max_message;
+    let input = tokio_stream::StreamExt::timeout(frames, s.idle_timeout).filter_map(|item| {
+        futures::future::ready(match item {
+            Err(_elapsed) => Some(Err(Broken::Idle)),
+            Ok(Err(e)) => Some(Err(read_error(e))),
+            Ok(Ok(Message::Text(text))) => Some(Ok(decode_frame(text.as_str()))),
+            Ok(Ok(Message::Binary(_))) => Some(Err(Broken::Binary)),
+            // tungstenite answers pings itself; a pong only proves the client is there. After
+            // a close frame the stream ends.
+            Ok(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => None,
+        })
+    });
+    let (results, mut reports) = mpsc::channel(s.max_in_flight);
+    let run = stream::run(s.gateway.clone(), admit, input, results, s.max_in_flight);
+    let keepalive = s.idle_timeout / 2;
+    let write = async {
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        loop {
+            let frame = tokio::select! {
+                report = reports.recv() => match report {
+                    Some(r) => {
+                        let reply = serde_json::to_string(&stream_reply(r))
+                            .expect("replies always serialize");
+                        Message::Text(reply.into())
+                    }
+                    None => break,
+                },
+                _ = ping.tick() => Message::Ping(Default::default()),
+            };
+            if out.send(frame).await.is_err() {
+                break;
+            }
+        }
+        drop(reports);
+        out
+    };
+    let (end, mut out) = tokio::join!(run, write);
+    let bye = match end {
+        End::Closed | End::Gone | End::Broken(Broken::Read) => None,
+        End::Draining => Some((
+            close_code::AWAY,
+            "the gateway is shutting down; events without a result were not taken: send them again"
+                .to_owned(),
+        )),
+        End::Broken(Broken::Idle) => Some((
+            close_code::AWAY,
+            "nothing received, not even a pong, within server.idle_timeout".to_owned(),
+        )),
+        End::Broken(Broken::TooBig) => Some((
+            close_code::SIZE,
+            format!("a frame exceeds the limit of {max} bytes (performance.max_request_size)"),
+        )),
+        End::Broken(Broken::Binary) => Some((
+            close_code::POLICY,
+            "text frames only: one event in the CloudEvents JSON format, or {\"events\": [...]}"
+                .to_owned(),
+        )),
+    };
+    if let Some((code, reason)) = bye {
+        let _ = out.send(close_frame(code, &reason)).await;
+    }
+    let _ = out.close().await;
+}
+
+/// A read error: a frame over the size limit is the client's, anything else the connection's.
+fn read_error(e: axum::Error) -> Broken {
+    match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => Broken::TooBig,
+        _ => Broken::Read,
+    }
+}
+
+/// One text frame: an event in the CloudEvents JSON format, or a request frame (an object
+/// whose `events` member is an array; no CloudEvents attribute can be an array, so the two
+/// cannot be confused). What cannot be read is one failed event; an event that cannot be
+/// decoded fails alone.
+fn decode_frame(text: &str) -> Submission {
+    let members: BTreeMap<String, Box<RawValue>> = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => {
+            return Submission::unreadable(Error::Malformed(format!(
+                "a frame is one event in the CloudEvents JSON format, or {{\"events\": [...]}}: {e}"
+            )));
+        }
+    };
+    let is_request = members
+        .get("events")
+        .is_some_and(|raw| raw.get().trim_start().starts_with('['));
+    if !is_request {
+        return Submission {
+            sequence: None,
+            events: vec![decode_structured_value(members, "event").map_err(Error::InvalidArgument)],
+        };
+    }
+    decode_request(members)
+}
+
+fn decode_request(mut members: BTreeMap<String, Box<RawValue>>) -> Submission {
+    let events = members.remove("events").expect("checked by the caller");
+    let sequence = members.remove("sequence");
+    if let Some(unknown) = members.keys().next() {
+        return Submission::unreadable(Error::Malformed(format!(
+            "unknown member `{unknown}`: a request frame has `events` and optionally `sequence`"
+        )));
+    }
+    let sequence = match sequence.as_deref().map(parse_sequence) {
+        None => None,
+        Some(Some(n)) => Some(n),
+        Some(None) => {
+            return Submission::unreadable(Error::Malformed(
+                "`sequence` must be a whole number from 0 to 2^64-1 (a number or a decimal string)"
+                    .into(),
+            ));
+        }
+    };
+    match serde_json::from_str::<Vec<BTreeMap<String, Box<RawValue>>>>(events.get()) {
+        Ok(items) => Submission {
+            sequence,
+            events: items
+                .into_iter()
+                .map(|m| decode_structured_value(m, "event").map_err(Error::InvalidArgument))
+                .collect(),
+        },
+        Err(e) => Submission {
+            sequence,
+            events: vec![Err(Error::Malformed(format!(
+                "`events` must be an array of events in the CloudEvents JSON format: {e}"
+            )))],
+        },
+    }
+}
+
+/// A uint64 in the proto3 JSON mapping: a number or a decimal string.
+fn parse_sequence(raw: &RawValue) -> Option<u64> {
+    serde_json::from_str::<u64>(raw.get())
+        .ok()
+        .or_else(|| serde_json::from_str::<String>(raw.get()).ok()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(s: &Submission) -> Vec<Result<String, String>> {
+        s.events
+            .iter()
+            .map(|e| match e {
+                Ok(i) => Ok(i.event.id.clone()),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_frame_is_an_event_or_a_request() {
+        let one = decode_frame(r#"{"id":"a","type":"t","source":"s","events":"x"}"#);
+        assert_eq!(one.sequence, None);
+        assert_eq!(ids(&one), vec![Ok("a".to_owned())]);
+        // `events` as a string is an extension attribute of a single event.
+        assert_eq!(
+            one.events[0].as_ref().unwrap().event.extensions["events"],
+            "x"
+        );
+
+        let req = decode_frame(r#"{"sequence":"7","events":[{"id":"a"},{"id":"b","x":[1]}]}"#);
+        assert_eq!(req.sequence, Some(7));
+        let got = ids(&req);
+        assert_eq!(got[0], Ok("a".to_owned()));
+        assert!(
+            got[1].as_ref().unwrap_err().contains("event.extensions[x]"),
+            "{got:?}"
+        );
+
+        let num = decode_frame(r#"{"sequence":3,"events":[]}"#);
+        assert_eq!((num.sequence, num.events.len()), (Some(3), 0));
+    }
+
+    #[test]
+    fn unreadable_frames_say_what_a_frame_is() {
+        for (frame, says) in [
+            ("not json", "a frame is one event"),
+            ("[1,2]", "a frame is one event"),
+            (r#"{"events":[],"extra":1}"#, "unknown member `extra`"),
+            (
+                r#"{"events":[],"sequence":-1}"#,
+                "`sequence` must be a whole number",
+            ),
+            (r#"{"events":[1]}"#, "`events` must be an array of events"),
+        ] {
+            let s = decode_frame(frame);
+            let got = ids(&s);
+            assert_eq!(got.len(), 1, "{frame}");
+            assert!(
+                got[0].as_ref().unwrap_err().contains(says),
+                "{frame}: {got:?}"
+            );
+        }
+    }
+}

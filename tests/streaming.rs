@@ -1,0 +1,637 @@
+//! Streaming ingest over both of its faces, IngestStream (tonic client) and the WebSocket
+//! route (tokio-tungstenite client): every event stored and reported once, in the order it
+//! arrived; an invalid or unreadable event fails alone; per-event rate limits; the stream cap;
+//! client cancel; the drain; frame limits and close codes; compressed gRPC messages and the
+//! bomb they allow; and equal Kafka records whichever way an event arrived.
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use event_gateway::proto::{CloudEvent, IngestStreamRequest, IngestStreamResponse, Outcome};
+use futures::{SinkExt as _, StreamExt as _};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn event(id: &str) -> CloudEvent {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "type": "user.created", "source": "stream-test",
+        "data": {"user_id": id}
+    }))
+    .unwrap()
+}
+
+fn request(sequence: Option<u64>, events: Vec<CloudEvent>) -> IngestStreamRequest {
+    IngestStreamRequest { sequence, events }
+}
+
+/// An open IngestStream: a sender for requests and the stream of results.
+struct GrpcStream {
+    tx: mpsc::Sender<IngestStreamRequest>,
+    results: tonic::Streaming<IngestStreamResponse>,
+}
+
+async fn open_stream(gw: &TestGateway) -> Result<GrpcStream, tonic::Status> {
+    let (tx, rx) = mpsc::channel(64);
+    let results = gw
+        .grpc()
+        .await
+        .ingest_stream(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok(GrpcStream { tx, results })
+}
+
+impl GrpcStream {
+    async fn send(&self, r: IngestStreamRequest) {
+        self.tx.send(r).await.unwrap();
+    }
+
+    /// The next `n` results.
+    async fn take(&mut self, n: usize) -> Vec<IngestStreamResponse> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let next = tokio::time::timeout(Duration::from_secs(20), self.results.next())
+                .await
+                .expect("a result within 20 s");
+            out.push(
+                next.expect("the stream ended early")
+                    .expect("a result, not a status"),
+            );
+        }
+        out
+    }
+
+    /// Closes our side and reads to the end: the remaining results and the final status.
+    async fn finish(mut self) -> (Vec<IngestStreamResponse>, Result<(), tonic::Status>) {
+        drop(self.tx);
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), self.results.next())
+                .await
+                .expect("the stream ends within 20 s")
+            {
+                Some(Ok(r)) => out.push(r),
+                Some(Err(status)) => return (out, Err(status)),
+                None => return (out, Ok(())),
+            }
+        }
+    }
+}
+
+fn by_sequence(results: Vec<IngestStreamResponse>) -> BTreeMap<u64, IngestStreamResponse> {
+    let n = results.len();
+    let map: BTreeMap<_, _> = results.into_iter().map(|r| (r.sequence, r)).collect();
+    assert_eq!(map.len(), n, "a sequence number was reported twice");
+    map
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_stores_every_event_once_in_the_order_it_arrived() {
+    let gw = TestGateway::local().await;
+    let s = open_stream(&gw).await.unwrap();
+    // Numbered by the client (100, then 101-103 in one request), then numbered by the server
+    // from where the last request left off.
+    s.send(request(Some(100), vec![event("e100")])).await;
+    s.send(request(
+        None,
+        vec![event("e101"), event("e102"), event("e103")],
+    ))
+    .await;
+    for i in 104..300 {
+        s.send(request(None, vec![event(&format!("e{i}"))])).await;
+    }
+    let (results, end) = s.finish().await;
+    end.expect("a stream the client closed ends with OK");
+    let results = by_sequence(results);
+    assert_eq!(
+        results.keys().copied().collect::<Vec<_>>(),
+        (100..300).collect::<Vec<_>>()
+    );
+    let lines = gw.log_lines();
+    assert_eq!(lines.len(), 200);
+    for (seq, r) in &results {
+        assert_eq!(r.outcome, Outcome::Stored as i32, "{r:?}");
+        assert_eq!(r.id, format!("e{seq}"));
+        // The local log's offset is the line: events were stored in the order sent.
+        assert_eq!(r.offset, (*seq - 100) as i64, "{r:?}");
+        assert_eq!(lines[r.offset as usize]["id"], r.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_event_in_the_middle_of_a_stream_fails_alone() {
+    let gw = TestGateway::local().await;
+    let mut s = open_stream(&gw).await.unwrap();
+    let mut bad = event("bad");
+    bad.r#type.clear();
+    s.send(request(Some(1), vec![event("a"), bad, event("b")]))
+        .await;
+    // An empty request is one failed result, not the end of the stream.
+    s.send(request(Some(10), vec![])).await;
+    let first = by_sequence(s.take(4).await);
+    s.send(request(Some(20), vec![event("c")])).await;
+    let (rest, end) = s.finish().await;
+    end.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].outcome, Outcome::Stored as i32);
+
+    assert_eq!(first[&1].outcome, Outcome::Stored as i32);
+    assert_eq!(first[&3].outcome, Outcome::Stored as i32);
+    let failed = &first[&2];
+    assert_eq!(failed.outcome, Outcome::Failed as i32);
+    assert_eq!(failed.id, "bad");
+    let err = failed.error.as_ref().unwrap();
+    assert_eq!(err.code, "INVALID_ARGUMENT");
+    assert!(!err.retryable);
+    assert_eq!(err.field_violations[0].field, "event.type");
+    let empty = &first[&10].error.as_ref().unwrap();
+    assert_eq!(empty.field_violations[0].field, "events");
+    // a, b and c were stored; nothing of the invalid event.
+    let ids: Vec<_> = gw.log_lines().iter().map(|l| l["id"].clone()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_events_pass_the_rate_limit_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.rate_limit.enabled = true;
+    config.rate_limit.requests_per_second = 1;
+    config.rate_limit.burst_size = 5;
+    let gw = TestGateway::start(config).await;
+    let s = open_stream(&gw).await.unwrap();
+    s.send(request(
+        Some(0),
+        (0..10).map(|i| event(&format!("r{i}"))).collect(),
+    ))
+    .await;
+    let (results, end) = s.finish().await;
+    end.unwrap();
+    let stored = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Stored as i32)
+        .count();
+    // The bucket holds 5 and refills one a second: 5 or 6 pass, never all 10.
+    assert!((5..=6).contains(&stored), "{results:?}");
+    for r in results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Failed as i32)
+    {
+        let e = r.error.as_ref().unwrap();
+        assert_eq!(e.code, "RESOURCE_EXHAUSTED", "{r:?}");
+        assert!(e.retryable);
+        assert!(e.message.contains("rate_limit"), "{}", e.message);
+    }
+    assert_eq!(gw.log_lines().len(), stored);
+    let metrics = gw.metrics().await;
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("events_ingested_failed_total{") && l.contains("reason=\"rate_limited\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refused as usize, 10 - stored, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_cap_refuses_a_second_stream_until_the_first_is_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.performance.max_streams = 1;
+    let gw = TestGateway::start(config).await;
+    let mut first = open_stream(&gw).await.unwrap();
+    first.send(request(None, vec![event("one")])).await;
+    first.take(1).await;
+
+    let refused = open_stream(&gw).await.err().expect("over max_streams");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(refused.message().contains("performance.max_streams"));
+    let (_ws, close) = ws_connect_refused(&gw).await;
+    assert_eq!(close.0, CloseCode::Again, "{close:?}");
+    assert!(close.1.contains("performance.max_streams"), "{close:?}");
+
+    // The client cancels (drops the call): its slot comes back and the gateway serves on.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        if let Ok(s) = open_stream(&gw).await {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stream slot after cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    again.send(request(None, vec![event("two")])).await;
+    let (results, end) = again.finish().await;
+    end.unwrap();
+    assert_eq!(results[0].outcome, Outcome::Stored as i32);
+    assert_eq!(gw.log_lines().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_a_stream_after_reporting_every_event_it_took() {
+    let gw = TestGateway::local().await;
+    let mut s = open_stream(&gw).await.unwrap();
+    let mut ws = ws_connect(&gw).await;
+    s.send(request(Some(0), vec![event("before")])).await;
+    assert_eq!(s.take(1).await[0].outcome, Outcome::Stored as i32);
+    // Keep sending while the gateway shuts down.
+    let GrpcStream { tx, mut results } = s;
+    let sender = tokio::spawn(async move {
+        for i in 1..100_000u64 {
+            if tx
+                .send(request(Some(i), vec![event(&format!("d{i}"))]))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let stop = tokio::spawn(gw.stop_keeping_data());
+    let mut stored = 1;
+    let end = loop {
+        match results.next().await {
+            Some(Ok(r)) => {
+                assert_eq!(r.outcome, Outcome::Stored as i32, "{r:?}");
+                stored += 1;
+            }
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without a status"),
+        }
+    };
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    assert!(end.message().contains("shutting down"), "{end:?}");
+    // The WebSocket is told the gateway is going away.
+    let close = ws_read_close(&mut ws).await;
+    assert_eq!(close.0, CloseCode::Away, "{close:?}");
+    let (report, data) = stop.await.unwrap();
+    sender.abort();
+    assert_eq!(report.undelivered, 0);
+    // Every event with a result is stored, and no event without one.
+    let log = data.path().join("events.jsonl");
+    let lines = std::fs::read_to_string(log).unwrap().lines().count();
+    assert_eq!(lines, stored);
+}
+
+// --- WebSocket ---------------------------------------------------------------------------
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(gw: &TestGateway) -> Ws {
+    let url = format!("ws://{}/api/v1/events/ws", gw.addr);
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+/// Connects and expects the server to close at once; returns its close code and reason.
+async fn ws_connect_refused(gw: &TestGateway) -> (Ws, (CloseCode, String)) {
+    let mut ws = ws_connect(gw).await;
+    let close = ws_read_close(&mut ws).await;
+    (ws, close)
+}
+
+/// Reads until the server's close frame; results before it are ignored.
+async fn ws_read_close(ws: &mut Ws) -> (CloseCode, String) {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a close frame within 20 s");
+        match msg {
+            Some(Ok(Message::Close(Some(f)))) => return (f.code, f.reason.to_string()),
+            Some(Ok(Message::Close(None))) | None => panic!("closed without a code"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("socket error before the close frame: {e}"),
+        }
+    }
+}
+
+/// The next `n` result frames, parsed.
+async fn ws_results(ws: &mut Ws, n: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a result frame within 20 s")
+            .expect("the socket ended early")
+            .unwrap();
+        match msg {
+            Message::Text(t) => out.push(serde_json::from_str(t.as_str()).unwrap()),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    out
+}
+
+const WS_EVENT: &str = r#"{"specversion":"1.0","id":"w1","type":"user.created","source":"ws-test","partitionkey":"k1","data":{"user_id":"1"}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_stores_events_and_request_frames_and_reports_bad_frames() {
+    let gw = TestGateway::local().await;
+    let mut ws = ws_connect(&gw).await;
+    ws.send(Message::text(WS_EVENT)).await.unwrap();
+    let request = r#"{"sequence":"10","events":[
+        {"id":"w10","type":"user.created","source":"ws-test"},
+        {"id":"w11","source":"ws-test"},
+        {"id":"w12","type":"user.created","source":"ws-test","bad":{"x":1}}]}"#;
+    ws.send(Message::text(request)).await.unwrap();
+    ws.send(Message::text("{not json")).await.unwrap();
+    let mut results = ws_results(&mut ws, 5).await;
+    results.sort_by_key(|r| r["sequence"].as_str().unwrap().parse::<u64>().unwrap());
+    let seqs: Vec<_> = results.iter().map(|r| r["sequence"].clone()).collect();
+    // Server-numbered from 0; the request frame numbered 10-12; the unreadable frame after it.
+    assert_eq!(seqs, ["0", "10", "11", "12", "13"]);
+    assert_eq!(results[0]["outcome"], "OUTCOME_STORED");
+    assert_eq!(results[0]["id"], "w1");
+    assert_eq!(results[1]["outcome"], "OUTCOME_STORED");
+    assert_eq!(
+        results[2]["error"]["fieldViolations"][0]["field"],
+        "event.type"
+    );
+    assert_eq!(
+        results[3]["error"]["fieldViolations"][0]["field"],
+        "event.extensions[bad]"
+    );
+    assert_eq!(results[4]["error"]["code"], "INVALID_ARGUMENT");
+    assert!(
+        results[4]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a frame is one event"),
+        "{}",
+        results[4]
+    );
+    let lines = gw.log_lines();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["partitionkey"], "k1");
+
+    // A binary frame breaks the protocol: close 1008, saying what to send.
+    ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    let close = ws_read_close(&mut ws).await;
+    assert_eq!(close.0, CloseCode::Policy, "{close:?}");
+    assert!(close.1.contains("text frames only"), "{close:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_frame_closes_the_websocket_with_1009_and_the_gateway_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.performance.max_request_size = bytesize::ByteSize::kib(64);
+    let gw = TestGateway::start(config).await;
+    let mut ws = ws_connect(&gw).await;
+    let big = format!(
+        r#"{{"type":"t","source":"s","data":"{}"}}"#,
+        "x".repeat(100 * 1024)
+    );
+    ws.send(Message::text(big)).await.unwrap();
+    let close = ws_read_close(&mut ws).await;
+    assert_eq!(close.0, CloseCode::Size, "{close:?}");
+    assert!(close.1.contains("65536 bytes"), "{close:?}");
+    assert!(gw.log_lines().is_empty());
+    // A new socket works.
+    let mut ws = ws_connect(&gw).await;
+    ws.send(Message::text(WS_EVENT)).await.unwrap();
+    assert_eq!(ws_results(&mut ws, 1).await[0]["outcome"], "OUTCOME_STORED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_get_on_the_websocket_route_is_told_to_upgrade() {
+    let gw = TestGateway::local().await;
+    let r = http()
+        .get(gw.url("/api/v1/events/ws"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 426);
+    assert_eq!(r.headers()["upgrade"], "websocket");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("WebSocket handshake"),
+        "{body}"
+    );
+    let r = post_raw(&http(), &gw.url("/api/v1/events/ws"), "{}").await;
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+}
+
+/// The server pings; a client that answers nothing is closed after `server.idle_timeout`,
+/// one that answers (tungstenite does, while it reads) stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_pings_and_closes_a_silent_peer() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.idle_timeout = Duration::from_secs(2);
+    let gw = TestGateway::start(config).await;
+    // A reading client, in the background for 5 s: it sees pings and answers them.
+    let mut live = ws_connect(&gw).await;
+    let reader = tokio::spawn(async move {
+        let mut pings = 0;
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(until, live.next()).await {
+            match msg.unwrap() {
+                Message::Ping(_) => pings += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (live, pings)
+    });
+    // A raw client that completes the handshake and then only reads bytes: it never answers
+    // a ping, so after idle_timeout the server closes it with 1001.
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    silent
+        .write_all(
+            b"GET /api/v1/events/ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut bytes))
+        .await
+        .expect("the silent peer is closed within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    // A close frame (0x88), its length, then code 1001 (0x03E9) and the reason.
+    let close = bytes
+        .windows(4)
+        .position(|w| w[0] == 0x88 && w[2] == 0x03 && w[3] == 0xE9);
+    assert!(close.is_some(), "no 1001 close frame in {text}");
+    assert!(text.contains("idle_timeout"), "{text}");
+
+    let (mut live, pings) = reader.await.unwrap();
+    assert!(pings >= 2, "{pings} pings in 5 s with idle_timeout 2 s");
+    live.send(Message::text(WS_EVENT)).await.unwrap();
+    assert_eq!(
+        ws_results(&mut live, 1).await[0]["outcome"],
+        "OUTCOME_STORED"
+    );
+}
+
+// --- compressed gRPC ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_messages_may_be_compressed_and_a_bomb_stops_at_the_limit() {
+    use event_gateway::proto::IngestEventRequest;
+    use event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient;
+    use tonic::codec::CompressionEncoding;
+    let gw = TestGateway::local().await;
+    for enc in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+        let mut client = EventGatewayServiceClient::new(gw.channel().await)
+            .send_compressed(enc)
+            .accept_compressed(enc)
+            .max_encoding_message_size(64 << 20);
+        let reply = client
+            .ingest_event(IngestEventRequest {
+                event: Some(event("z")),
+            })
+            .await
+            .unwrap();
+        // The reply was compressed as the client asked.
+        let got = reply
+            .metadata()
+            .get("grpc-encoding")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            got.as_deref(),
+            Some(if enc == CompressionEncoding::Gzip {
+                "gzip"
+            } else {
+                "zstd"
+            })
+        );
+
+        // 32 MiB of one letter compresses to a few KiB: the frame passes the declared-length
+        // check, and decompression stops at performance.max_request_size (10 MiB).
+        let mut bomb = event("bomb");
+        bomb.payload = Some(event_gateway::proto::cloud_event::Payload::DataBase64(
+            vec![b'a'; 32 << 20],
+        ));
+        let err = client
+            .ingest_event(IngestEventRequest { event: Some(bomb) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("size limit"), "{err:?}");
+    }
+    let ids: Vec<_> = gw.log_lines().iter().map(|l| l["id"].clone()).collect();
+    assert_eq!(ids, ["z", "z"]);
+    // Still serving.
+    gw.grpc_ingest_seed().await;
+}
+
+// --- equal records ----------------------------------------------------------------------
+
+/// The same event sent six ways (REST binary mode, structured mode, batch mode, gRPC unary,
+/// IngestStream, WebSocket) becomes six equal Kafka records: same key, value and headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_in_gives_the_same_kafka_record() {
+    let Some(_) = require(Tool::Tansu) else {
+        return;
+    };
+    let broker = Broker::start("ways", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.kafka.brokers = vec![broker.bootstrap()];
+    config.kafka.topic = "ways".into();
+    let gw = TestGateway::start(config).await;
+    gw.wait_ready().await;
+
+    let structured = serde_json::json!({
+        "specversion": "1.0", "id": "same-1", "type": "user.created",
+        "source": "https://example.com/ways", "subject": "user 1",
+        "time": "2026-01-02T03:04:05Z", "datacontenttype": "application/json",
+        "partitionkey": "k-1", "data": {"user_id": "1", "n": 2}
+    });
+    let client = http();
+    let url = gw.url("/api/v1/events");
+    // Binary mode.
+    let r = client
+        .post(&url)
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "same-1")
+        .header("ce-type", "user.created")
+        .header("ce-source", "https://example.com/ways")
+        .header("ce-subject", "user%201")
+        .header("ce-time", "2026-01-02T03:04:05Z")
+        .header("ce-partitionkey", "k-1")
+        .header("content-type", "application/json")
+        .body(r#"{"user_id":"1","n":2}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Structured mode.
+    let r = client
+        .post(&url)
+        .header("content-type", "application/cloudevents+json")
+        .body(structured.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Batch mode.
+    let r = client
+        .post(gw.url("/api/v1/events/batch"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(format!("[{structured}]"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // gRPC unary and IngestStream: the contract's message (extensions in the map).
+    let proto: CloudEvent = serde_json::from_value(serde_json::json!({
+        "specversion": "1.0", "id": "same-1", "type": "user.created",
+        "source": "https://example.com/ways", "subject": "user 1",
+        "time": "2026-01-02T03:04:05Z", "datacontenttype": "application/json",
+        "extensions": {"partitionkey": "k-1"}, "data": {"user_id": "1", "n": 2}
+    }))
+    .unwrap();
+    gw.grpc()
+        .await
+        .ingest_event(event_gateway::proto::IngestEventRequest {
+            event: Some(proto.clone()),
+        })
+        .await
+        .unwrap();
+    let s = open_stream(&gw).await.unwrap();
+    s.send(request(None, vec![proto])).await;
+    let (results, end) = s.finish().await;
+    end.unwrap();
+    assert_eq!(results[0].outcome, Outcome::Stored as i32, "{results:?}");
+    // WebSocket: the CloudEvents JSON format.
+    let mut ws = ws_connect(&gw).await;
+    ws.send(Message::text(structured.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(ws_results(&mut ws, 1).await[0]["outcome"], "OUTCOME_STORED");
+
+    let records = broker.read_all("ways", 6, Duration::from_secs(30));
+    assert_eq!(records.len(), 6, "{records:?}");
+    let strip = |r: &Record| {
+        let mut h = r.headers.clone();
+        // Each request has its own trace.
+        h.remove("traceparent");
+        h.remove("tracestate");
+        (r.key.clone(), r.value_json(), h)
+    };
+    let first = strip(&records[0]);
+    assert_eq!(first.0.as_deref(), Some("k-1"));
+    assert_eq!(first.2["ce_id"], "same-1");
+    for r in &records[1..] {
+        assert_eq!(strip(r), first, "record at offset {}", r.offset);
+    }
+}
