@@ -527,7 +527,13 @@ async fn reflection_v1_and_v1alpha_describe_the_service() {
             .collect();
         assert_eq!(
             methods,
-            vec!["IngestEvent", "IngestBatch", "Validate", "ListEventTypes"]
+            vec![
+                "IngestEvent",
+                "IngestBatch",
+                "Validate",
+                "ListEventTypes",
+                "IngestStream"
+            ]
         );
     }
     // v1alpha
@@ -604,9 +610,10 @@ async fn rest_routes_match_the_contract_annotations() {
         .collect();
     assert_eq!(from_contract, served);
 
-    // And each declared route really answers: 400 for an empty event, 200 for a listing.
+    // And each declared route really answers: 400 for an empty event, 200 for a listing, 426
+    // for a plain GET of IngestStream's WebSocket (tests/streaming.rs speaks WebSocket to it).
     let gw = TestGateway::local().await;
-    for (method, route, _, _) in &from_contract {
+    for (method, route, rpc, _) in &from_contract {
         let s = if method == "POST" {
             post_json(&http(), &gw.url(route), "{}").await.0
         } else {
@@ -618,6 +625,11 @@ async fn rest_routes_match_the_contract_annotations() {
                 .status()
                 .as_u16()
         };
-        assert_eq!(s, if method == "POST" { 400 } else { 200 }, "{route}");
+        let want = match (method.as_str(), rpc.as_str()) {
+            ("POST", _) => 400,
+            (_, "IngestStream") => 426,
+            _ => 200,
+        };
+        assert_eq!(s, want, "{route}");
     }
 }

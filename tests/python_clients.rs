@@ -1,7 +1,8 @@
 //! Clients from other ecosystems: Python's grpcio driven only by server reflection (as
 //! grpcurl is) lists the services and calls the RPCs; the CloudEvents Python SDK sends in
 //! every HTTP content mode, and the CloudEvents JavaScript SDK's HTTP emitter in binary and
-//! structured mode. The interpreter comes from `$EVENT_GATEWAY_PYTHON` (the virtualenv
+//! structured mode; PyPI's `websockets` streams over the WebSocket route and grpcio calls
+//! IngestStream from reflection. The interpreter comes from `$EVENT_GATEWAY_PYTHON` (the virtualenv
 //! scripts/test prepares from PyPI); the JavaScript SDK from `tests/js` (npm ci).
 mod common;
 
@@ -119,4 +120,59 @@ async fn the_cloudevents_javascript_emitter_is_understood() {
     assert_eq!(lines[0], lines[1]);
     assert_eq!(lines[0]["subject"], "user 1");
     assert_eq!(lines[0]["partitionkey"], "k-1");
+}
+
+/// Streaming clients from PyPI: `websockets` on the WebSocket route (single-event frames, a
+/// request frame, its own ping) and grpcio calling IngestStream from reflection alone. The
+/// invalid event in the middle fails alone, with the field named; the others are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_streaming_clients_store_events_and_see_each_result() {
+    let Some(py) = require(Tool::Python) else {
+        return;
+    };
+    let gw = TestGateway::local().await;
+    let stdout = run_script(&py, "stream_clients.py", &gw).await;
+    let mut by_client: std::collections::HashMap<String, Vec<serde_json::Value>> =
+        Default::default();
+    for l in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        by_client
+            .entry(v["client"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v["result"].clone());
+    }
+    assert_eq!(by_client["websocket"].len(), 6, "{stdout}");
+    assert_eq!(by_client["grpc"].len(), 3, "{stdout}");
+    for results in by_client.values() {
+        for r in results {
+            let id = r["id"].as_str().unwrap();
+            if id.ends_with("-bad") {
+                assert_eq!(r["outcome"], "OUTCOME_FAILED", "{r}");
+                assert_eq!(r["error"]["code"], "INVALID_ARGUMENT", "{r}");
+                assert_eq!(
+                    r["error"]["fieldViolations"][0]["field"], "event.type",
+                    "{r}"
+                );
+            } else {
+                assert_eq!(r["outcome"], "OUTCOME_STORED", "{r}");
+            }
+        }
+    }
+    // The request frame was numbered from 100; the single frames from 0.
+    let mut ws_seq: Vec<u64> = by_client["websocket"]
+        .iter()
+        .map(|r| r["sequence"].as_str().unwrap().parse().unwrap())
+        .collect();
+    ws_seq.sort();
+    assert_eq!(ws_seq, [0, 1, 2, 100, 101, 102]);
+    let mut ids: Vec<String> = gw
+        .log_lines()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["grpc-1", "grpc-2", "ws-1", "ws-2", "wsreq-1", "wsreq-2"]
+    );
 }

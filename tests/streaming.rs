@@ -237,7 +237,12 @@ async fn the_stream_cap_refuses_a_second_stream_until_the_first_is_cancelled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_ends_a_stream_after_reporting_every_event_it_took() {
-    let gw = TestGateway::local().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // Streams go on through the drain delay (unary requests do too) and stop with the
+    // listener: half a second of events keeps arriving while the gateway shuts down.
+    config.shutdown.drain_delay = Duration::from_millis(500);
+    let gw = TestGateway::start(config).await;
     let mut s = open_stream(&gw).await.unwrap();
     let mut ws = ws_connect(&gw).await;
     s.send(request(Some(0), vec![event("before")])).await;
@@ -270,6 +275,10 @@ async fn a_drain_ends_a_stream_after_reporting_every_event_it_took() {
     };
     assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
     assert!(end.message().contains("shutting down"), "{end:?}");
+    assert!(
+        stored > 10,
+        "only {stored} events stored during the drain delay"
+    );
     // The WebSocket is told the gateway is going away.
     let close = ws_read_close(&mut ws).await;
     assert_eq!(close.0, CloseCode::Away, "{close:?}");
@@ -634,4 +643,73 @@ async fn every_way_in_gives_the_same_kafka_record() {
     for r in &records[1..] {
         assert_eq!(strip(r), first, "record at offset {}", r.offset);
     }
+}
+
+/// IngestStream and its WebSocket give the same result for the same event, valid or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_stream_and_the_websocket_give_the_same_results() {
+    const ATTRIBUTES: &[&str] = &[
+        "id",
+        "source",
+        "specversion",
+        "type",
+        "subject",
+        "time",
+        "datacontenttype",
+        "dataschema",
+        "data",
+    ];
+    let fixtures = [
+        r#"{"id":"p1","type":"user.created","source":"parity","time":"2026-01-02T03:04:05Z","partitionkey":"k","data":{"a":1}}"#,
+        r#"{"id":"p2","source":"parity"}"#,
+        r#"{"id":"p3","type":"user.created","source":""}"#,
+        r#"{"id":"p4","type":"user.created","source":"parity","specversion":"0.3"}"#,
+        r#"{"id":"p5","type":"user.created","source":"parity","BadName":"x"}"#,
+        r#"{"id":"p6","type":"user.created","source":"parity","time":"2026-01-02T03:04:05Z","dataschema":"not a uri"}"#,
+    ];
+    let gw = TestGateway::local().await;
+    let mut ws = ws_connect(&gw).await;
+    let s = open_stream(&gw).await.unwrap();
+    for (i, f) in fixtures.iter().enumerate() {
+        ws.send(Message::text(*f)).await.unwrap();
+        // The contract's message: what is not a context attribute goes under `extensions`.
+        let mut members: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(f).unwrap();
+        let extensions: serde_json::Map<_, _> = members
+            .iter()
+            .filter(|(k, _)| !ATTRIBUTES.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        members.retain(|k, _| ATTRIBUTES.contains(&k.as_str()));
+        members.insert("extensions".into(), extensions.into());
+        let ev: CloudEvent = serde_json::from_value(members.into()).unwrap();
+        s.send(request(Some(i as u64), vec![ev])).await;
+    }
+    let (grpc, end) = s.finish().await;
+    end.unwrap();
+    let grpc: BTreeMap<u64, serde_json::Value> = by_sequence(grpc)
+        .into_iter()
+        .map(|(k, r)| (k, serde_json::to_value(r).unwrap()))
+        .collect();
+    let websocket: BTreeMap<u64, serde_json::Value> = ws_results(&mut ws, fixtures.len())
+        .await
+        .into_iter()
+        .map(|r| (r["sequence"].as_str().unwrap().parse().unwrap(), r))
+        .collect();
+    assert_eq!(grpc.len(), fixtures.len());
+    let failed = grpc
+        .values()
+        .filter(|r| r["outcome"] == "OUTCOME_FAILED")
+        .count();
+    assert_eq!(failed, fixtures.len() - 1, "{grpc:?}");
+    for (seq, g) in &grpc {
+        let w = &websocket[seq];
+        for field in ["id", "outcome", "error"] {
+            assert_eq!(g[field], w[field], "{field} of fixture {seq}: {g} vs {w}");
+        }
+    }
+    // The stored events are equal too (the local log's lines, without offsets).
+    let lines = gw.log_lines();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0], lines[1]);
 }
