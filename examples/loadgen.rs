@@ -7,6 +7,10 @@
 //!
 //! `loadgen --proto grpc|rest --addr 127.0.0.1:8090 --batch 1 --concurrency 50
 //!          --connections 4 --seconds 10 [--rate 5000]`
+//! `loadgen --proto grpc-stream|ws --connections 2 --concurrency 1000 --seconds 10`: closed
+//! loop over streams of single events (IngestStream, or the WebSocket route): `connections`
+//! streams, each with at most `concurrency` events awaiting their result; latency is from
+//! sending an event to its result.
 //! Prints one line of `key=value` figures.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,9 +135,165 @@ impl Client {
     }
 }
 
+/// One stream's closed loop: sends single events while fewer than `window` await a result
+/// and the deadline has not passed, then waits for the outstanding ones. Returns (stored,
+/// failed, latencies).
+async fn stream_loop(
+    proto: String,
+    addr: String,
+    window: usize,
+    deadline: Instant,
+    pre: Arc<Prebuilt>,
+) -> (u64, u64, Histogram<u64>) {
+    use event_gateway::proto::IngestStreamRequest;
+    use futures::{SinkExt as _, StreamExt as _};
+    use std::collections::HashMap;
+    let room = Arc::new(tokio::sync::Semaphore::new(window));
+    let sent = Arc::new(std::sync::Mutex::new(HashMap::<u64, Instant>::new()));
+    // Results as (sequence, stored?), from either face.
+    let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel::<(u64, bool)>();
+    let mut sender = {
+        let (room, sent) = (room.clone(), sent.clone());
+        let stamp = move |seq: u64| {
+            sent.lock().unwrap().insert(seq, Instant::now());
+        };
+        if proto == "grpc-stream" {
+            let ch = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .expect("connect");
+            let (tx, rx) = tokio::sync::mpsc::channel::<IngestStreamRequest>(window);
+            let mut replies = EventGatewayServiceClient::new(ch)
+                .ingest_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("open IngestStream")
+                .into_inner();
+            tokio::spawn(async move {
+                while let Some(Ok(r)) = replies.next().await {
+                    let _ = results_tx.send((r.sequence, r.outcome == 1));
+                }
+            });
+            tokio::spawn(async move {
+                let mut seq = 0u64;
+                while Instant::now() < deadline {
+                    room.acquire().await.unwrap().forget();
+                    stamp(seq);
+                    let ev = pre.singles[(seq % POOL) as usize].clone();
+                    let req = IngestStreamRequest {
+                        sequence: Some(seq),
+                        events: vec![ev],
+                    };
+                    if tx.send(req).await.is_err() {
+                        break;
+                    }
+                    seq += 1;
+                }
+                seq
+            })
+        } else {
+            let url = format!("ws://{addr}/api/v1/events/ws");
+            let (ws, _) = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("connect");
+            let (mut out, mut frames) = ws.split();
+            tokio::spawn(async move {
+                while let Some(Ok(msg)) = frames.next().await {
+                    if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                        let seq = v["sequence"].as_str().unwrap().parse().unwrap();
+                        let _ = results_tx.send((seq, v["outcome"] == "OUTCOME_STORED"));
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut seq = 0u64;
+                while Instant::now() < deadline {
+                    room.acquire().await.unwrap().forget();
+                    stamp(seq);
+                    let frame = pre.single_json[(seq % POOL) as usize].clone();
+                    if out.send(frame.into()).await.is_err() {
+                        break;
+                    }
+                    seq += 1;
+                }
+                // Dropping the sending half does not close the socket: the reader's half
+                // keeps it open until every result is in.
+                seq
+            })
+        }
+    };
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let (mut stored, mut failed) = (0u64, 0u64);
+    let mut total = None;
+    loop {
+        if let Some(t) = total
+            && stored + failed >= t
+        {
+            break;
+        }
+        tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(30), results.recv()) => {
+                // No result for 30 s, or the stream ended: what is missing counts as failed.
+                let Ok(Some((seq, ok))) = r else {
+                    failed += total.unwrap_or(stored + failed).saturating_sub(stored + failed);
+                    break;
+                };
+                if let Some(t) = sent.lock().unwrap().remove(&seq) {
+                    let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
+                }
+                if ok { stored += 1 } else { failed += 1 }
+                room.add_permits(1);
+            }
+            n = &mut sender, if total.is_none() => total = Some(n.unwrap()),
+        }
+    }
+    (stored, failed, hist)
+}
+
+async fn streams_main(args: Args) {
+    let pre = Arc::new(prebuild(1));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let runs: Vec<_> = (0..args.connections.max(1))
+        .map(|_| {
+            tokio::spawn(stream_loop(
+                args.proto.clone(),
+                args.addr.clone(),
+                args.concurrency,
+                deadline,
+                pre.clone(),
+            ))
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let (mut ok, mut errors) = (0, 0);
+    for r in runs {
+        let (s, f, h) = r.await.unwrap();
+        ok += s;
+        errors += f;
+        hist.add(&h).unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "loadgen proto={} batch=1 concurrency={} rate=closed requests={ok} errors={errors} seconds={elapsed:.2} rps={:.0} events_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} sched_lag_p99_ms=0",
+        args.proto,
+        args.concurrency,
+        ok as f64 / elapsed,
+        ok as f64 / elapsed,
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if args.proto == "grpc-stream" || args.proto == "ws" {
+        return streams_main(args).await;
+    }
     let client = if args.proto == "grpc" {
         let mut v = Vec::new();
         for _ in 0..args.connections.max(1) {
