@@ -286,8 +286,13 @@ impl HttpMetrics {
         // Each RPC's successful series exists from the start at 0, over both protocols, so
         // a fresh gateway's dashboards and `rate()` alerts read 0 rather than "no data".
         for (method, route, rpc, _) in ROUTES {
-            m.requests
-                .add(0, &request_labels(method, route, 200, false));
+            // The WebSocket route's success is the handshake's 101.
+            let ok = if *route == crate::transport::ws::ROUTE_EVENTS_WS {
+                101
+            } else {
+                200
+            };
+            m.requests.add(0, &request_labels(method, route, ok, false));
             let method = m.grpc_methods.label(&format!("/{SERVICE_NAME}/{rpc}"));
             m.grpc_requests.add(
                 0,
@@ -332,7 +337,9 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) ->
     o.duration.record(elapsed, &labels);
     if let Some(path) = grpc {
         // A unary reply carries grpc-status in its headers when it failed before any
-        // message (every error here); a success carries it in the trailers: OK.
+        // message (every error here); a success carries it in the trailers: OK. An
+        // IngestStream call is counted when it opens (OK, or the code that refused it); how
+        // each of its events went is in events_ingested_total / events_ingested_failed_total.
         let code = resp
             .headers()
             .get("grpc-status")
