@@ -10,19 +10,24 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// Every top-level section; `GATEWAY_<SECTION>_<KEY>` maps to `<section>.<key>`. Listed because
-/// section names themselves contain underscores (`rate_limit`), so splitting on `_` cannot work.
-const SECTIONS: &[&str] = &[
-    "server",
-    "kafka",
-    "rate_limit",
-    "metrics",
-    "performance",
-    "limits",
-    "storage",
-    "shutdown",
-    "logging",
-    "types",
+/// Every section as (variable prefix, key path); `GATEWAY_<SECTION>_<KEY>` maps to
+/// `<section>.<key>`. Listed because section names themselves contain underscores
+/// (`rate_limit`), so splitting on `_` cannot work; a nested section (`auth.jwt`) comes
+/// before its parent so that `GATEWAY_AUTH_JWT_ISSUER` finds it.
+const SECTIONS: &[(&str, &str)] = &[
+    ("server", "server"),
+    ("kafka", "kafka"),
+    ("rate_limit", "rate_limit"),
+    ("metrics", "metrics"),
+    ("performance", "performance"),
+    ("limits", "limits"),
+    ("storage", "storage"),
+    ("shutdown", "shutdown"),
+    ("logging", "logging"),
+    ("types", "types"),
+    ("auth_jwt", "auth.jwt"),
+    ("auth", "auth"),
+    ("tls", "tls"),
 ];
 
 /// The environment variable prefix.
@@ -41,6 +46,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub logging: LoggingConfig,
     pub types: TypesConfig,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -58,6 +65,10 @@ pub struct ServerConfig {
     /// An idle keep-alive connection is closed after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Peers (CIDR blocks) whose `Forwarded` / `X-Forwarded-For` headers name the client's
+    /// address (for rate limits without authentication). From any other peer they are ignored.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +78,7 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -389,6 +401,60 @@ pub struct TypesConfig {
     pub entries: Vec<TypeEntryConfig>,
 }
 
+/// `auth`: who may send, and what.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Refuse ingest requests without valid credentials (401 / UNAUTHENTICATED). Off by
+    /// default: anyone who can reach the port may send any event.
+    pub required: bool,
+    /// A YAML list of API keys (`id`, `sha256`, `allowed_types`, `allowed_sources`,
+    /// `rate_limit`), reloaded when it changes.
+    pub api_keys_file: Option<PathBuf>,
+    pub jwt: JwtConfig,
+    /// Put `metrics.path` behind the same authentication.
+    pub protect_metrics: bool,
+}
+
+/// `auth.jwt`: bearer tokens signed by a key of a JWKS file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// The signing keys (a JWK Set), reloaded when the file changes.
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// A claim holding the event types (glob patterns) the token may send.
+    pub types_claim: Option<String>,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+            types_claim: None,
+        }
+    }
+}
+
+/// `tls`: the listener's certificate (reloaded when the files change) and, for mTLS, the CA
+/// client certificates must chain to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
+}
+
 /// `GATEWAY_KAFKA_BROKERS=a:9092,b:9092` or a YAML list.
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -417,9 +483,9 @@ pub struct ConfigError(pub String);
 /// section pass through unchanged so that `deny_unknown_fields` names them in the error.
 fn env_key_to_path(key: &str) -> String {
     let key = key.to_ascii_lowercase();
-    for section in SECTIONS {
-        if let Some(rest) = key.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
-            return format!("{section}.{rest}");
+    for (prefix, path) in SECTIONS {
+        if let Some(rest) = key.strip_prefix(prefix).and_then(|r| r.strip_prefix('_')) {
+            return format!("{path}.{rest}");
         }
     }
     key
@@ -534,6 +600,38 @@ impl Config {
         }
         if self.performance.max_concurrent_requests == 0 {
             errors.push("performance.max_concurrent_requests must be above 0".into());
+        }
+        if self.auth.required
+            && self.auth.api_keys_file.is_none()
+            && self.auth.jwt.jwks_file.is_none()
+            && self.tls.client_ca_file.is_none()
+        {
+            errors.push(
+                "auth.required needs a way to authenticate: auth.api_keys_file, auth.jwt.jwks_file or tls.client_ca_file"
+                    .into(),
+            );
+        }
+        if self.auth.jwt.jwks_file.is_some()
+            && (self.auth.jwt.issuer.is_none() || self.auth.jwt.audience.is_none())
+        {
+            errors.push(
+                "auth.jwt.jwks_file needs auth.jwt.issuer and auth.jwt.audience (tokens are checked against both)"
+                    .into(),
+            );
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            errors.push("tls.cert_file and tls.key_file go together".into());
+        }
+        if self.tls.client_ca_file.is_some() && self.tls.cert_file.is_none() {
+            errors.push("tls.client_ca_file (mTLS) needs tls.cert_file and tls.key_file".into());
+        }
+        for (i, cidr) in self.server.trusted_proxies.iter().enumerate() {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err()
+            {
+                errors.push(format!(
+                    "server.trusted_proxies[{i}] `{cidr}` is not a CIDR block or an address"
+                ));
+            }
         }
         if self.performance.max_streams == 0 {
             errors.push("performance.max_streams must be above 0".into());

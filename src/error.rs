@@ -35,6 +35,17 @@ pub enum Error {
         limit: u64,
         size: Option<u64>,
     },
+    /// No credentials where they are required, or credentials that do not prove who is
+    /// calling (unknown key, bad signature, expired token). Never names the secret.
+    #[error("unauthenticated: {message}")]
+    Unauthenticated {
+        reason: AuthFailure,
+        message: String,
+    },
+    /// The caller is known but may not send this: each violation names the field (the
+    /// event's `type` or `source`) and the principal.
+    #[error("permission denied: {}", summarize(.0))]
+    PermissionDenied(Vec<FieldViolation>),
     /// A rate limit or quota was hit; try again after `retry_after`.
     #[error("rate limit exceeded: {limit}; retry after {}s", .retry_after.as_secs().max(1))]
     RateLimited {
@@ -57,6 +68,25 @@ pub enum Error {
     Internal(String),
 }
 
+/// Why credentials were refused: the `reason` label of `auth_failures_total` (with
+/// `forbidden_type` and `forbidden_source` for authorization).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Invalid,
+    Expired,
+}
+
+impl AuthFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Invalid => "invalid",
+            AuthFailure::Expired => "expired",
+        }
+    }
+}
+
 fn summarize(v: &[FieldViolation]) -> String {
     let parts: Vec<String> = v
         .iter()
@@ -76,6 +106,8 @@ impl Error {
         "invalid",
         "malformed",
         "too_large",
+        "unauthenticated",
+        "permission_denied",
         "rate_limited",
         "unavailable",
         "deadline_exceeded",
@@ -95,6 +127,8 @@ impl Error {
             Error::InvalidArgument(_) => "invalid",
             Error::Malformed(_) => "malformed",
             Error::TooLarge { .. } => "too_large",
+            Error::Unauthenticated { .. } => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable { .. } => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
@@ -111,6 +145,8 @@ impl Error {
             Error::InvalidArgument(_)
             | Error::Malformed(_)
             | Error::TooLarge { .. }
+            | Error::Unauthenticated { .. }
+            | Error::PermissionDenied(_)
             | Error::Internal(_) => false,
         }
     }

@@ -1,6 +1,7 @@
 //! Event Gateway: takes CloudEvents in over gRPC and JSON REST on one port and stores them in
 //! Kafka (or, with no broker configured, in a local fsynced log). A success reply means the
 //! event is durably stored. See ARCHITECTURE.md for the code map and the invariants.
+pub mod auth;
 pub mod config;
 pub mod contracts;
 pub mod error;

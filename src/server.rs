@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tower::{Service, ServiceExt};
 
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::contracts::{ContractError, Contracts};
 use crate::proto;
@@ -44,6 +45,8 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot read the listener's address: {0}")]
     Listener(#[source] std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// What a finished `serve` reports.
@@ -84,6 +87,8 @@ struct App {
     http_metrics: Arc<HttpMetrics>,
     /// Reloads the event types while it lives.
     _types_watcher: Option<notify::PollWatcher>,
+    /// Reloads the API keys and the JWKS while it lives.
+    _keys_watcher: Option<notify::PollWatcher>,
 }
 
 /// Server reflection, v1 and v1alpha, over the contract's descriptors, gRPC health's, and the
@@ -143,7 +148,9 @@ fn build(config: &Config) -> Result<App, StartupError> {
         max_event_size: config.limits.max_event_size.as_u64() as usize,
         max_batch_events: config.limits.max_batch_events,
     };
-    let gateway = Arc::new(Gateway::new(sink, limits, contracts, &meter));
+    let auth = Authenticator::new(&config.auth, &meter)?;
+    let keys_watcher = auth.watch(TYPES_POLL);
+    let gateway = Arc::new(Gateway::new(sink, limits, contracts, auth.clone(), &meter));
     let http_metrics = Arc::new(HttpMetrics::new(&meter));
     let max_request = config.performance.max_request_size.as_u64() as usize;
 
@@ -154,11 +161,18 @@ fn build(config: &Config) -> Result<App, StartupError> {
     // Ingest routes, both protocols, behind admission (rate limit, load shed, deadline).
     let in_flight = config.limits.max_stream_in_flight;
     let grpc_gateway = grpc::server(gateway.clone(), max_request, in_flight);
-    let admission = stack::Admission::new(&config.rate_limit, &config.performance);
-    let ingest = admission.unary(grpc_route(
-        rest::router(gateway.clone(), max_request),
-        grpc_gateway.clone(),
-    ));
+    let admission = stack::Admission::new(
+        &config.rate_limit,
+        &config.performance,
+        &config.server.trusted_proxies,
+    );
+    let ingest = stack::authenticated(
+        admission.unary(grpc_route(
+            rest::router(gateway.clone(), max_request),
+            grpc_gateway.clone(),
+        )),
+        auth.clone(),
+    );
     // Streams, both protocols: a stream slot when they open, then each event is admitted on
     // its own. IngestStream's exact path takes precedence over the service's wildcard route.
     let streams = ws::router(
@@ -171,7 +185,10 @@ fn build(config: &Config) -> Result<App, StartupError> {
         &format!("/{}/IngestStream", proto::SERVICE_NAME),
         grpc_gateway.map_request(|req: Request| req.map(tonic::body::Body::new)),
     );
-    let ingest = ingest.merge(admission.streaming(streams));
+    let ingest = ingest.merge(stack::authenticated(
+        admission.streaming(streams),
+        auth.clone(),
+    ));
 
     // Operational routes stay reachable when ingest is saturated.
     let mut ops =
@@ -180,7 +197,7 @@ fn build(config: &Config) -> Result<App, StartupError> {
     ops = grpc_route(ops, reflection_v1);
     ops = grpc_route(ops, reflection_v1alpha);
     if config.metrics.enabled {
-        ops = ops.route(
+        let mut metrics = Router::new().route(
             &config.metrics.path,
             get(move || {
                 let m = registry.clone();
@@ -195,6 +212,10 @@ fn build(config: &Config) -> Result<App, StartupError> {
                 }
             }),
         );
+        if config.auth.protect_metrics {
+            metrics = stack::authenticated(metrics, auth.clone());
+        }
+        ops = ops.merge(metrics);
     }
 
     let router = stack::observed(
@@ -207,6 +228,7 @@ fn build(config: &Config) -> Result<App, StartupError> {
         readiness,
         http_metrics,
         _types_watcher: types_watcher,
+        _keys_watcher: keys_watcher,
     })
 }
 

@@ -13,6 +13,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::auth::{self, Authenticator, Principal};
 use crate::config::TypesPolicy;
 use crate::contracts::{Contracts, TypeListing};
 use crate::error::{Error, FieldViolation};
@@ -116,6 +117,7 @@ pub struct Gateway {
     sink: Arc<dyn EventSink>,
     limits: Limits,
     contracts: Arc<Contracts>,
+    auth: Arc<Authenticator>,
     metrics: IngestMetrics,
     draining: AtomicBool,
     /// Cancelled when the server stops accepting connections: open streams stop taking
@@ -128,12 +130,14 @@ impl Gateway {
         sink: Arc<dyn EventSink>,
         limits: Limits,
         contracts: Arc<Contracts>,
+        auth: Arc<Authenticator>,
         meter: &Meter,
     ) -> Self {
         Self {
             sink,
             limits,
             contracts,
+            auth,
             metrics: IngestMetrics::new(meter),
             draining: AtomicBool::new(false),
             streams: CancellationToken::new(),
@@ -198,8 +202,17 @@ impl Gateway {
         self.metrics.failed(1, e.reason());
     }
 
-    pub async fn ingest_event(&self, event: Option<Incoming>) -> Result<Ingested, Error> {
-        let event = self.check_for_ingest(event)?;
+    /// The authenticator, for the stack (credentials) and the core (grants).
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.auth
+    }
+
+    pub async fn ingest_event(
+        &self,
+        principal: &Principal,
+        event: Option<Incoming>,
+    ) -> Result<Ingested, Error> {
+        let event = self.check_for_ingest(principal, event)?;
         let stored = self.publish_one(&event).await?;
         Ok(Ingested {
             id: event.id,
@@ -210,9 +223,9 @@ impl Gateway {
 
     /// One event of a stream: the checks and the storing of `ingest_event`, reported with the
     /// id it was stored under (assigned when the client sent none) even when storing failed.
-    pub async fn ingest_item(&self, incoming: Incoming) -> ItemOutcome {
+    pub async fn ingest_item(&self, principal: &Principal, incoming: Incoming) -> ItemOutcome {
         let sent_id = incoming.event.id.clone();
-        match self.check_for_ingest(Some(incoming)) {
+        match self.check_for_ingest(principal, Some(incoming)) {
             Ok(event) => ItemOutcome {
                 result: self.publish_one(&event).await,
                 id: event.id,
@@ -224,14 +237,20 @@ impl Gateway {
         }
     }
 
-    /// Validation for storing: schema violations and invalid events are counted.
-    fn check_for_ingest(&self, event: Option<Incoming>) -> Result<Event, Error> {
+    /// Validation and authorization for storing (schema violations and refusals counted),
+    /// then the principal's provenance stamped on the event.
+    fn check_for_ingest(&self, principal: &Principal, event: Option<Incoming>) -> Result<Event, Error> {
         let checked = self
             .check_single(event, &|ty| self.metrics.schema_violation(ty))
             .inspect_err(|_| {
                 self.metrics.failed(1, "invalid");
             })?;
-        Ok(checked.event)
+        let mut event = checked.event;
+        self.auth
+            .authorize(principal, std::slice::from_ref(&event), |_| "event".into())
+            .inspect_err(|e| self.metrics.failed(1, e.reason()))?;
+        auth::stamp(principal, &mut event);
+        Ok(event)
     }
 
     async fn publish_one(&self, event: &Event) -> Result<Stored, Error> {
@@ -245,7 +264,11 @@ impl Gateway {
     /// nothing is written, all violations are listed). Delivery is reported per event: if at
     /// least one event was stored the reply is OK with each event's outcome; if none was, the
     /// reply is the error itself (UNAVAILABLE when every failure is retryable).
-    pub async fn ingest_batch(&self, events: Vec<Incoming>) -> Result<Vec<ItemOutcome>, Error> {
+    pub async fn ingest_batch(
+        &self,
+        principal: &Principal,
+        events: Vec<Incoming>,
+    ) -> Result<Vec<ItemOutcome>, Error> {
         let count = events.len() as u64;
         let registry = self.contracts.current();
         let ctx = Context {
@@ -257,7 +280,14 @@ impl Gateway {
             self.metrics.failed(count, "invalid");
             Error::InvalidArgument(v)
         })?;
-        let events: Vec<_> = checked.into_iter().map(|c| c.event).collect();
+        let mut events: Vec<_> = checked.into_iter().map(|c| c.event).collect();
+        // All-or-nothing, like validation: one event the principal may not send refuses all.
+        self.auth
+            .authorize(principal, &events, |i| format!("events[{i}]"))
+            .inspect_err(|e| self.metrics.failed(count, e.reason()))?;
+        for e in &mut events {
+            auth::stamp(principal, e);
+        }
         let outcomes = self.publish(&events).await;
         let stored_count = outcomes.iter().filter(|r| r.is_ok()).count();
         if stored_count == 0 {
@@ -283,8 +313,10 @@ impl Gateway {
     /// The checks of `ingest_event`, and nothing else: no sink is touched.
     /// A dry run does not count schema violations: `schema_violations_total` is about what
     /// was sent for storage.
-    pub fn validate(&self, event: Option<Incoming>) -> Result<Validated, Error> {
+    pub fn validate(&self, principal: &Principal, event: Option<Incoming>) -> Result<Validated, Error> {
         let checked = self.check_single(event, &|_| {})?;
+        self.auth
+            .authorize(principal, std::slice::from_ref(&checked.event), |_| "event".into())?;
         Ok(Validated {
             size: checked.size,
             max_event_size: self.limits.max_event_size,

@@ -17,6 +17,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use crate::auth::Principal;
 use crate::error::{Error, FieldViolation};
 use crate::service::Gateway;
 use crate::sink::Stored;
@@ -32,6 +33,8 @@ pub trait Admit: Send + Sync {
     fn admit(&self) -> Result<OwnedSemaphorePermit, Error>;
     /// How long one event may take, delivery included.
     fn deadline(&self) -> Duration;
+    /// Who opened the stream: authenticated once, when it opened.
+    fn principal(&self) -> &Principal;
 }
 
 /// What the shared stack put on a stream's request: its admission, or why the stream may not
@@ -192,7 +195,7 @@ fn take(
                 };
                 let sent_id = incoming.event.id.clone();
                 let report =
-                    match tokio::time::timeout(admit.deadline(), gateway.ingest_item(incoming))
+                    match tokio::time::timeout(admit.deadline(), gateway.ingest_item(admit.principal(), incoming))
                         .await
                     {
                         Ok(item) => Report {

@@ -161,7 +161,9 @@ async fn structured_mode_writes_the_whole_event_as_json() {
     assert!(records[0].headers["content-type"].starts_with("application/cloudevents+json"));
     assert_eq!(
         records[0].value_json(),
-        json!({"specversion":"1.0","id":"s-1","source":"s","type":"t","subject":"sub","time":"2026-01-01T00:00:00Z","data":{"a":1}})
+        // `authtype` is the gateway's provenance stamp (CloudEvents Auth Context): no
+        // authentication is configured here, so the sender is `unauthenticated`.
+        json!({"specversion":"1.0","id":"s-1","source":"s","type":"t","subject":"sub","time":"2026-01-01T00:00:00Z","authtype":"unauthenticated","data":{"a":1}})
     );
 }
 

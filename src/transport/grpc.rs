@@ -21,6 +21,7 @@ use crate::proto::{
 };
 use crate::service::Gateway;
 use crate::stream::{self, End, StreamAdmission, Submission};
+use crate::transport::stack;
 use crate::transport::reply::{
     batch_reply, event_reply, stream_reply, types_reply, validate_reply,
 };
@@ -73,8 +74,9 @@ impl EventGatewayService for GrpcService {
         &self,
         request: Request<IngestEventRequest>,
     ) -> Result<Response<IngestEventResponse>, Status> {
+        let principal = stack::principal(request.extensions().get())?;
         let event = request.into_inner().event.map(Incoming::from);
-        let ingested = self.gateway.ingest_event(event).await?;
+        let ingested = self.gateway.ingest_event(&principal, event).await?;
         Ok(Response::new(event_reply(ingested)))
     }
 
@@ -82,10 +84,11 @@ impl EventGatewayService for GrpcService {
         &self,
         request: Request<IngestBatchRequest>,
     ) -> Result<Response<IngestBatchResponse>, Status> {
+        let principal = stack::principal(request.extensions().get())?;
         let events = request.into_inner().events;
         let items = self
             .gateway
-            .ingest_batch(events.into_iter().map(Incoming::from).collect())
+            .ingest_batch(&principal, events.into_iter().map(Incoming::from).collect())
             .await?;
         Ok(Response::new(batch_reply(items)))
     }
@@ -94,8 +97,11 @@ impl EventGatewayService for GrpcService {
         &self,
         request: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
+        let principal = stack::principal(request.extensions().get())?;
         let event = request.into_inner().event.map(Incoming::from);
-        Ok(Response::new(validate_reply(self.gateway.validate(event)?)))
+        Ok(Response::new(validate_reply(
+            self.gateway.validate(&principal, event)?,
+        )))
     }
 
     async fn list_event_types(

@@ -27,6 +27,7 @@ use crate::proto::cloud_event::Payload;
 use crate::service::Gateway;
 use crate::transport::cloudevents::{self, Mode};
 use crate::transport::reply::{batch_reply, event_reply, types_reply, validate_reply};
+use crate::transport::stack;
 use crate::transport::status::{is_grpc, respond};
 use crate::validate::Incoming;
 
@@ -171,10 +172,11 @@ async fn ingest_event(State(s): State<RestState>, req: Request) -> Result<Respon
     if mode == Mode::Batch {
         return ingest_batch(State(s), req).await;
     }
+    let principal = stack::principal(req.extensions().get())?;
     let incoming = decode_one(mode, req, s.max_body).await?;
     let ingested = s
         .gateway
-        .ingest_event(Some(incoming))
+        .ingest_event(&principal, Some(incoming))
         .await
         .map_err(|e| rename_for(mode, e))?;
     Ok(json(&event_reply(ingested)))
@@ -183,6 +185,7 @@ async fn ingest_event(State(s): State<RestState>, req: Request) -> Result<Respon
 /// `POST /api/v1/events/batch`: `{"events": [...]}`, or a batch-mode body (a JSON array of
 /// events in the CloudEvents JSON format, `application/cloudevents-batch+json`).
 async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Response, Rejection> {
+    let principal = stack::principal(req.extensions().get())?;
     let events = match cloudevents::mode(req.headers()) {
         Mode::Batch => {
             let body = read_body(req, s.max_body).await?;
@@ -195,17 +198,18 @@ async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Respon
         }
         Mode::Binary | Mode::Structured => return Err(one_event_to_batch(&req)),
     };
-    let items = s.gateway.ingest_batch(events).await?;
+    let items = s.gateway.ingest_batch(&principal, events).await?;
     Ok(json(&batch_reply(items)))
 }
 
 /// `POST /api/v1/events/validate`: one event, in any single-event mode.
 async fn validate(State(s): State<RestState>, req: Request) -> Result<Response, Rejection> {
     let mode = cloudevents::mode(req.headers());
+    let principal = stack::principal(req.extensions().get())?;
     let incoming = decode_one(mode, req, s.max_body).await?;
     let validated = s
         .gateway
-        .validate(Some(incoming))
+        .validate(&principal, Some(incoming))
         .map_err(|e| rename_for(mode, e))?;
     Ok(json(&validate_reply(validated)))
 }

@@ -6,8 +6,12 @@
 //! 2. trace span, parented on an incoming W3C `traceparent` (HTTP header or gRPC metadata,
 //!    which travel the same way): the span is current while the sink runs, so trace context
 //!    reaches the Kafka record headers;
-//! 3. metrics: outside admission so that rejections (429, 503, 504) are counted too;
-//! 4. admission, on the ingest routes only (health, metrics and reflection stay reachable
+//! 3. metrics: outside admission so that rejections (401, 403, 429, 503, 504) are counted too;
+//! 4. authentication, on the ingest routes (and `/metrics` with `auth.protect_metrics`):
+//!    credentials (API key, JWT, client certificate) become the request's [`Principal`], or a
+//!    401 / UNAUTHENTICATED; before admission, so that the rate-limit bucket is the
+//!    principal's and nothing an unauthenticated client sends selects one;
+//! 5. admission, on the ingest routes only (health, metrics and reflection stay reachable
 //!    under overload): per-client token bucket, then load shedding at
 //!    `performance.max_concurrent_requests`, then the `performance.request_timeout` deadline.
 //!    Rate limiting comes first so a flooding client cannot take concurrency slots. Streams
@@ -18,7 +22,7 @@
 //! Rejections are rendered for the caller's protocol: a gRPC client gets a gRPC status
 //! (RESOURCE_EXHAUSTED with RetryInfo, UNAVAILABLE, DEADLINE_EXCEEDED), never a bare HTTP
 //! status that gRPC would read as UNAVAILABLE.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +44,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::auth::{Authenticator, Credentials, Principal};
 use crate::config::{PerformanceConfig, RateLimitConfig};
 use crate::error::Error;
 use crate::proto::SERVICE_NAME;
@@ -48,8 +53,55 @@ use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
 use crate::transport::rest::ROUTES;
 use crate::transport::status::{self, is_grpc};
 
-/// Header whose value, when present, is the rate-limit key instead of the peer address.
+/// Header carrying an API key (the other way is `Authorization: Bearer <key>`).
 pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// The verified subject (SAN, else CN) of the client's certificate, put on every request of
+/// an mTLS connection by the accept loop.
+#[derive(Clone, Debug)]
+pub struct PeerIdentity(pub String);
+
+/// The principal the stack authenticated, for the adapters to hand to the core. Its absence
+/// is a wiring fault (a route outside the stack), never a reason to serve anonymously.
+pub fn principal(p: Option<&Principal>) -> Result<Principal, Error> {
+    p.cloned()
+        .ok_or_else(|| Error::Internal("ingest route served outside the authentication layer".into()))
+}
+
+/// Reads the credentials off the request (headers or gRPC metadata, which travel the same
+/// way, and the connection's client certificate) and puts the [`Principal`] on it, or
+/// answers 401 / UNAUTHENTICATED for the caller's protocol.
+async fn authenticate(State(a): State<Arc<Authenticator>>, mut req: Request, next: Next) -> Response {
+    let outcome = {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let bearer = header(http::header::AUTHORIZATION.as_str()).and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        let credentials = Credentials {
+            bearer,
+            api_key: header(API_KEY_HEADER),
+            certificate: req
+                .extensions()
+                .get::<PeerIdentity>()
+                .map(|p| p.0.as_str()),
+        };
+        a.authenticate(&credentials)
+    };
+    match outcome {
+        Ok(p) => {
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => status::respond(is_grpc(req.headers()), e),
+    }
+}
+
+/// Wraps `router` in authentication (ingest routes, streams, and `/metrics` when
+/// `auth.protect_metrics`).
+pub fn authenticated(router: Router, auth: Arc<Authenticator>) -> Router {
+    router.route_layer(from_fn_with_state(auth, authenticate))
+}
 
 /// How often idle rate-limit buckets are forgotten, bounding the limiter's memory.
 const LIMITER_GC_INTERVAL: Duration = Duration::from_secs(60);
@@ -75,18 +127,78 @@ impl RateLimit {
     }
 }
 
-/// The client key: the API key header when present, else the peer IP address.
-fn client_key(req: &Request) -> String {
-    if let Some(k) = req
-        .headers()
-        .get(API_KEY_HEADER)
-        .and_then(|v| v.to_str().ok())
-    {
-        return format!("key:{k}");
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest
+/// untrusted address its `X-Forwarded-For` (else `Forwarded: for=`) names. Read right to
+/// left, since only the entries our own proxies appended can be believed.
+fn client_ip(req: &Request, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
     }
-    match req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
+    let headers = req.headers();
+    let listed: Vec<IpAddr> = if let Some(xff) = headers.get("x-forwarded-for") {
+        xff.to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
+    } else {
+        // RFC 7239: `for=192.0.2.60;proto=http, for="[2001:db8::1]:4711"`. A small reader
+        // rather than a crate: only `for` is used, and an unreadable element is skipped.
+        headers
+            .get_all(http::header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|element| {
+                let value = element.split(';').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    k.trim().eq_ignore_ascii_case("for").then(|| v.trim().trim_matches('"'))
+                })?;
+                let host = match value.strip_prefix('[') {
+                    Some(v6) => v6.split(']').next()?,
+                    None => value.split(':').next()?,
+                };
+                host.parse().ok()
+            })
+            .collect()
+    };
+    Some(
+        listed
+            .into_iter()
+            .rev()
+            .find(|ip| !is_trusted(ip))
+            .unwrap_or(peer),
+    )
+}
+
+/// The bucket's key: the authenticated principal, else the client's address. Nothing an
+/// unauthenticated client sends (a header, an unknown key) selects a bucket.
+fn client_key(req: &Request, trusted: &[ipnet::IpNet]) -> String {
+    if let Some(p) = req.extensions().get::<Principal>()
+        && p.is_authenticated()
+    {
+        return format!("{}:{}", p.authtype, p.id);
+    }
+    match client_ip(req, trusted) {
+        Some(ip) => format!("ip:{ip}"),
         None => "ip:unknown".into(),
+    }
+}
+
+/// A token for `key` from the principal's own bucket when its API key has one, else from
+/// the shared per-client limiter.
+fn take_token(rl: &RateLimit, principal: Option<&Principal>, key: &String) -> Result<(), Error> {
+    match principal.and_then(|p| p.grants.rate_limit.as_ref()) {
+        Some(own) => own.limiter.check().map_err(|not_until| Error::RateLimited {
+            limit: format!(
+                "{} requests/s, burst {} for this API key (its rate_limit)",
+                own.requests_per_second, own.burst_size
+            ),
+            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        }),
+        None => rl.check(key),
     }
 }
 
@@ -94,7 +206,8 @@ async fn rate_limit(State(a): State<Arc<Admission>>, req: Request, next: Next) -
     let Some(rl) = &a.rate else {
         return next.run(req).await;
     };
-    match rl.check(&client_key(&req)) {
+    let key = client_key(&req, &a.trusted_proxies);
+    match take_token(rl, req.extensions().get::<Principal>(), &key) {
         Ok(()) => next.run(req).await,
         Err(e) => {
             let wait = match &e {
@@ -150,10 +263,23 @@ pub struct Admission {
     /// `performance.max_streams`: one per open stream.
     streams: Arc<Semaphore>,
     timeout: Duration,
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Admission {
-    pub fn new(rate: &RateLimitConfig, perf: &PerformanceConfig) -> Arc<Self> {
+    pub fn new(
+        rate: &RateLimitConfig,
+        perf: &PerformanceConfig,
+        trusted_proxies: &[String],
+    ) -> Arc<Self> {
+        let trusted_proxies = trusted_proxies
+            .iter()
+            .filter_map(|c| {
+                c.parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| c.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+            })
+            .collect();
         let rate = rate.enabled.then(|| {
             let rps = NonZeroU32::new(rate.requests_per_second).expect("checked by config");
             let burst = NonZeroU32::new(rate.burst_size).expect("checked by config");
@@ -168,6 +294,7 @@ impl Admission {
             slots: Arc::new(Semaphore::new(perf.max_concurrent_requests)),
             streams: Arc::new(Semaphore::new(perf.max_streams)),
             timeout: perf.request_timeout,
+            trusted_proxies,
         });
         if a.rate.is_some() {
             let weak = Arc::downgrade(&a);
@@ -210,17 +337,22 @@ impl Admission {
     }
 }
 
-/// One stream's admission: the client's key, decided once when the stream opens.
+/// One stream's admission: its principal and client key, decided once when it opens.
 struct StreamAdmit {
     admission: Arc<Admission>,
+    principal: Principal,
     key: String,
     _slot: OwnedSemaphorePermit,
 }
 
 impl Admit for StreamAdmit {
+    fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
     fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
         if let Some(rl) = &self.admission.rate {
-            rl.check(&self.key)?;
+            take_token(rl, Some(&self.principal), &self.key)?;
         }
         self.admission
             .slots
@@ -235,13 +367,18 @@ impl Admit for StreamAdmit {
 }
 
 async fn open_stream(State(a): State<Arc<Admission>>, mut req: Request, next: Next) -> Response {
-    let opened = match a.streams.clone().try_acquire_owned() {
-        Ok(slot) => Ok(Arc::new(StreamAdmit {
-            key: client_key(&req),
+    let opened = match (
+        principal(req.extensions().get::<Principal>()),
+        a.streams.clone().try_acquire_owned(),
+    ) {
+        (Err(e), _) => Err(e),
+        (Ok(principal), Ok(slot)) => Ok(Arc::new(StreamAdmit {
+            key: client_key(&req, &a.trusted_proxies),
+            principal,
             admission: a.clone(),
             _slot: slot,
         }) as Arc<dyn Admit>),
-        Err(_) => Err(Error::unavailable(
+        (Ok(_), Err(_)) => Err(Error::unavailable(
             "the gateway is at performance.max_streams open streams; retry shortly",
         )),
     };

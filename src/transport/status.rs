@@ -29,6 +29,8 @@ struct Mapped {
     accept_encoding: Option<&'static str>,
     /// The protocol to upgrade to, for 426's `Upgrade` header.
     upgrade: Option<&'static str>,
+    /// 401's `WWW-Authenticate` challenge.
+    challenge: Option<&'static str>,
 }
 
 impl Mapped {
@@ -42,9 +44,13 @@ impl Mapped {
             allow: None,
             accept_encoding: None,
             upgrade: None,
+            challenge: None,
         }
     }
 }
+
+/// RFC 6750's challenge: API keys and JWTs are both presented as bearer tokens.
+const CHALLENGE: &str = "Bearer realm=\"event-gateway\"";
 
 fn map(e: Error) -> Mapped {
     let message = e.to_string();
@@ -61,6 +67,14 @@ fn map(e: Error) -> Mapped {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 message,
             )
+        },
+        Error::Unauthenticated { .. } => Mapped {
+            challenge: Some(CHALLENGE),
+            ..Mapped::new(Code::Unauthenticated, StatusCode::UNAUTHORIZED, message)
+        },
+        Error::PermissionDenied(violations) => Mapped {
+            violations,
+            ..Mapped::new(Code::PermissionDenied, StatusCode::FORBIDDEN, message)
         },
         Error::RateLimited { retry_after, .. } => Mapped {
             retry_after: Some(retry_after),
@@ -199,6 +213,10 @@ fn to_http(m: Mapped) -> Response {
         resp.headers_mut()
             .insert(header::ACCEPT_ENCODING, HeaderValue::from_static(enc));
     }
+    if let Some(c) = m.challenge {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+    }
     if let Some(proto) = m.upgrade {
         resp.headers_mut()
             .insert(header::UPGRADE, HeaderValue::from_static(proto));
@@ -279,6 +297,14 @@ mod tests {
                 limit: 10,
                 size: Some(11),
             }),
+            Rejection::Core(Error::Unauthenticated {
+                reason: crate::error::AuthFailure::Invalid,
+                message: "unknown API key".into(),
+            }),
+            Rejection::Core(Error::PermissionDenied(vec![FieldViolation::new(
+                "event.type",
+                "principal `billing` may not send type `orders.placed`",
+            )])),
             Rejection::Core(Error::RateLimited {
                 limit: "1 requests/s".into(),
                 retry_after: Duration::from_millis(1500),
@@ -316,6 +342,8 @@ mod tests {
                         Error::InvalidArgument(_) => (Code::InvalidArgument, 400),
                         Error::Malformed(_) => (Code::InvalidArgument, 400),
                         Error::TooLarge { .. } => (Code::InvalidArgument, 413),
+                        Error::Unauthenticated { .. } => (Code::Unauthenticated, 401),
+                        Error::PermissionDenied(_) => (Code::PermissionDenied, 403),
                         Error::RateLimited { .. } => (Code::ResourceExhausted, 429),
                         Error::Unavailable { .. } => (Code::Unavailable, 503),
                         Error::DeadlineExceeded(_) => (Code::DeadlineExceeded, 504),
@@ -400,6 +428,7 @@ mod tests {
             let allow = resp.headers().get(header::ALLOW).cloned();
             let accept_encoding = resp.headers().get(header::ACCEPT_ENCODING).cloned();
             let upgrade = resp.headers().get(header::UPGRADE).cloned();
+            let challenge = resp.headers().get(header::WWW_AUTHENTICATE).cloned();
             let body = http_body(resp).await;
             assert_eq!(body["code"], grpc as i32, "{name}");
             assert_eq!(body["message"], name);
@@ -429,7 +458,9 @@ mod tests {
             assert_eq!(grpc_fields, json_fields, "{name}");
             let wants_fields = matches!(
                 &r,
-                Rejection::Core(Error::InvalidArgument(_) | Error::TooLarge { .. })
+                Rejection::Core(
+                    Error::InvalidArgument(_) | Error::TooLarge { .. } | Error::PermissionDenied(_)
+                )
             );
             assert_eq!(!grpc_fields.is_empty(), wants_fields, "{name}");
             // Retry delay: RetryInfo, the JSON detail and Retry-After agree, whole seconds.
@@ -448,6 +479,12 @@ mod tests {
             assert_eq!(
                 accept_encoding.is_some(),
                 matches!(r, Rejection::UnsupportedEncoding { .. }),
+                "{name}"
+            );
+            // 401 challenges for a bearer token.
+            assert_eq!(
+                challenge.as_ref().map(|v| v.to_str().unwrap()),
+                (http == 401).then_some(CHALLENGE),
                 "{name}"
             );
             // 426 says what to upgrade to.

@@ -1,0 +1,541 @@
+//! Who is calling and what they may send. The [`Authenticator`] turns what a request presents
+//! (an API key, a JWT bearer token, the subject of a verified client certificate) into a
+//! [`Principal`], or into `Error::Unauthenticated`; it holds the API keys (from
+//! `auth.api_keys_file`) and the JWT signing keys (from `auth.jwt.jwks_file`), each swapped
+//! whole when its file changes. The core asks it whether a principal may send an event
+//! ([`Authenticator::authorize`]) and stamps the CloudEvents Auth Context extension
+//! (`authtype`, `authid`) on every event ([`stamp`]). It imports nothing from tonic, axum or
+//! http: the shared stack reads the credentials off the request and calls it.
+//!
+//! API keys are never stored: the file holds their SHA-256. A presented key is hashed and
+//! looked up by digest, then the digests are compared with `subtle`'s constant-time
+//! equality; the lookup's timing depends only on the digest of what the client sent, which
+//! tells it nothing about any real key.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Meter};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use crate::config::{AuthConfig, JwtConfig};
+use crate::error::{AuthFailure, Error, FieldViolation};
+use crate::event::Event;
+
+/// The CloudEvents Auth Context `authtype` of an API key.
+pub const AUTHTYPE_API_KEY: &str = "api_key";
+/// The `authtype` of a JWT's subject or a client certificate's: a service identity.
+pub const AUTHTYPE_SERVICE: &str = "service_account";
+/// The `authtype` of a request without credentials (`auth.required: false`).
+pub const AUTHTYPE_NONE: &str = "unauthenticated";
+
+/// Every `reason` of `auth_failures_total`.
+pub const FAILURE_REASONS: &[&str] = &[
+    "missing",
+    "invalid",
+    "expired",
+    "forbidden_type",
+    "forbidden_source",
+];
+
+/// Who sent a request: an id (empty when unauthenticated), its Auth Context type, and what
+/// it may send.
+#[derive(Clone)]
+pub struct Principal {
+    pub id: String,
+    pub authtype: &'static str,
+    pub grants: Arc<Grants>,
+}
+
+impl Principal {
+    pub fn anonymous() -> Self {
+        Self {
+            id: String::new(),
+            authtype: AUTHTYPE_NONE,
+            grants: Arc::new(Grants::default()),
+        }
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.authtype != AUTHTYPE_NONE
+    }
+}
+
+/// Glob patterns with the text they were written as, for messages.
+struct Patterns {
+    set: GlobSet,
+    listed: String,
+}
+
+impl Patterns {
+    fn new(patterns: &[String], what: &str) -> Result<Option<Self>, String> {
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let mut b = GlobSetBuilder::new();
+        for p in patterns {
+            b.add(Glob::new(p).map_err(|e| format!("{what} `{p}`: {e}"))?);
+        }
+        Ok(Some(Self {
+            set: b.build().map_err(|e| format!("{what}: {e}"))?,
+            listed: patterns.join(", "),
+        }))
+    }
+}
+
+/// A principal's own token bucket (`rate_limit` of its API key entry).
+pub struct OwnLimit {
+    pub limiter: DefaultDirectRateLimiter,
+    pub requests_per_second: u32,
+    pub burst_size: u32,
+}
+
+/// What a principal may send: event types and sources (glob patterns; none = any), and its
+/// own rate limit, if it has one (else the default per-client bucket applies).
+#[derive(Default)]
+pub struct Grants {
+    types: Option<Patterns>,
+    sources: Option<Patterns>,
+    pub rate_limit: Option<OwnLimit>,
+}
+
+/// One entry of `auth.api_keys_file`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    id: String,
+    /// Hex SHA-256 of the key.
+    sha256: String,
+    #[serde(default)]
+    allowed_types: Vec<String>,
+    #[serde(default)]
+    allowed_sources: Vec<String>,
+    rate_limit: Option<KeyRate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRate {
+    requests_per_second: u32,
+    burst_size: u32,
+}
+
+type KeyRing = HashMap<[u8; 32], Principal>;
+
+/// Reads and checks an API keys file: every entry valid, ids and keys unique.
+fn load_keys(path: &Path) -> Result<KeyRing, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read auth.api_keys_file {}: {e}", path.display()))?;
+    // serde_yaml (already in the tree through figment) because the file is a top-level list,
+    // which figment's providers cannot hold.
+    let entries: Vec<KeyEntry> = serde_yaml::from_str(&text)
+        .map_err(|e| format!("auth.api_keys_file {}: {e}", path.display()))?;
+    let mut ring = KeyRing::new();
+    let mut ids = std::collections::HashSet::new();
+    for (i, e) in entries.into_iter().enumerate() {
+        let at = |what: String| format!("auth.api_keys_file {} [{i}] ({}): {what}", path.display(), e.id);
+        if e.id.is_empty() || !ids.insert(e.id.clone()) {
+            return Err(at("`id` must be present and unique".into()));
+        }
+        let digest: [u8; 32] = hex::decode(e.sha256.trim())
+            .ok()
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| at("`sha256` must be 64 hex digits (the SHA-256 of the key)".into()))?;
+        let rate_limit = match e.rate_limit {
+            None => None,
+            Some(r) => {
+                let (Some(rps), Some(burst)) = (
+                    std::num::NonZeroU32::new(r.requests_per_second),
+                    std::num::NonZeroU32::new(r.burst_size),
+                ) else {
+                    return Err(at("rate_limit values must be above 0".into()));
+                };
+                Some(OwnLimit {
+                    limiter: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
+                    requests_per_second: rps.get(),
+                    burst_size: burst.get(),
+                })
+            }
+        };
+        let grants = Grants {
+            types: Patterns::new(&e.allowed_types, "allowed_types").map_err(at)?,
+            sources: Patterns::new(&e.allowed_sources, "allowed_sources").map_err(at)?,
+            rate_limit,
+        };
+        let principal = Principal {
+            id: e.id.clone(),
+            authtype: AUTHTYPE_API_KEY,
+            grants: Arc::new(grants),
+        };
+        if ring.insert(digest, principal).is_some() {
+            return Err(at("the same key (sha256) is listed twice".into()));
+        }
+    }
+    Ok(ring)
+}
+
+/// JWT verification: the JWK Set in force and the claims every token must carry.
+struct Jwt {
+    keys: ArcSwap<jsonwebtoken::jwk::JwkSet>,
+    file: PathBuf,
+    config: JwtConfig,
+}
+
+/// Signature algorithms accepted: RSA, ECDSA P-256 and Ed25519; never `none` or HMAC (a
+/// shared secret in a JWKS file would be a key anyone reading it could sign with).
+const JWT_ALGORITHMS: &[jsonwebtoken::Algorithm] = &[
+    jsonwebtoken::Algorithm::RS256,
+    jsonwebtoken::Algorithm::ES256,
+    jsonwebtoken::Algorithm::EdDSA,
+];
+
+fn load_jwks(path: &Path) -> Result<jsonwebtoken::jwk::JwkSet, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read auth.jwt.jwks_file {}: {e}", path.display()))?;
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&text)
+        .map_err(|e| format!("auth.jwt.jwks_file {}: not a JWK Set: {e}", path.display()))?;
+    for k in &set.keys {
+        jsonwebtoken::DecodingKey::from_jwk(k).map_err(|e| {
+            format!(
+                "auth.jwt.jwks_file {}: key {:?} is not usable: {e}",
+                path.display(),
+                k.common.key_id
+            )
+        })?;
+    }
+    Ok(set)
+}
+
+/// Why the authenticator could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthError(String);
+
+/// Turns credentials into principals and decides what they may send.
+pub struct Authenticator {
+    required: bool,
+    keys: Option<(ArcSwap<KeyRing>, PathBuf)>,
+    jwt: Option<Jwt>,
+    failures: Counter<u64>,
+    reload_failures: AtomicU64,
+}
+
+/// What a request presented. Secrets are borrowed, never kept.
+#[derive(Default)]
+pub struct Credentials<'a> {
+    /// `Authorization: Bearer <token>`: an API key or a JWT.
+    pub bearer: Option<&'a str>,
+    /// `x-api-key: <key>`.
+    pub api_key: Option<&'a str>,
+    /// The subject (SAN, else CN) of the client certificate the TLS handshake verified.
+    pub certificate: Option<&'a str>,
+}
+
+/// A JWT has three base64url parts; an API key need not look like one.
+fn looks_like_jwt(token: &str) -> bool {
+    token.starts_with("eyJ") && token.split('.').count() == 3
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig, meter: &Meter) -> Result<Arc<Self>, AuthError> {
+        let keys = match &config.api_keys_file {
+            Some(p) => Some((ArcSwap::from_pointee(load_keys(p).map_err(AuthError)?), p.clone())),
+            None => None,
+        };
+        let jwt = match &config.jwt.jwks_file {
+            Some(p) => Some(Jwt {
+                keys: ArcSwap::from_pointee(load_jwks(p).map_err(AuthError)?),
+                file: p.clone(),
+                config: config.jwt.clone(),
+            }),
+            None => None,
+        };
+        let failures = meter
+            .u64_counter("auth_failures")
+            .with_description("Requests refused by authentication or authorization, by reason")
+            .build();
+        for r in FAILURE_REASONS {
+            failures.add(0, &[KeyValue::new("reason", *r)]);
+        }
+        let this = Arc::new(Self {
+            required: config.required,
+            keys,
+            jwt,
+            failures,
+            reload_failures: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&this);
+        meter
+            .u64_observable_counter("auth_reload_failures")
+            .with_description("API key or JWKS file reloads refused (the previous keys stay)")
+            .with_callback(move |o| {
+                if let Some(a) = weak.upgrade() {
+                    o.observe(a.reload_failures.load(Ordering::Relaxed), &[]);
+                }
+            })
+            .build();
+        Ok(this)
+    }
+
+    /// Watches the key files (polling every `interval`, contents compared) and swaps in what
+    /// they hold when they change; a file that no longer loads keeps the keys in force.
+    pub fn watch(self: &Arc<Self>, interval: Duration) -> Option<notify::PollWatcher> {
+        use notify::Watcher as _;
+        let files: Vec<PathBuf> = self
+            .keys
+            .iter()
+            .map(|(_, p)| p.clone())
+            .chain(self.jwt.iter().map(|j| j.file.clone()))
+            .collect();
+        if files.is_empty() {
+            return None;
+        }
+        let this = Arc::downgrade(self);
+        let handler = move |event: notify::Result<notify::Event>| {
+            if let (Ok(_), Some(a)) = (event, this.upgrade()) {
+                a.reload();
+            }
+        };
+        let config = notify::Config::default()
+            .with_poll_interval(interval)
+            .with_compare_contents(true);
+        let mut watcher = match notify::PollWatcher::new(handler, config) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the key files; changes need a restart");
+                return None;
+            }
+        };
+        for f in &files {
+            if let Err(e) = watcher.watch(f, notify::RecursiveMode::NonRecursive) {
+                tracing::error!(file = %f.display(), error = %e, "cannot watch a key file");
+            }
+        }
+        Some(watcher)
+    }
+
+    fn reload(&self) {
+        if let Some((ring, path)) = &self.keys {
+            match load_keys(path) {
+                Ok(new) => {
+                    tracing::info!(keys = new.len(), file = %path.display(), "API keys reloaded");
+                    ring.store(Arc::new(new));
+                }
+                Err(e) => {
+                    self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "API keys not reloaded; the previous keys stay");
+                }
+            }
+        }
+        if let Some(jwt) = &self.jwt {
+            match load_jwks(&jwt.file) {
+                Ok(new) => jwt.keys.store(Arc::new(new)),
+                Err(e) => {
+                    self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "JWKS not reloaded; the previous keys stay");
+                }
+            }
+        }
+    }
+
+    /// Whether any way to authenticate is configured (else credentials are not looked at).
+    pub fn enabled(&self) -> bool {
+        self.keys.is_some() || self.jwt.is_some()
+    }
+
+    /// Who presented `c`. Credentials that do not check out are refused even when
+    /// authentication is optional: a client with a wrong key should hear so, not be served
+    /// as anonymous. An API key or token wins over a client certificate (it carries grants).
+    pub fn authenticate(&self, c: &Credentials<'_>) -> Result<Principal, Error> {
+        // With no keys configured, tokens mean nothing here (and are not an error).
+        let token = if self.enabled() { c.api_key.or(c.bearer) } else { None };
+        let result = match (token, c.certificate) {
+            (Some(t), _) if self.jwt.is_some() && c.api_key.is_none() && looks_like_jwt(t) => {
+                self.verify_jwt(t)
+            }
+            (Some(t), _) => self.check_key(t),
+            (None, Some(subject)) => Ok(Principal {
+                id: subject.to_owned(),
+                authtype: AUTHTYPE_SERVICE,
+                grants: Arc::new(Grants::default()),
+            }),
+            (None, None) if self.required => Err((
+                AuthFailure::Missing,
+                "credentials are required: send `Authorization: Bearer <API key or token>` or `x-api-key: <key>`"
+                    .to_owned(),
+            )),
+            (None, None) => Ok(Principal::anonymous()),
+        };
+        result.map_err(|(reason, message)| {
+            self.failures
+                .add(1, &[KeyValue::new("reason", reason.as_str())]);
+            tracing::info!(reason = reason.as_str(), %message, "request refused: not authenticated");
+            Error::Unauthenticated { reason, message }
+        })
+    }
+
+    fn check_key(&self, key: &str) -> Result<Principal, (AuthFailure, String)> {
+        let Some((ring, _)) = &self.keys else {
+            return Err((
+                AuthFailure::Invalid,
+                "API keys are not configured on this gateway (auth.api_keys_file)".into(),
+            ));
+        };
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let ring = ring.load();
+        match ring.get_key_value(&digest) {
+            Some((stored, p)) if bool::from(stored.ct_eq(&digest)) => Ok(p.clone()),
+            _ => Err((AuthFailure::Invalid, "unknown API key".into())),
+        }
+    }
+
+    fn verify_jwt(&self, token: &str) -> Result<Principal, (AuthFailure, String)> {
+        use jsonwebtoken::errors::ErrorKind;
+        let jwt = self.jwt.as_ref().expect("checked by the caller");
+        let invalid = |m: String| (AuthFailure::Invalid, m);
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| invalid(format!("malformed token: {e}")))?;
+        if !JWT_ALGORITHMS.contains(&header.alg) {
+            return Err(invalid(format!(
+                "token algorithm {:?} is not accepted (RS256, ES256, EdDSA)",
+                header.alg
+            )));
+        }
+        let keys = jwt.keys.load();
+        let jwk = match &header.kid {
+            Some(kid) => keys.find(kid),
+            None if keys.keys.len() == 1 => keys.keys.first(),
+            None => None,
+        }
+        .ok_or_else(|| invalid("no key of auth.jwt.jwks_file matches the token's `kid`".into()))?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk)
+            .map_err(|e| invalid(format!("signing key unusable: {e}")))?;
+        let mut v = jsonwebtoken::Validation::new(header.alg);
+        v.leeway = jwt.config.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        if let Some(iss) = &jwt.config.issuer {
+            v.set_issuer(&[iss]);
+        }
+        if let Some(aud) = &jwt.config.audience {
+            v.set_audience(&[aud]);
+        }
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token, &key, &v,
+        )
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => (AuthFailure::Expired, "token expired".to_owned()),
+            ErrorKind::ImmatureSignature => invalid("token not yet valid (nbf)".into()),
+            ErrorKind::InvalidAudience => invalid("token audience is not this gateway's".into()),
+            ErrorKind::InvalidIssuer => invalid("token issuer is not trusted".into()),
+            ErrorKind::InvalidSignature => invalid("token signature does not verify".into()),
+            _ => invalid(format!("token refused: {e}")),
+        })?;
+        let sub = data
+            .claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid("token has no `sub`".into()))?;
+        let types = match &jwt.config.types_claim {
+            None => None,
+            Some(claim) => {
+                let listed: Vec<String> = match data.claims.get(claim) {
+                    Some(serde_json::Value::Array(a)) => a
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect(),
+                    Some(serde_json::Value::String(s)) => {
+                        s.split_whitespace().map(str::to_owned).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                // A token without the claim may send nothing rather than everything.
+                let listed = if listed.is_empty() { vec![String::new()] } else { listed };
+                Patterns::new(&listed, claim).map_err(invalid)?
+            }
+        };
+        Ok(Principal {
+            id: sub.to_owned(),
+            authtype: AUTHTYPE_SERVICE,
+            grants: Arc::new(Grants {
+                types,
+                sources: None,
+                rate_limit: None,
+            }),
+        })
+    }
+
+    /// Whether `principal` may send every one of `events` (named `prefix(i)` in the
+    /// violations): all-or-nothing, like validation. Refusals are counted and logged.
+    pub fn authorize(
+        &self,
+        principal: &Principal,
+        events: &[Event],
+        name: impl Fn(usize) -> String,
+    ) -> Result<(), Error> {
+        let g = &principal.grants;
+        if g.types.is_none() && g.sources.is_none() {
+            return Ok(());
+        }
+        let who = if principal.id.is_empty() { "anonymous" } else { &principal.id };
+        let mut violations = Vec::new();
+        let mut reason = "forbidden_type";
+        for (i, e) in events.iter().enumerate() {
+            if let Some(t) = &g.types
+                && !t.set.is_match(&e.ty)
+            {
+                violations.push(FieldViolation::new(
+                    format!("{}.type", name(i)),
+                    format!(
+                        "principal `{who}` may not send type `{}`; it may send {}",
+                        e.ty, t.listed
+                    ),
+                ));
+            }
+            if let Some(s) = &g.sources
+                && !s.set.is_match(&e.source)
+            {
+                if violations.is_empty() {
+                    reason = "forbidden_source";
+                }
+                violations.push(FieldViolation::new(
+                    format!("{}.source", name(i)),
+                    format!(
+                        "principal `{who}` may not send source `{}`; it may send {}",
+                        e.source, s.listed
+                    ),
+                ));
+            }
+        }
+        if violations.is_empty() {
+            return Ok(());
+        }
+        self.failures.add(1, &[KeyValue::new("reason", reason)]);
+        tracing::info!(principal = who, reason, "request refused: not authorized");
+        Err(Error::PermissionDenied(violations))
+    }
+}
+
+/// Sets the CloudEvents Auth Context extension from `principal`, replacing whatever the
+/// client sent under those names: provenance is the gateway's word, never the client's.
+pub fn stamp(principal: &Principal, event: &mut Event) {
+    event
+        .extensions
+        .insert("authtype".into(), principal.authtype.into());
+    if principal.id.is_empty() {
+        event.extensions.remove("authid");
+    } else {
+        event
+            .extensions
+            .insert("authid".into(), principal.id.clone());
+    }
+}
