@@ -141,7 +141,13 @@ fn load_keys(path: &Path) -> Result<KeyRing, String> {
     let mut ring = KeyRing::new();
     let mut ids = std::collections::HashSet::new();
     for (i, e) in entries.into_iter().enumerate() {
-        let at = |what: String| format!("auth.api_keys_file {} [{i}] ({}): {what}", path.display(), e.id);
+        let at = |what: String| {
+            format!(
+                "auth.api_keys_file {} [{i}] ({}): {what}",
+                path.display(),
+                e.id
+            )
+        };
         if e.id.is_empty() || !ids.insert(e.id.clone()) {
             return Err(at("`id` must be present and unique".into()));
         }
@@ -247,7 +253,10 @@ fn looks_like_jwt(token: &str) -> bool {
 impl Authenticator {
     pub fn new(config: &AuthConfig, meter: &Meter) -> Result<Arc<Self>, AuthError> {
         let keys = match &config.api_keys_file {
-            Some(p) => Some((ArcSwap::from_pointee(load_keys(p).map_err(AuthError)?), p.clone())),
+            Some(p) => Some((
+                ArcSwap::from_pointee(load_keys(p).map_err(AuthError)?),
+                p.clone(),
+            )),
             None => None,
         };
         let jwt = match &config.jwt.jwks_file {
@@ -356,7 +365,11 @@ impl Authenticator {
     /// as anonymous. An API key or token wins over a client certificate (it carries grants).
     pub fn authenticate(&self, c: &Credentials<'_>) -> Result<Principal, Error> {
         // With no keys configured, tokens mean nothing here (and are not an error).
-        let token = if self.enabled() { c.api_key.or(c.bearer) } else { None };
+        let token = if self.enabled() {
+            c.api_key.or(c.bearer)
+        } else {
+            None
+        };
         let result = match (token, c.certificate) {
             (Some(t), _) if self.jwt.is_some() && c.api_key.is_none() && looks_like_jwt(t) => {
                 self.verify_jwt(t)
@@ -428,17 +441,22 @@ impl Authenticator {
         if let Some(aud) = &jwt.config.audience {
             v.set_audience(&[aud]);
         }
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token, &key, &v,
-        )
-        .map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => (AuthFailure::Expired, "token expired".to_owned()),
-            ErrorKind::ImmatureSignature => invalid("token not yet valid (nbf)".into()),
-            ErrorKind::InvalidAudience => invalid("token audience is not this gateway's".into()),
-            ErrorKind::InvalidIssuer => invalid("token issuer is not trusted".into()),
-            ErrorKind::InvalidSignature => invalid("token signature does not verify".into()),
-            _ => invalid(format!("token refused: {e}")),
-        })?;
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &v)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::ExpiredSignature => {
+                        (AuthFailure::Expired, "token expired".to_owned())
+                    }
+                    ErrorKind::ImmatureSignature => invalid("token not yet valid (nbf)".into()),
+                    ErrorKind::InvalidAudience => {
+                        invalid("token audience is not this gateway's".into())
+                    }
+                    ErrorKind::InvalidIssuer => invalid("token issuer is not trusted".into()),
+                    ErrorKind::InvalidSignature => {
+                        invalid("token signature does not verify".into())
+                    }
+                    _ => invalid(format!("token refused: {e}")),
+                })?;
         let sub = data
             .claims
             .get("sub")
@@ -459,7 +477,11 @@ impl Authenticator {
                     _ => Vec::new(),
                 };
                 // A token without the claim may send nothing rather than everything.
-                let listed = if listed.is_empty() { vec![String::new()] } else { listed };
+                let listed = if listed.is_empty() {
+                    vec![String::new()]
+                } else {
+                    listed
+                };
                 Patterns::new(&listed, claim).map_err(invalid)?
             }
         };
@@ -486,7 +508,11 @@ impl Authenticator {
         if g.types.is_none() && g.sources.is_none() {
             return Ok(());
         }
-        let who = if principal.id.is_empty() { "anonymous" } else { &principal.id };
+        let who = if principal.id.is_empty() {
+            "anonymous"
+        } else {
+            &principal.id
+        };
         let mut violations = Vec::new();
         let mut reason = "forbidden_type";
         for (i, e) in events.iter().enumerate() {

@@ -626,8 +626,7 @@ impl Config {
             errors.push("tls.client_ca_file (mTLS) needs tls.cert_file and tls.key_file".into());
         }
         for (i, cidr) in self.server.trusted_proxies.iter().enumerate() {
-            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err()
-            {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
                 errors.push(format!(
                     "server.trusted_proxies[{i}] `{cidr}` is not a CIDR block or an address"
                 ));

@@ -239,7 +239,11 @@ impl Gateway {
 
     /// Validation and authorization for storing (schema violations and refusals counted),
     /// then the principal's provenance stamped on the event.
-    fn check_for_ingest(&self, principal: &Principal, event: Option<Incoming>) -> Result<Event, Error> {
+    fn check_for_ingest(
+        &self,
+        principal: &Principal,
+        event: Option<Incoming>,
+    ) -> Result<Event, Error> {
         let checked = self
             .check_single(event, &|ty| self.metrics.schema_violation(ty))
             .inspect_err(|_| {
@@ -313,10 +317,16 @@ impl Gateway {
     /// The checks of `ingest_event`, and nothing else: no sink is touched.
     /// A dry run does not count schema violations: `schema_violations_total` is about what
     /// was sent for storage.
-    pub fn validate(&self, principal: &Principal, event: Option<Incoming>) -> Result<Validated, Error> {
+    pub fn validate(
+        &self,
+        principal: &Principal,
+        event: Option<Incoming>,
+    ) -> Result<Validated, Error> {
         let checked = self.check_single(event, &|_| {})?;
         self.auth
-            .authorize(principal, std::slice::from_ref(&checked.event), |_| "event".into())?;
+            .authorize(principal, std::slice::from_ref(&checked.event), |_| {
+                "event".into()
+            })?;
         Ok(Validated {
             size: checked.size,
             max_event_size: self.limits.max_event_size,

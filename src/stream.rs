@@ -194,27 +194,28 @@ fn take(
                     }
                 };
                 let sent_id = incoming.event.id.clone();
-                let report =
-                    match tokio::time::timeout(admit.deadline(), gateway.ingest_item(admit.principal(), incoming))
-                        .await
-                    {
-                        Ok(item) => Report {
+                let report = match tokio::time::timeout(
+                    admit.deadline(),
+                    gateway.ingest_item(admit.principal(), incoming),
+                )
+                .await
+                {
+                    Ok(item) => Report {
+                        sequence,
+                        id: item.id,
+                        result: item.result,
+                    },
+                    Err(_) => {
+                        let e =
+                            Error::DeadlineExceeded("performance.request_timeout passed".into());
+                        gateway.count_refused(&e);
+                        Report {
                             sequence,
-                            id: item.id,
-                            result: item.result,
-                        },
-                        Err(_) => {
-                            let e = Error::DeadlineExceeded(
-                                "performance.request_timeout passed".into(),
-                            );
-                            gateway.count_refused(&e);
-                            Report {
-                                sequence,
-                                id: sent_id,
-                                result: Err(e),
-                            }
+                            id: sent_id,
+                            result: Err(e),
                         }
-                    };
+                    }
+                };
                 drop(permit);
                 report
             }

@@ -21,10 +21,10 @@ use crate::proto::{
 };
 use crate::service::Gateway;
 use crate::stream::{self, End, StreamAdmission, Submission};
-use crate::transport::stack;
 use crate::transport::reply::{
     batch_reply, event_reply, stream_reply, types_reply, validate_reply,
 };
+use crate::transport::stack;
 use crate::validate::Incoming;
 
 pub struct GrpcService {

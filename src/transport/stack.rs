@@ -64,14 +64,19 @@ pub struct PeerIdentity(pub String);
 /// The principal the stack authenticated, for the adapters to hand to the core. Its absence
 /// is a wiring fault (a route outside the stack), never a reason to serve anonymously.
 pub fn principal(p: Option<&Principal>) -> Result<Principal, Error> {
-    p.cloned()
-        .ok_or_else(|| Error::Internal("ingest route served outside the authentication layer".into()))
+    p.cloned().ok_or_else(|| {
+        Error::Internal("ingest route served outside the authentication layer".into())
+    })
 }
 
 /// Reads the credentials off the request (headers or gRPC metadata, which travel the same
 /// way, and the connection's client certificate) and puts the [`Principal`] on it, or
 /// answers 401 / UNAUTHENTICATED for the caller's protocol.
-async fn authenticate(State(a): State<Arc<Authenticator>>, mut req: Request, next: Next) -> Response {
+async fn authenticate(
+    State(a): State<Arc<Authenticator>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let outcome = {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let bearer = header(http::header::AUTHORIZATION.as_str()).and_then(|v| {
@@ -81,10 +86,7 @@ async fn authenticate(State(a): State<Arc<Authenticator>>, mut req: Request, nex
         let credentials = Credentials {
             bearer,
             api_key: header(API_KEY_HEADER),
-            certificate: req
-                .extensions()
-                .get::<PeerIdentity>()
-                .map(|p| p.0.as_str()),
+            certificate: req.extensions().get::<PeerIdentity>().map(|p| p.0.as_str()),
         };
         a.authenticate(&credentials)
     };
@@ -154,7 +156,9 @@ fn client_ip(req: &Request, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
             .filter_map(|element| {
                 let value = element.split(';').find_map(|pair| {
                     let (k, v) = pair.split_once('=')?;
-                    k.trim().eq_ignore_ascii_case("for").then(|| v.trim().trim_matches('"'))
+                    k.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| v.trim().trim_matches('"'))
                 })?;
                 let host = match value.strip_prefix('[') {
                     Some(v6) => v6.split(']').next()?,

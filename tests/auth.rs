@@ -1,0 +1,671 @@
+//! Authentication and authorization over real sockets, both protocols: missing, valid,
+//! revoked and unknown API keys; JWTs (ES256 and EdDSA keys made here with rcgen) valid,
+//! expired, for another audience or issuer, or badly signed; grants by type and source
+//! (403 / PERMISSION_DENIED naming the field and the principal, all-or-nothing in batches,
+//! the same in Validate and on streams); buckets per principal; trusted proxies; provenance
+//! (`authtype`/`authid`) replacing what the client sent; no secret in errors or metrics.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use event_gateway::proto::{CloudEvent, IngestEventRequest};
+use sha2::Digest as _;
+use tonic::Code;
+
+const KEY_A: &str = "ka_3f9d2c7e1b8a4f6d";
+const KEY_B: &str = "kb_9a1e7c3d5b2f8e4a";
+const KEY_BILLING: &str = "kbill_1c2d3e4f5a6b7c8d";
+
+fn sha256_hex(key: &str) -> String {
+    hex::encode(sha2::Sha256::digest(key.as_bytes()))
+}
+
+/// Writes the API keys file: team-a and team-b (no limits), billing (billing.* types from
+/// https://billing.example/* sources only).
+fn write_keys(path: &Path, keys: &[&str]) {
+    let mut yaml = String::new();
+    for k in keys {
+        let (id, extra) = match *k {
+            KEY_A => ("team-a", ""),
+            KEY_B => ("team-b", ""),
+            KEY_BILLING => (
+                "billing",
+                "  allowed_types: [\"billing.*\"]\n  allowed_sources: [\"https://billing.example/*\"]\n",
+            ),
+            _ => unreachable!("a test key"),
+        };
+        yaml.push_str(&format!("- id: {id}\n  sha256: {}\n{extra}", sha256_hex(k)));
+    }
+    if yaml.is_empty() {
+        yaml.push_str("[]\n");
+    }
+    std::fs::write(path, yaml).unwrap();
+}
+
+struct Secured {
+    gw: TestGateway,
+    keys: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn secured(edit: impl FnOnce(&mut event_gateway::Config, &Path)) -> Secured {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.yaml");
+    write_keys(&keys, &[KEY_A, KEY_B, KEY_BILLING]);
+    let mut config = test_config(dir.path());
+    config.auth.required = true;
+    config.auth.api_keys_file = Some(keys.clone());
+    edit(&mut config, dir.path());
+    Secured {
+        gw: TestGateway::start(config).await,
+        keys,
+        _dir: dir,
+    }
+}
+
+async fn post_with(
+    gw: &TestGateway,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: &str,
+) -> reqwest::Response {
+    let mut r = http()
+        .post(gw.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some((name, value)) = auth {
+        r = r.header(name, value);
+    }
+    r.send().await.unwrap()
+}
+
+async fn grpc_ingest(
+    gw: &TestGateway,
+    auth: Option<(&'static str, &str)>,
+    body: &str,
+) -> Result<(), tonic::Status> {
+    let ev: CloudEvent = serde_json::from_str(body).unwrap();
+    let mut req = tonic::Request::new(IngestEventRequest { event: Some(ev) });
+    if let Some((name, value)) = auth {
+        req.metadata_mut().insert(name, value.parse().unwrap());
+    }
+    gw.grpc().await.ingest_event(req).await.map(|_| ())
+}
+
+fn metric(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                && l.contains(label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credentials_is_401_or_unauthenticated_and_health_stays_open() {
+    let s = secured(|_, _| {}).await;
+    let r = post_with(&s.gw, "/api/v1/events", None, SEED_EVENT).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Bearer realm=\"event-gateway\""
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 16, "UNAUTHENTICATED");
+    assert!(
+        body["message"].as_str().unwrap().contains("x-api-key"),
+        "{body}"
+    );
+    let err = grpc_ingest(&s.gw, None, SEED_EVENT).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // Every ingest route, streams included, is behind it; health and docs are not.
+    for path in ["/api/v1/events/batch", "/api/v1/events/validate"] {
+        assert_eq!(
+            post_with(&s.gw, path, None, "{}").await.status(),
+            401,
+            "{path}"
+        );
+    }
+    let ws = http()
+        .get(s.gw.url("/api/v1/events/ws"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ws.status(), 401);
+    s.gw.wait_ready().await;
+    assert_eq!(
+        http()
+            .get(s.gw.url("/api/docs"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(s.gw.log_lines().is_empty());
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        metric(&m, "auth_failures_total", "reason=\"missing\""),
+        5.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_key_stores_with_provenance_and_a_revoked_key_is_refused_within_5_s() {
+    let s = secured(|_, _| {}).await;
+    // The client tries to claim someone else's identity: the gateway's stamp replaces it.
+    let forged = r#"{"type":"user.created","source":"s","authtype":"system","authid":"root"}"#;
+    let r = post_with(&s.gw, "/api/v1/events", Some(("authorization", &format!("Bearer {KEY_A}"))), r#"{"type":"user.created","source":"s","extensions":{"authid":"root","authtype":"system"}}"#).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = http()
+        .post(s.gw.url("/api/v1/events"))
+        .header("content-type", "application/cloudevents+json")
+        .header("x-api-key", KEY_A)
+        .body(forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    grpc_ingest(&s.gw, Some(("x-api-key", KEY_B)), SEED_EVENT)
+        .await
+        .unwrap();
+    grpc_ingest(
+        &s.gw,
+        Some(("authorization", &format!("Bearer {KEY_B}"))),
+        SEED_EVENT,
+    )
+    .await
+    .unwrap();
+    let lines = s.gw.log_lines();
+    let who: Vec<_> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["authtype"].as_str().unwrap(),
+                l["authid"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("api_key", "team-a"),
+            ("api_key", "team-a"),
+            ("api_key", "team-b"),
+            ("api_key", "team-b")
+        ]
+    );
+
+    // Revoke team-a by rewriting the file: refused within 5 s, team-b unaffected.
+    write_keys(&s.keys, &[KEY_B, KEY_BILLING]);
+    let gw = &s.gw;
+    wait_until(
+        Duration::from_secs(5),
+        "the revoked key refused",
+        || async move {
+            post_with(gw, "/api/v1/events", Some(("x-api-key", KEY_A)), SEED_EVENT)
+                .await
+                .status()
+                == 401
+        },
+    )
+    .await;
+    let err = grpc_ingest(gw, Some(("x-api-key", KEY_A)), SEED_EVENT)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(!err.message().contains(KEY_A), "the secret leaked: {err:?}");
+    assert_eq!(
+        post_with(gw, "/api/v1/events", Some(("x-api-key", KEY_B)), SEED_EVENT)
+            .await
+            .status(),
+        200
+    );
+    // A broken file keeps the keys in force.
+    std::fs::write(&s.keys, "- id: [not, a, string\n").unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the broken reload counted",
+        || async move { metric(&gw.metrics().await, "auth_reload_failures_total", "") >= 1.0 },
+    )
+    .await;
+    assert_eq!(
+        post_with(gw, "/api/v1/events", Some(("x-api-key", KEY_B)), SEED_EVENT)
+            .await
+            .status(),
+        200
+    );
+    let m = gw.metrics().await;
+    assert!(
+        !m.contains(KEY_A) && !m.contains(KEY_B),
+        "a secret in the metrics"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_or_source_the_principal_may_not_send_is_403_everywhere() {
+    let s = secured(|_, _| {}).await;
+    let bill = Some(("x-api-key", KEY_BILLING));
+    let ok = r#"{"type":"billing.invoiced","source":"https://billing.example/eu"}"#;
+    let wrong_type = r#"{"type":"orders.placed","source":"https://billing.example/eu"}"#;
+    let wrong_source = r#"{"type":"billing.invoiced","source":"https://shop.example/"}"#;
+    assert_eq!(
+        post_with(&s.gw, "/api/v1/events", bill, ok).await.status(),
+        200
+    );
+
+    let r = post_with(&s.gw, "/api/v1/events", bill, wrong_type).await;
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], 7, "PERMISSION_DENIED");
+    let v = &body["details"][0]["fieldViolations"][0];
+    assert_eq!(v["field"], "event.type");
+    let d = v["description"].as_str().unwrap();
+    assert!(
+        d.contains("`billing`") && d.contains("orders.placed") && d.contains("billing.*"),
+        "{d}"
+    );
+    assert!(!body.to_string().contains(KEY_BILLING));
+
+    let r = post_with(&s.gw, "/api/v1/events", bill, wrong_source).await;
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["details"][0]["fieldViolations"][0]["field"],
+        "event.source"
+    );
+
+    let err = grpc_ingest(&s.gw, bill, wrong_type).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("event.type"), "{err:?}");
+
+    // Validate says the same; a batch with one refused event stores none of them.
+    assert_eq!(
+        post_with(&s.gw, "/api/v1/events/validate", bill, wrong_type)
+            .await
+            .status(),
+        403
+    );
+    let batch = format!(r#"{{"events":[{ok},{wrong_type}]}}"#);
+    let r = post_with(&s.gw, "/api/v1/events/batch", bill, &batch).await;
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["details"][0]["fieldViolations"][0]["field"],
+        "events[1].type"
+    );
+    // Other keys have no such grant.
+    assert_eq!(
+        post_with(
+            &s.gw,
+            "/api/v1/events",
+            Some(("x-api-key", KEY_A)),
+            wrong_type
+        )
+        .await
+        .status(),
+        200
+    );
+    let lines = s.gw.log_lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+
+    // On a stream the refused event fails alone.
+    use event_gateway::proto::{IngestStreamRequest, Outcome};
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("x-api-key", KEY_BILLING.parse().unwrap());
+    let mut results =
+        s.gw.grpc()
+            .await
+            .ingest_stream(req)
+            .await
+            .unwrap()
+            .into_inner();
+    let events = [ok, wrong_type].map(|e| serde_json::from_str::<CloudEvent>(e).unwrap());
+    tx.send(IngestStreamRequest {
+        sequence: Some(0),
+        events: events.to_vec(),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let mut got = Vec::new();
+    while let Some(r) = results.message().await.unwrap() {
+        got.push(r);
+    }
+    got.sort_by_key(|r| r.sequence);
+    assert_eq!(got[0].outcome, Outcome::Stored as i32);
+    assert_eq!(got[1].error.as_ref().unwrap().code, "PERMISSION_DENIED");
+    assert_eq!(s.gw.log_lines()[2]["authid"], "billing");
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        metric(&m, "auth_failures_total", "reason=\"forbidden_type\""),
+        5.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "auth_failures_total", "reason=\"forbidden_source\""),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_have_their_own_buckets_and_unknown_keys_get_401_never_a_bucket() {
+    let s = secured(|c, _| {
+        c.rate_limit.enabled = true;
+        c.rate_limit.requests_per_second = 1;
+        c.rate_limit.burst_size = 2;
+    })
+    .await;
+    let a = Some(("x-api-key", KEY_A));
+    let b = Some(("x-api-key", KEY_B));
+    let statuses = |auth| {
+        let gw = &s.gw;
+        async move {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(
+                    post_with(gw, "/api/v1/events", auth, SEED_EVENT)
+                        .await
+                        .status()
+                        .as_u16(),
+                );
+            }
+            v
+        }
+    };
+    assert_eq!(statuses(a).await, [200, 200, 429]);
+    // team-b's bucket is its own: full.
+    assert_eq!(statuses(b).await, [200, 200, 429]);
+    // Rotating made-up keys: each is refused as unknown, none is served from a fresh bucket.
+    for i in 0..20 {
+        let r = post_with(
+            &s.gw,
+            "/api/v1/events",
+            Some(("x-api-key", &format!("made-up-{i}"))),
+            SEED_EVENT,
+        )
+        .await;
+        assert_eq!(r.status(), 401);
+    }
+    assert_eq!(s.gw.log_lines().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let limited = |trusted: Vec<String>| {
+        let mut c = test_config(dir.path());
+        c.rate_limit.enabled = true;
+        c.rate_limit.requests_per_second = 1;
+        c.rate_limit.burst_size = 1;
+        c.server.trusted_proxies = trusted;
+        c
+    };
+    let send = |gw: &TestGateway, xff: &'static str| {
+        let url = gw.url("/api/v1/events");
+        async move {
+            http()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-forwarded-for", xff)
+                .body(SEED_EVENT)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Untrusted peer: the header is ignored, both share the peer's bucket of one.
+    let gw = TestGateway::start(limited(vec![])).await;
+    assert_eq!(send(&gw, "192.0.2.1").await, 200);
+    assert_eq!(send(&gw, "192.0.2.2").await, 429);
+    // Loopback trusted: each forwarded client has its own bucket; a spoofed entry the
+    // client put in front of the proxy's does not count (the rightmost untrusted does).
+    let gw = TestGateway::start(limited(vec!["127.0.0.0/8".into()])).await;
+    assert_eq!(send(&gw, "192.0.2.1").await, 200);
+    assert_eq!(send(&gw, "192.0.2.2").await, 200);
+    assert_eq!(send(&gw, "198.51.100.7, 192.0.2.1").await, 429);
+}
+
+// --- JWT -------------------------------------------------------------------------------
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A signing key and its JWK: ES256 (P-256) or EdDSA (Ed25519), made with rcgen.
+struct Signer {
+    key: jsonwebtoken::EncodingKey,
+    alg: jsonwebtoken::Algorithm,
+    kid: &'static str,
+    jwk: serde_json::Value,
+}
+
+fn signer(alg: jsonwebtoken::Algorithm, kid: &'static str) -> Signer {
+    let (pair, jwk) = match alg {
+        jsonwebtoken::Algorithm::ES256 => {
+            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let raw = pair.public_key_raw().to_vec();
+            let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]),
+                "y": b64(&raw[33..65]), "kid": kid, "alg": "ES256", "use": "sig"});
+            (pair, jwk)
+        }
+        _ => {
+            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+            let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519",
+                "x": b64(pair.public_key_raw()), "kid": kid, "alg": "EdDSA", "use": "sig"});
+            (pair, jwk)
+        }
+    };
+    // PKCS#8 DER, which jsonwebtoken reads without its PEM feature.
+    let der = pair.serialize_der();
+    let key = match alg {
+        jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_der(&der),
+        _ => jsonwebtoken::EncodingKey::from_ed_der(&der),
+    };
+    Signer { key, alg, kid, jwk }
+}
+
+impl Signer {
+    fn token(&self, claims: serde_json::Value) -> String {
+        let mut h = jsonwebtoken::Header::new(self.alg);
+        h.kid = Some(self.kid.into());
+        jsonwebtoken::encode(&h, &claims, &self.key).unwrap()
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_bearer_tokens_are_verified_for_signature_time_issuer_and_audience() {
+    let es = signer(jsonwebtoken::Algorithm::ES256, "es-1");
+    let ed = signer(jsonwebtoken::Algorithm::EdDSA, "ed-1");
+    let stranger = signer(jsonwebtoken::Algorithm::ES256, "es-1");
+    let jwks = serde_json::json!({"keys": [es.jwk, ed.jwk]});
+    let s = secured(|c, dir| {
+        let path = dir.join("jwks.json");
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        c.auth.jwt.jwks_file = Some(path);
+        c.auth.jwt.issuer = Some("https://idp.example".into());
+        c.auth.jwt.audience = Some("event-gateway".into());
+        c.auth.jwt.leeway = Duration::from_secs(5);
+        c.auth.jwt.types_claim = Some("event_types".into());
+    })
+    .await;
+    let claims = |sub: &str, exp: i64, iss: &str, aud: &str| {
+        serde_json::json!({"sub": sub, "exp": exp, "iss": iss, "aud": aud,
+            "event_types": ["user.*"]})
+    };
+    let good = claims(
+        "svc-orders",
+        now() + 300,
+        "https://idp.example",
+        "event-gateway",
+    );
+    let bearer = |t: &str| format!("Bearer {t}");
+    for (name, token, want) in [
+        ("ES256", es.token(good.clone()), 200),
+        ("EdDSA", ed.token(good.clone()), 200),
+        (
+            "expired",
+            es.token(claims(
+                "svc",
+                now() - 60,
+                "https://idp.example",
+                "event-gateway",
+            )),
+            401,
+        ),
+        (
+            "wrong audience",
+            es.token(claims("svc", now() + 300, "https://idp.example", "other")),
+            401,
+        ),
+        (
+            "wrong issuer",
+            es.token(claims(
+                "svc",
+                now() + 300,
+                "https://evil.example",
+                "event-gateway",
+            )),
+            401,
+        ),
+        ("bad signature", stranger.token(good.clone()), 401),
+    ] {
+        let r = post_with(
+            &s.gw,
+            "/api/v1/events",
+            Some(("authorization", &bearer(&token))),
+            SEED_EVENT,
+        )
+        .await;
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, want, "{name}: {text}");
+        assert!(!text.contains(&token), "{name}: the token echoed back");
+    }
+    // The same over gRPC metadata.
+    let token = ed.token(good.clone());
+    grpc_ingest(&s.gw, Some(("authorization", &bearer(&token))), SEED_EVENT)
+        .await
+        .unwrap();
+    let expired = es.token(claims(
+        "svc",
+        now() - 60,
+        "https://idp.example",
+        "event-gateway",
+    ));
+    let err = grpc_ingest(
+        &s.gw,
+        Some(("authorization", &bearer(&expired))),
+        SEED_EVENT,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("expired"), "{err:?}");
+    // The types claim grants user.* only.
+    let token = es.token(good);
+    let r = post_with(
+        &s.gw,
+        "/api/v1/events",
+        Some(("authorization", &bearer(&token))),
+        r#"{"type":"orders.placed","source":"s"}"#,
+    )
+    .await;
+    assert_eq!(r.status(), 403);
+    let lines = s.gw.log_lines();
+    assert_eq!(lines.len(), 3);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["authtype"] == "service_account" && l["authid"] == "svc-orders")
+    );
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        metric(&m, "auth_failures_total", "reason=\"expired\""),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "auth_failures_total", "reason=\"invalid\""),
+        3.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_put_behind_authentication() {
+    let s = secured(|c, _| c.auth.protect_metrics = true).await;
+    let r = http().get(s.gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http()
+        .get(s.gw.url("/metrics"))
+        .header("x-api-key", KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("auth_failures_total"));
+    assert_eq!(
+        http()
+            .get(s.gw.url("/health/live"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_authentication_serves_anonymous_clients_but_refuses_bad_keys() {
+    let s = secured(|c, _| c.auth.required = false).await;
+    assert_eq!(
+        post_with(&s.gw, "/api/v1/events", None, SEED_EVENT)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        post_with(
+            &s.gw,
+            "/api/v1/events",
+            Some(("x-api-key", "wrong")),
+            SEED_EVENT
+        )
+        .await
+        .status(),
+        401
+    );
+    assert_eq!(
+        post_with(
+            &s.gw,
+            "/api/v1/events",
+            Some(("x-api-key", KEY_A)),
+            SEED_EVENT
+        )
+        .await
+        .status(),
+        200
+    );
+    let lines = s.gw.log_lines();
+    assert_eq!(lines[0]["authtype"], "unauthenticated");
+    assert!(lines[0].get("authid").is_none());
+    assert_eq!(lines[1]["authid"], "team-a");
+}
