@@ -31,8 +31,9 @@ use crate::sink::{self, FlushReport};
 use crate::telemetry::metrics::MetricsRegistry;
 use crate::transport::health::Readiness;
 use crate::transport::stack::HttpMetrics;
-use crate::transport::{docs, grpc, health, rest, stack, ws};
+use crate::transport::{docs, grpc, health, rest, stack, tls, ws};
 use crate::validate::Limits;
+use tokio_util::either::Either;
 
 /// Why the gateway could not start; the underlying error is kept as the source.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ pub enum StartupError {
     Listener(#[source] std::io::Error),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// What a finished `serve` reports.
@@ -89,6 +92,9 @@ struct App {
     _types_watcher: Option<notify::PollWatcher>,
     /// Reloads the API keys and the JWKS while it lives.
     _keys_watcher: Option<notify::PollWatcher>,
+    /// The listener's TLS, when configured, and its file watcher.
+    tls: Option<Arc<tls::Tls>>,
+    _tls_watcher: Option<notify::PollWatcher>,
 }
 
 /// Server reflection, v1 and v1alpha, over the contract's descriptors, gRPC health's, and the
@@ -148,6 +154,11 @@ fn build(config: &Config) -> Result<App, StartupError> {
         max_event_size: config.limits.max_event_size.as_u64() as usize,
         max_batch_events: config.limits.max_batch_events,
     };
+    let tls = tls::Tls::load(&config.tls)?;
+    let tls_watcher = tls.as_ref().and_then(|t| {
+        t.register_instruments(&meter);
+        t.watch(TYPES_POLL)
+    });
     let auth = Authenticator::new(&config.auth, &meter)?;
     let keys_watcher = auth.watch(TYPES_POLL);
     let gateway = Arc::new(Gateway::new(sink, limits, contracts, auth.clone(), &meter));
@@ -229,6 +240,8 @@ fn build(config: &Config) -> Result<App, StartupError> {
         http_metrics,
         _types_watcher: types_watcher,
         _keys_watcher: keys_watcher,
+        tls,
+        _tls_watcher: tls_watcher,
     })
 }
 
@@ -286,7 +299,7 @@ pub async fn serve(
         });
     }
 
-    tracing::info!(%addr, "event gateway listening (gRPC and REST)");
+    tracing::info!(%addr, tls = app.tls.is_some(), "event gateway listening (gRPC and REST)");
     let builder = connection_builder(&config);
     let graceful = GracefulShutdown::new();
     let connections = app.http_metrics.active_connections.clone();
@@ -305,13 +318,8 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let svc =
-            app.router
-                .clone()
-                .map_request(move |mut req: http::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    req.map(axum::body::Body::new)
-                });
+        let router = app.router.clone();
+        let tls = app.tls.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let connections = connections.clone();
@@ -331,11 +339,39 @@ pub async fn serve(
                 // connection with it, instead of holding its buffers for ever.
                 let mut io = tokio_io_timeout::TimeoutStream::new(stream);
                 io.set_write_timeout(Some(write_timeout));
+                let io = Box::pin(io);
+                // TLS: the handshake gets `read_timeout`, like request headers do.
+                let (io, identity) = match tls {
+                    None => (Either::Left(io), None),
+                    Some(tls) => {
+                        match tokio::time::timeout(read_timeout, tls.acceptor().accept(io)).await {
+                            Ok(Ok(s)) => {
+                                let identity = tls::peer_identity(s.get_ref().1);
+                                (Either::Right(s), identity)
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                connections.add(-1, &[]);
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                connections.add(-1, &[]);
+                                return;
+                            }
+                        }
+                    }
+                };
+                let svc =
+                    router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(ConnectInfo(peer));
+                        if let Some(id) = &identity {
+                            req.extensions_mut().insert(id.clone());
+                        }
+                        req.map(axum::body::Body::new)
+                    });
                 let conn = builder
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(Box::pin(io)),
-                        TowerToHyperService::new(svc),
-                    )
+                    .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
                     .into_owned();
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");

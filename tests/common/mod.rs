@@ -623,3 +623,69 @@ pub async fn grpc_health_now(
         .status;
     tonic_health::pb::health_check_response::ServingStatus::try_from(status).unwrap()
 }
+
+/// A certificate authority made for one test (rcgen), with a server certificate for
+/// `localhost` and 127.0.0.1 and a client certificate whose URI SAN is `client_uri`; all
+/// written as PEM files into `dir`.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    pub ca_pem: String,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "event-gateway test CA");
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let ca_pem = issuer.pem();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+        let pki = Self {
+            dir,
+            issuer,
+            ca_pem,
+        };
+        pki.write_server("server");
+        pki
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A new server certificate and key as `<name>.pem` / `<name>.key`; returns its DER.
+    pub fn write_server(&self, name: &str) -> Vec<u8> {
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        self.write(name, params)
+    }
+
+    /// A client certificate with `uri` as its URI SAN, as `<name>.pem` / `<name>.key`.
+    pub fn write_client(&self, name: &str, uri: &str) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "a test client");
+        self.write(name, params);
+    }
+
+    fn write(&self, name: &str, params: rcgen::CertificateParams) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        // Written whole to a temporary name and renamed, as cert-manager's atomic update does.
+        for (ext, text) in [("pem", cert.pem()), ("key", key.serialize_pem())] {
+            let tmp = self.path(&format!(".{name}.{ext}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(tmp, self.path(&format!("{name}.{ext}"))).unwrap();
+        }
+        cert.der().to_vec()
+    }
+}
