@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// before its parent so that `GATEWAY_AUTH_JWT_ISSUER` finds it.
 const SECTIONS: &[(&str, &str)] = &[
     ("server", "server"),
+    ("kafka_security", "kafka.security"),
     ("kafka", "kafka"),
     ("rate_limit", "rate_limit"),
     ("metrics", "metrics"),
@@ -180,8 +181,99 @@ pub struct KafkaConfig {
     pub message_max_bytes: u32,
     pub record_mode: RecordMode,
     pub key_strategy: KeyStrategy,
+    /// TLS and SASL towards the brokers.
+    pub security: KafkaSecurity,
     /// Any other librdkafka property, passed through verbatim (set last, so it wins).
     pub librdkafka: BTreeMap<String, String>,
+}
+
+/// `kafka.security.protocol`: librdkafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn is_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+
+    fn is_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// `kafka.security.sasl_mechanism`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// A secret setting: read like a string, never shown (`Debug` and the redacted
+/// configuration print `***`).
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+/// `kafka.security`: TLS (`ssl`, `sasl_ssl`: the CA to trust, a client certificate for mTLS)
+/// and SASL (`sasl_*`: PLAIN or SCRAM with a username and a password, from
+/// `GATEWAY_KAFKA_SECURITY_PASSWORD` or `password_file`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSecurity {
+    pub protocol: SecurityProtocol,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub sasl_mechanism: Option<SaslMechanism>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// A file holding the password (a mounted Kubernetes secret); read at startup.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for KafkaConfig {
@@ -200,6 +292,7 @@ impl Default for KafkaConfig {
             message_max_bytes: 1_000_000,
             record_mode: RecordMode::Binary,
             key_strategy: KeyStrategy::PartitionkeyOrSubject,
+            security: KafkaSecurity::default(),
             librdkafka: BTreeMap::new(),
         }
     }
@@ -533,11 +626,21 @@ impl Config {
             }
             figment = figment.merge(Yaml::file_exact(path));
         }
-        let config: Config = figment.merge(GatewayEnv::new()).extract().map_err(|e| {
+        let mut config: Config = figment.merge(GatewayEnv::new()).extract().map_err(|e| {
             let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
             ConfigError(msgs.join("; "))
         })?;
         config.check()?;
+        let sec = &mut config.kafka.security;
+        if let Some(path) = &sec.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!(
+                    "kafka.security.password_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            sec.password = Some(Secret(text.trim_end_matches(['\r', '\n']).to_owned()));
+        }
         Ok(config)
     }
 
@@ -631,6 +734,35 @@ impl Config {
                     "server.trusted_proxies[{i}] `{cidr}` is not a CIDR block or an address"
                 ));
             }
+        }
+        let sec = &self.kafka.security;
+        if sec.protocol.is_sasl() {
+            if sec.sasl_mechanism.is_none() || sec.username.is_none() {
+                errors.push(format!(
+                    "kafka.security.protocol {} needs kafka.security.sasl_mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and kafka.security.username",
+                    sec.protocol.as_librdkafka()
+                ));
+            }
+            if sec.password.is_none() == sec.password_file.is_none() {
+                errors.push(
+                    "SASL needs exactly one of kafka.security.password (GATEWAY_KAFKA_SECURITY_PASSWORD) and kafka.security.password_file"
+                        .into(),
+                );
+            }
+        } else if sec.sasl_mechanism.is_some() || sec.username.is_some() || sec.password.is_some() {
+            errors.push(format!(
+                "kafka.security SASL settings need protocol sasl_plaintext or sasl_ssl (it is {})",
+                sec.protocol.as_librdkafka()
+            ));
+        }
+        if !sec.protocol.is_tls() && (sec.ca_file.is_some() || sec.cert_file.is_some()) {
+            errors.push(format!(
+                "kafka.security.ca_file / cert_file need protocol ssl or sasl_ssl (it is {})",
+                sec.protocol.as_librdkafka()
+            ));
+        }
+        if sec.cert_file.is_some() != sec.key_file.is_some() {
+            errors.push("kafka.security.cert_file and kafka.security.key_file go together".into());
         }
         if self.performance.max_streams == 0 {
             errors.push("performance.max_streams must be above 0".into());
@@ -728,6 +860,64 @@ mod tests {
         assert_eq!(c.server.address, "127.0.0.1:9000");
         assert_eq!(c.performance.max_request_size, ByteSize::mib(1));
         assert_eq!(c.kafka.required_acks, RequiredAcks::All);
+    }
+
+    /// Nested sections take their variables too; the Kafka password comes from the
+    /// environment or a file and is never shown.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn security_settings_come_from_the_environment_and_secrets_stay_hidden() {
+        let c = load_with(
+            None,
+            &[
+                ("GATEWAY_KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+                ("GATEWAY_KAFKA_SECURITY_SASL_MECHANISM", "SCRAM-SHA-512"),
+                ("GATEWAY_KAFKA_SECURITY_USERNAME", "gateway"),
+                ("GATEWAY_KAFKA_SECURITY_PASSWORD", "s3cret-pw"),
+                ("GATEWAY_AUTH_JWT_ISSUER", "https://idp.example"),
+                ("GATEWAY_AUTH_PROTECT_METRICS", "true"),
+                ("GATEWAY_SERVER_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7"),
+            ],
+        )
+        .unwrap();
+        let sec = &c.kafka.security;
+        assert_eq!(sec.protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(sec.sasl_mechanism, Some(SaslMechanism::ScramSha512));
+        assert_eq!(sec.password.as_ref().unwrap().0, "s3cret-pw");
+        assert_eq!(c.auth.jwt.issuer.as_deref(), Some("https://idp.example"));
+        assert!(c.auth.protect_metrics);
+        assert_eq!(c.server.trusted_proxies, ["10.0.0.0/8", "192.0.2.7"]);
+        assert!(!format!("{c:?}").contains("s3cret-pw"));
+        let shown = c.redacted().to_string();
+        assert!(!shown.contains("s3cret-pw") && shown.contains("***"), "{shown}");
+
+        let mut from_file = None;
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("pw", "from-a-file\n")?;
+            jail.set_env("GATEWAY_KAFKA_SECURITY_PROTOCOL", "sasl_plaintext");
+            jail.set_env("GATEWAY_KAFKA_SECURITY_SASL_MECHANISM", "PLAIN");
+            jail.set_env("GATEWAY_KAFKA_SECURITY_USERNAME", "u");
+            jail.set_env("GATEWAY_KAFKA_SECURITY_PASSWORD_FILE", "pw");
+            from_file = Some(Config::load(None).unwrap());
+            Ok(())
+        });
+        let c = from_file.unwrap();
+        assert_eq!(c.kafka.security.password.unwrap().0, "from-a-file");
+
+        // SASL without its settings, a bad CIDR: refused, naming the key.
+        let err = load_with(None, &[("GATEWAY_KAFKA_SECURITY_PROTOCOL", "sasl_ssl")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.security.sasl_mechanism"), "{err}");
+        let err = load_with(None, &[("GATEWAY_SERVER_TRUSTED_PROXIES", "10.0.0.0/33")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.trusted_proxies[0]"), "{err}");
+        let err = load_with(None, &[("GATEWAY_AUTH_REQUIRED", "true")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.required needs"), "{err}");
     }
 
     #[test]

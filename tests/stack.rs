@@ -84,9 +84,9 @@ async fn rest_rate_limit_answers_429_with_retry_after_and_refills() {
         async move { req.await.unwrap().status() == 200 }
     })
     .await;
-    // Only the accepted requests wrote events.
+    // Only the accepted requests wrote events: the burst of 3 and the one after the refill.
     let accepted = gw.log_lines().len();
-    assert!(accepted >= 5, "{accepted}");
+    assert!(accepted >= 4, "{accepted}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

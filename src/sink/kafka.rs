@@ -170,6 +170,25 @@ pub fn client_config(c: &KafkaConfig) -> ClientConfig {
             "statistics.interval.ms",
             STATS_INTERVAL.as_millis().to_string(),
         );
+    let sec = &c.security;
+    cc.set("security.protocol", sec.protocol.as_librdkafka());
+    let path = |p: &std::path::PathBuf| p.display().to_string();
+    if let Some(p) = &sec.ca_file {
+        cc.set("ssl.ca.location", path(p));
+    }
+    if let (Some(cert), Some(key)) = (&sec.cert_file, &sec.key_file) {
+        cc.set("ssl.certificate.location", path(cert))
+            .set("ssl.key.location", path(key));
+    }
+    if let Some(m) = sec.sasl_mechanism {
+        cc.set("sasl.mechanism", m.as_librdkafka());
+    }
+    if let Some(u) = &sec.username {
+        cc.set("sasl.username", u);
+    }
+    if let Some(p) = &sec.password {
+        cc.set("sasl.password", &p.0);
+    }
     for (k, v) in &c.librdkafka {
         cc.set(k, v);
     }

@@ -291,7 +291,7 @@ pub fn require(tool: Tool) -> Option<PathBuf> {
     None
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -304,15 +304,25 @@ pub struct Broker {
     pub port: u16,
     child: Child,
     _cwd: tempfile::TempDir,
+    /// Where clients connect: the broker's port, or the TLS proxy's in front of it.
+    advertised: u16,
+    /// librdkafka settings for the test's own clients (TLS towards a proxy).
+    pub client: Vec<(String, String)>,
 }
 
 impl Broker {
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.advertised)
     }
 
     /// Starts a broker on a chosen port without waiting for it.
     pub fn spawn_on(port: u16) -> Broker {
+        Self::spawn_advertising(port, port)
+    }
+
+    /// Starts a broker listening on `port` that tells clients to connect to `advertised`
+    /// (a TLS terminator in front of it), without waiting for it.
+    pub fn spawn_advertising(port: u16, advertised: u16) -> Broker {
         let bin = Tool::Tansu.path();
         assert!(
             bin.is_file(),
@@ -322,6 +332,7 @@ impl Broker {
         // A clean working directory: tansu reads a .env file from it.
         let cwd = tempfile::tempdir().unwrap();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised_url = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(bin)
             .current_dir(cwd.path())
             .args([
@@ -331,7 +342,7 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
                 "--cluster-id",
                 "gateway_test",
             ])
@@ -349,6 +360,8 @@ impl Broker {
             port,
             child,
             _cwd: cwd,
+            advertised,
+            client: Vec::new(),
         }
     }
 
@@ -360,11 +373,13 @@ impl Broker {
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("log_level", "3")
-            .create()
-            .unwrap();
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "3");
+        for (k, v) in &self.client {
+            cc.set(k, v);
+        }
+        let admin: AdminClient<DefaultClientContext> = cc.create().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
@@ -404,7 +419,7 @@ impl Broker {
     }
 
     fn consumer(&self) -> BaseConsumer {
-        reader(&self.bootstrap())
+        reader(&self.bootstrap(), &self.client)
     }
 
     /// SIGSTOP / SIGCONT: an outage without losing the in-memory data.
@@ -418,28 +433,41 @@ impl Broker {
 
     /// Reads `topic` from the beginning of every partition; see [`read_topic`].
     pub fn read_all(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
-        read_topic(&self.bootstrap(), topic, expected, timeout)
+        read_topic_with(&self.bootstrap(), &self.client, topic, expected, timeout)
     }
 }
 
 /// A consumer for reading topics back: partitions are assigned, never subscribed (tansu's
 /// group coordinator is not what these tests are about), with room for large fetches.
-fn reader(bootstrap: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+fn reader(bootstrap: &str, settings: &[(String, String)]) -> BaseConsumer {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", bootstrap)
         .set("group.id", "gateway-test-reader")
         .set("enable.auto.commit", "false")
         .set("fetch.max.bytes", "52428800")
-        .set("log_level", "3")
-        .create()
-        .unwrap()
+        .set("log_level", "3");
+    for (k, v) in settings {
+        cc.set(k, v);
+    }
+    cc.create().unwrap()
 }
 
 /// Reads `topic` at `bootstrap` from the beginning of every partition (assigned, no consumer
 /// group) until `expected` records arrived and one more poll finds nothing new, or until
 /// `timeout`; returns every record read, so duplicates show.
 pub fn read_topic(bootstrap: &str, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
-    let consumer = reader(bootstrap);
+    read_topic_with(bootstrap, &[], topic, expected, timeout)
+}
+
+/// [`read_topic`] with extra librdkafka settings for the reader (TLS).
+pub fn read_topic_with(
+    bootstrap: &str,
+    settings: &[(String, String)],
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    let consumer = reader(bootstrap, settings);
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
@@ -687,5 +715,90 @@ impl TestPki {
             std::fs::rename(tmp, self.path(&format!("{name}.{ext}"))).unwrap();
         }
         cert.der().to_vec()
+    }
+}
+
+/// A TLS terminator in front of a plaintext broker (tansu 0.6's own TLS does not work):
+/// accepts TLS on `listener` with the PKI's server certificate (requiring a client
+/// certificate from the PKI's CA when `mtls`) and pipes each connection to 127.0.0.1:`target`.
+pub struct TlsProxy {
+    pub port: u16,
+    /// Handshakes completed, and of those, with a client certificate.
+    pub handshakes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub with_client_cert: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsProxy {
+    pub fn serve(
+        listener: tokio::net::TcpListener,
+        pki: &TestPki,
+        target: u16,
+        mtls: bool,
+    ) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        use std::sync::atomic::Ordering;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(pki.path("server.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if mtls {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                std::sync::Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = std::sync::Arc::new(builder.with_single_cert(certs, key).unwrap());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let port = listener.local_addr().unwrap().port();
+        let handshakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let with_client_cert = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (h, w) = (handshakes.clone(), with_client_cert.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let (h, w) = (h.clone(), w.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    h.fetch_add(1, Ordering::SeqCst);
+                    if tls.get_ref().1.peer_certificates().is_some() {
+                        w.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                });
+            }
+        });
+        Self {
+            port,
+            handshakes,
+            with_client_cert,
+            task,
+        }
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
