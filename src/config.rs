@@ -889,7 +889,10 @@ mod tests {
         assert_eq!(c.server.trusted_proxies, ["10.0.0.0/8", "192.0.2.7"]);
         assert!(!format!("{c:?}").contains("s3cret-pw"));
         let shown = c.redacted().to_string();
-        assert!(!shown.contains("s3cret-pw") && shown.contains("***"), "{shown}");
+        assert!(
+            !shown.contains("s3cret-pw") && shown.contains("***"),
+            "{shown}"
+        );
 
         let mut from_file = None;
         Jail::expect_with(|jail| {
