@@ -546,6 +546,20 @@ pub struct TlsConfig {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `required` (a client without a valid certificate fails the
+    /// handshake) or `optional` (one without a certificate is let in, and `auth.*` decides;
+    /// one with an invalid certificate still fails). Kubernetes probes present no
+    /// certificate: `optional` lets them reach the health endpoints.
+    pub client_auth: ClientAuth,
+}
+
+/// `tls.client_auth`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
 }
 
 /// `GATEWAY_KAFKA_BROKERS=a:9092,b:9092` or a YAML list.

@@ -87,9 +87,20 @@ fn kubernetes_manifests_are_consistent_with_the_code() {
         health::ROUTE_READY,
         health::ROUTE_HEALTH,
     ];
+    // The ConfigMap's config is a valid gateway config.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, configmap["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let config = event_gateway::Config::load(Some(&path)).unwrap();
+    assert!(!config.kafka.brokers.is_empty());
+
+    // With TLS on, probes are HTTPS (the kubelet's gRPC probes cannot speak TLS); without,
+    // gRPC probes are fine.
+    let tls = config.tls.cert_file.is_some();
     for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
         let p = &c[probe];
         if let Some(g) = p.get("grpc") {
+            assert!(!tls, "{probe}: a gRPC probe cannot reach a TLS listener");
             assert_eq!(g["port"], 8090, "{probe}");
             let svc = g["service"].as_str().unwrap_or("");
             assert!(grpc_services.contains(&svc), "{probe}: {svc}");
@@ -97,17 +108,61 @@ fn kubernetes_manifests_are_consistent_with_the_code() {
             let h = &p["httpGet"];
             assert_eq!(h["port"], 8090, "{probe}");
             assert!(http_paths.contains(&h["path"].as_str().unwrap()), "{probe}");
+            assert_eq!(h["scheme"].as_str() == Some("HTTPS"), tls, "{probe}");
         }
     }
-    assert_eq!(c["livenessProbe"]["grpc"]["service"], GRPC_LIVENESS_SERVICE);
-    assert_eq!(c["readinessProbe"]["grpc"]["service"], SERVICE_NAME);
+    let live = &c["livenessProbe"];
+    assert!(
+        live["grpc"]["service"] == GRPC_LIVENESS_SERVICE
+            || live["httpGet"]["path"] == health::ROUTE_LIVE
+    );
+    let ready = &c["readinessProbe"];
+    assert!(
+        ready["grpc"]["service"] == SERVICE_NAME || ready["httpGet"]["path"] == health::ROUTE_READY
+    );
 
-    // The ConfigMap's config is a valid gateway config.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, configmap["data"]["config.yaml"].as_str().unwrap()).unwrap();
-    let config = event_gateway::Config::load(Some(&path)).unwrap();
-    assert!(!config.kafka.brokers.is_empty());
+    // The keys file and the certificate the config names are mounted, as whole directories
+    // (a subPath mount would never see a rotated Secret), from Secrets the manifests define.
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    let volumes = pod["volumes"].as_array().unwrap();
+    let api_keys = yaml("deploy/kubernetes/api-keys.yaml");
+    let certificate = yaml("deploy/kubernetes/certificate.yaml");
+    let named: Vec<(&std::path::Path, &str)> = [
+        (
+            config.auth.api_keys_file.as_deref(),
+            api_keys["metadata"]["name"].as_str(),
+        ),
+        (
+            config.tls.cert_file.as_deref(),
+            certificate["spec"]["secretName"].as_str(),
+        ),
+        (
+            config.tls.key_file.as_deref(),
+            certificate["spec"]["secretName"].as_str(),
+        ),
+    ]
+    .into_iter()
+    .map(|(f, s)| (f.expect("the ConfigMap names the file"), s.unwrap()))
+    .collect();
+    for (file, secret) in named {
+        let mount = mounts
+            .iter()
+            .find(|m| {
+                file.starts_with(m["mountPath"].as_str().unwrap())
+                    && m["mountPath"] != "/etc/event-gateway"
+            })
+            .unwrap_or_else(|| panic!("{} is not on a mounted Secret", file.display()));
+        assert!(mount.get("subPath").is_none());
+        let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+        assert_eq!(volume["secret"]["secretName"], secret, "{}", file.display());
+    }
+    // The example keys file is a valid one.
+    let keys = dir.path().join("keys.yaml");
+    std::fs::write(&keys, api_keys["stringData"]["keys.yaml"].as_str().unwrap()).unwrap();
+    let mut auth = config.auth.clone();
+    auth.api_keys_file = Some(keys);
+    let meter = opentelemetry::global::meter("deploy-test");
+    event_gateway::auth::Authenticator::new(&auth, &meter).unwrap();
 
     // The grace period covers preStop, the drain delay, the drain and the flush.
     let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]

@@ -171,6 +171,33 @@ async fn mutual_tls_refuses_a_client_without_a_certificate_and_names_the_one_wit
         assert_eq!(l["authtype"], "service_account");
         assert_eq!(l["authid"], "spiffe://test/orders");
     }
+
+    // tls.client_auth: optional lets a client without a certificate in (a kubelet probe),
+    // as unauthenticated; one with a certificate is still named by it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.tls.cert_file = Some(pki.path("server.pem"));
+    config.tls.key_file = Some(pki.path("server.key"));
+    config.tls.client_ca_file = Some(pki.path("ca.pem"));
+    config.tls.client_auth = event_gateway::config::ClientAuth::Optional;
+    let gw = TestGateway::start(config).await;
+    let url = format!("https://localhost:{}/api/v1/events", gw.addr.port());
+    for client in [None, Some("client")] {
+        let r = https(&pki, client, false)
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(SEED_EVENT)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let who: Vec<_> = gw
+        .log_lines()
+        .iter()
+        .map(|l| l["authtype"].clone())
+        .collect();
+    assert_eq!(who, ["unauthenticated", "service_account"]);
 }
 
 /// The certificate a fresh TLS connection is shown.

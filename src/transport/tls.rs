@@ -1,8 +1,9 @@
 //! The listener's TLS (rustls with the ring provider, no OpenSSL): the certificate and key
 //! from `tls.cert_file` / `tls.key_file`, ALPN offering `h2` and `http/1.1` so gRPC and REST
 //! keep sharing one port, and with `tls.client_ca_file` mutual TLS: a client without a
-//! certificate that chains to that CA fails the handshake, and the verified certificate's
-//! subject (its first URI or DNS SAN, else its CN) is the connection's [`PeerIdentity`].
+//! certificate that chains to that CA fails the handshake (with `tls.client_auth: optional`
+//! it is let in and `auth.*` decides), and the verified certificate's subject (its first URI
+//! or DNS SAN, else its CN) is the connection's [`PeerIdentity`].
 //!
 //! The server configuration is swapped whole when any of the files changes (cert-manager
 //! rotates them in place): each new connection takes the configuration in force, open
@@ -17,7 +18,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsConfig;
+use crate::config::{ClientAuth, TlsConfig};
 use crate::transport::stack::PeerIdentity;
 
 /// Why TLS could not be set up at startup; the message names the file.
@@ -64,12 +65,16 @@ fn server_config(files: &TlsConfig) -> Result<rustls::ServerConfig, String> {
                     .add(c)
                     .map_err(|e| format!("tls.client_ca_file {}: {e}", ca.display()))?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
-            )
-            .build()
-            .map_err(|e| format!("tls.client_ca_file {}: {e}", ca.display()))?;
+            );
+            if files.client_auth == ClientAuth::Optional {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier
+                .build()
+                .map_err(|e| format!("tls.client_ca_file {}: {e}", ca.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
