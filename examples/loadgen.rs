@@ -40,6 +40,9 @@ struct Args {
     /// Offered requests per second (open loop); closed loop when absent.
     #[arg(long)]
     rate: Option<u64>,
+    /// A header (REST) or metadata entry (gRPC) on every request, `name:value`; repeatable.
+    #[arg(long = "header")]
+    headers: Vec<String>,
 }
 
 fn event(i: u64) -> serde_json::Value {
@@ -91,28 +94,55 @@ fn prebuild(batch: usize) -> Prebuilt {
 
 #[derive(Clone)]
 enum Client {
-    Grpc(Vec<EventGatewayServiceClient<Channel>>),
-    Rest(reqwest::Client, String),
+    Grpc(
+        Vec<EventGatewayServiceClient<Channel>>,
+        Arc<Vec<(String, String)>>,
+    ),
+    Rest(reqwest::Client, String, Arc<Vec<(String, String)>>),
+}
+
+/// `--header name:value` pairs.
+fn parse_headers(raw: &[String]) -> Arc<Vec<(String, String)>> {
+    Arc::new(
+        raw.iter()
+            .map(|h| {
+                let (k, v) = h.split_once(':').expect("--header name:value");
+                (k.trim().to_ascii_lowercase(), v.trim().to_owned())
+            })
+            .collect(),
+    )
+}
+
+fn with_metadata<T>(msg: T, headers: &[(String, String)]) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    for (k, v) in headers {
+        let key: tonic::metadata::MetadataKey<tonic::metadata::Ascii> = k.parse().unwrap();
+        r.metadata_mut().insert(key, v.parse().unwrap());
+    }
+    r
 }
 
 impl Client {
     async fn send(&self, i: u64, batch: usize, pre: &Prebuilt) -> bool {
         match self {
-            Client::Grpc(clients) => {
+            Client::Grpc(clients, headers) => {
                 let mut c = clients[(i as usize) % clients.len()].clone();
                 if batch == 1 {
                     let ev = pre.singles[(i % POOL) as usize].clone();
-                    c.ingest_event(IngestEventRequest { event: Some(ev) })
-                        .await
-                        .is_ok()
+                    c.ingest_event(with_metadata(
+                        IngestEventRequest { event: Some(ev) },
+                        headers,
+                    ))
+                    .await
+                    .is_ok()
                 } else {
                     let events = pre.batches[(i % 16) as usize].clone();
-                    c.ingest_batch(IngestBatchRequest { events })
+                    c.ingest_batch(with_metadata(IngestBatchRequest { events }, headers))
                         .await
                         .is_ok_and(|r| r.into_inner().failed_count == 0)
                 }
             }
-            Client::Rest(c, base) => {
+            Client::Rest(c, base, headers) => {
                 let (url, body) = if batch == 1 {
                     (
                         format!("{base}/api/v1/events"),
@@ -124,9 +154,11 @@ impl Client {
                         pre.batch_json[(i % 16) as usize].clone(),
                     )
                 };
-                c.post(url)
-                    .header("content-type", "application/json")
-                    .body(body)
+                let mut req = c.post(url).header("content-type", "application/json");
+                for (k, v) in headers.iter() {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                req.body(body)
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success())
@@ -304,7 +336,7 @@ async fn main() {
                 .expect("connect");
             v.push(EventGatewayServiceClient::new(ch));
         }
-        Client::Grpc(v)
+        Client::Grpc(v, parse_headers(&args.headers))
     } else {
         Client::Rest(
             reqwest::Client::builder()
@@ -312,6 +344,7 @@ async fn main() {
                 .build()
                 .unwrap(),
             format!("http://{}", args.addr),
+            parse_headers(&args.headers),
         )
     };
     let pre = Arc::new(prebuild(args.batch));
