@@ -208,14 +208,14 @@ impl SecurityProtocol {
         }
     }
 
-    fn is_sasl(self) -> bool {
+    pub fn is_sasl(self) -> bool {
         matches!(
             self,
             SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
         )
     }
 
-    fn is_tls(self) -> bool {
+    pub fn is_tls(self) -> bool {
         matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use common::*;
 use event_gateway::proto::{CloudEvent, IngestEventRequest};
+use futures::FutureExt as _;
 use sha2::Digest as _;
 use tonic::Code;
 
@@ -30,7 +31,10 @@ fn write_keys(path: &Path, keys: &[&str]) {
     for k in keys {
         let (id, extra) = match *k {
             KEY_A => ("team-a", ""),
-            KEY_B => ("team-b", ""),
+            KEY_B => (
+                "team-b",
+                "  rate_limit: {requests_per_second: 1, burst_size: 4}\n",
+            ),
             KEY_BILLING => (
                 "billing",
                 "  allowed_types: [\"billing.*\"]\n  allowed_sources: [\"https://billing.example/*\"]\n",
@@ -382,8 +386,10 @@ async fn keys_have_their_own_buckets_and_unknown_keys_get_401_never_a_bucket() {
         }
     };
     assert_eq!(statuses(a).await, [200, 200, 429]);
-    // team-b's bucket is its own: full.
-    assert_eq!(statuses(b).await, [200, 200, 429]);
+    // team-b's bucket is its own, and of its own size (its key's rate_limit: burst 4).
+    let mut b_statuses = statuses(b).await;
+    b_statuses.extend(statuses(b).await);
+    assert_eq!(b_statuses, [200, 200, 200, 200, 429, 429]);
     // Rotating made-up keys: each is refused as unknown, none is served from a fresh bucket.
     for i in 0..20 {
         let r = post_with(
@@ -395,7 +401,7 @@ async fn keys_have_their_own_buckets_and_unknown_keys_get_401_never_a_bucket() {
         .await;
         assert_eq!(r.status(), 401);
     }
-    assert_eq!(s.gw.log_lines().len(), 4);
+    assert_eq!(s.gw.log_lines().len(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,4 +674,63 @@ async fn optional_authentication_serves_anonymous_clients_but_refuses_bad_keys()
     assert_eq!(lines[0]["authtype"], "unauthenticated");
     assert!(lines[0].get("authid").is_none());
     assert_eq!(lines[1]["authid"], "team-a");
+}
+
+/// A verified token is remembered (its signature is not checked again on every request),
+/// but never past its `exp`, and not once its key left the JWKS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_tokens_still_expire_and_still_follow_the_jwks() {
+    let es = signer(jsonwebtoken::Algorithm::ES256, "es-1");
+    let other = signer(jsonwebtoken::Algorithm::ES256, "es-2");
+    let jwks_path = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let jwks = serde_json::json!({"keys": [es.jwk]});
+    let s = secured(|c, dir| {
+        let path = dir.join("jwks.json");
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        *jwks_path.lock().unwrap() = Some(path.clone());
+        c.auth.jwt.jwks_file = Some(path);
+        c.auth.jwt.issuer = Some("https://idp.example".into());
+        c.auth.jwt.audience = Some("event-gateway".into());
+        c.auth.jwt.leeway = Duration::ZERO;
+    })
+    .await;
+    let token = |exp: i64| {
+        es.token(serde_json::json!({"sub": "svc", "exp": exp,
+            "iss": "https://idp.example", "aud": "event-gateway"}))
+    };
+    let send = |t: String| {
+        let gw = &s.gw;
+        async move {
+            post_with(
+                gw,
+                "/api/v1/events",
+                Some(("authorization", &format!("Bearer {t}"))),
+                SEED_EVENT,
+            )
+            .await
+            .status()
+            .as_u16()
+        }
+    };
+    // Valid for two more seconds: accepted (and remembered), then refused once expired.
+    let short = token(now() + 2);
+    assert_eq!(send(short.clone()).await, 200);
+    assert_eq!(send(short.clone()).await, 200);
+    wait_until(
+        Duration::from_secs(10),
+        "the remembered token to expire",
+        || send(short.clone()).map(|s| s == 401),
+    )
+    .await;
+    // A long-lived token stops working once its key is gone from the JWKS.
+    let long = token(now() + 600);
+    assert_eq!(send(long.clone()).await, 200);
+    let path = jwks_path.lock().unwrap().clone().unwrap();
+    std::fs::write(&path, serde_json::json!({"keys": [other.jwk]}).to_string()).unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the removed key to stop working",
+        || send(long.clone()).map(|s| s == 401),
+    )
+    .await;
 }

@@ -43,15 +43,29 @@ async fn events_reach_a_broker_over_tls_with_a_client_certificate() {
     config.kafka.security.ca_file = Some(pki.path("ca.pem"));
     config.kafka.security.cert_file = Some(pki.path("gateway.pem"));
     config.kafka.security.key_file = Some(pki.path("gateway.key"));
+    // And the sender is authenticated: its id travels as the record's ce_authid.
+    let keys = dir.path().join("keys.yaml");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"orders-key-0001"));
+    std::fs::write(&keys, format!("- id: orders\n  sha256: {digest}\n")).unwrap();
+    config.auth.required = true;
+    config.auth.api_keys_file = Some(keys);
     let gw = TestGateway::start(config).await;
     gw.wait_ready().await;
     let before = proxy.with_client_cert.load(Ordering::SeqCst);
-    let (status, reply) = post_json(&http(), &gw.url("/api/v1/events"), SEED_EVENT).await;
-    assert_eq!(status, 200, "{reply}");
+    let r = http()
+        .post(gw.url("/api/v1/events"))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer orders-key-0001")
+        .body(SEED_EVENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let records = broker.read_all("secure", 1, Duration::from_secs(20));
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].headers["ce_type"], "user.created");
-    assert_eq!(records[0].headers["ce_authtype"], "unauthenticated");
+    assert_eq!(records[0].headers["ce_authtype"], "api_key");
+    assert_eq!(records[0].headers["ce_authid"], "orders");
     // Every connection through the terminator was TLS with a client certificate.
     assert!(before >= 1, "the gateway never connected through TLS");
     assert_eq!(
@@ -83,6 +97,12 @@ fn librdkafka_has_every_sasl_mechanism_the_configuration_offers() {
             panic!("{m:?}: {e}");
         }
     }
+    // Without a CA file, librdkafka probes the system's CA store (the vendored OpenSSL's
+    // own default directory exists on no machine).
+    assert_eq!(
+        event_gateway::sink::kafka::client_config(&kafka).get("ssl.ca.location"),
+        Some("probe")
+    );
     // The control: a mechanism this build does not have is refused at creation, so the
     // check above can fail.
     let mut cc = event_gateway::sink::kafka::client_config(&kafka);

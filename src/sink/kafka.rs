@@ -173,8 +173,16 @@ pub fn client_config(c: &KafkaConfig) -> ClientConfig {
     let sec = &c.security;
     cc.set("security.protocol", sec.protocol.as_librdkafka());
     let path = |p: &std::path::PathBuf| p.display().to_string();
-    if let Some(p) = &sec.ca_file {
-        cc.set("ssl.ca.location", path(p));
+    match &sec.ca_file {
+        Some(p) => {
+            cc.set("ssl.ca.location", path(p));
+        }
+        // The vendored OpenSSL's default CA directory is its build prefix, which no machine
+        // has: librdkafka's `probe` looks in the usual system locations instead.
+        None if sec.protocol.is_tls() => {
+            cc.set("ssl.ca.location", "probe");
+        }
+        None => {}
     }
     if let (Some(cert), Some(key)) = (&sec.cert_file, &sec.key_file) {
         cc.set("ssl.certificate.location", path(cert))
