@@ -140,7 +140,7 @@ impl RateLimit {
         let n = self
             .checks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if n % LIMITER_SIZE_CHECK_EVERY == 0 && self.limiter.len() > LIMITER_MAX_KEYS {
+        if n.is_multiple_of(LIMITER_SIZE_CHECK_EVERY) && self.limiter.len() > LIMITER_MAX_KEYS {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
         }
