@@ -57,10 +57,13 @@ pub struct Principal {
 
 impl Principal {
     pub fn anonymous() -> Self {
+        // One shared "may send anything" for every anonymous request: no allocation each.
+        static ANY: std::sync::LazyLock<Arc<Grants>> =
+            std::sync::LazyLock::new(|| Arc::new(Grants::default()));
         Self {
             id: String::new(),
             authtype: AUTHTYPE_NONE,
-            grants: Arc::new(Grants::default()),
+            grants: ANY.clone(),
         }
     }
 

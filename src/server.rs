@@ -176,14 +176,12 @@ fn build(config: &Config) -> Result<App, StartupError> {
         &config.rate_limit,
         &config.performance,
         &config.server.trusted_proxies,
-    );
-    let ingest = stack::authenticated(
-        admission.unary(grpc_route(
-            rest::router(gateway.clone(), max_request),
-            grpc_gateway.clone(),
-        )),
         auth.clone(),
     );
+    let ingest = admission.unary(grpc_route(
+        rest::router(gateway.clone(), max_request),
+        grpc_gateway.clone(),
+    ));
     // Streams, both protocols: a stream slot when they open, then each event is admitted on
     // its own. IngestStream's exact path takes precedence over the service's wildcard route.
     let streams = ws::router(
@@ -196,10 +194,7 @@ fn build(config: &Config) -> Result<App, StartupError> {
         &format!("/{}/IngestStream", proto::SERVICE_NAME),
         grpc_gateway.map_request(|req: Request| req.map(tonic::body::Body::new)),
     );
-    let ingest = ingest.merge(stack::authenticated(
-        admission.streaming(streams),
-        auth.clone(),
-    ));
+    let ingest = ingest.merge(admission.streaming(streams));
 
     // Operational routes stay reachable when ingest is saturated.
     let mut ops =
