@@ -321,41 +321,21 @@ impl Authenticator {
         Ok(this)
     }
 
-    /// Watches the key files (polling every `interval`, contents compared) and swaps in what
-    /// they hold when they change; a file that no longer loads keeps the keys in force.
+    /// Watches the key files (`watch::poll`) and swaps in what they hold when they change;
+    /// a file that no longer loads keeps the keys in force.
     pub fn watch(self: &Arc<Self>, interval: Duration) -> Option<notify::PollWatcher> {
-        use notify::Watcher as _;
         let files: Vec<PathBuf> = self
             .keys
             .iter()
             .map(|(_, p)| p.clone())
             .chain(self.jwt.iter().map(|j| j.file.clone()))
             .collect();
-        if files.is_empty() {
-            return None;
-        }
         let this = Arc::downgrade(self);
-        let handler = move |event: notify::Result<notify::Event>| {
-            if let (Ok(_), Some(a)) = (event, this.upgrade()) {
+        crate::watch::poll(&files, interval, "API key and JWKS files", move || {
+            if let Some(a) = this.upgrade() {
                 a.reload();
             }
-        };
-        let config = notify::Config::default()
-            .with_poll_interval(interval)
-            .with_compare_contents(true);
-        let mut watcher = match notify::PollWatcher::new(handler, config) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch the key files; changes need a restart");
-                return None;
-            }
-        };
-        for f in &files {
-            if let Err(e) = watcher.watch(f, notify::RecursiveMode::NonRecursive) {
-                tracing::error!(file = %f.display(), error = %e, "cannot watch a key file");
-            }
-        }
-        Some(watcher)
+        })
     }
 
     fn reload(&self) {

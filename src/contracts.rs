@@ -413,37 +413,15 @@ impl Contracts {
         }
     }
 
-    /// Watches the types file and every schema file, reloading when one changes. notify's
-    /// poll watcher (stat and content hash once per `interval`): it sees files replaced by
-    /// rename, as editors and Kubernetes ConfigMap updates do, where inotify watches on the
-    /// file itself are lost. Returns None when there is nothing to watch.
+    /// Watches the types file and every schema file (`watch::poll`), reloading when one
+    /// changes. Returns None when there is nothing to watch.
     pub fn watch(self: &Arc<Self>, interval: Duration) -> Option<notify::PollWatcher> {
-        use notify::Watcher as _;
         let files = self.current().files.clone();
-        if files.is_empty() {
-            return None;
-        }
         let this = Arc::downgrade(self);
-        let handler = move |event: notify::Result<notify::Event>| {
-            if let (Ok(_), Some(c)) = (event, this.upgrade()) {
+        crate::watch::poll(&files, interval, "event type files", move || {
+            if let Some(c) = this.upgrade() {
                 let _ = c.reload();
             }
-        };
-        let config = notify::Config::default()
-            .with_poll_interval(interval)
-            .with_compare_contents(true);
-        let mut watcher = match notify::PollWatcher::new(handler, config) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch the event type files; changes need a restart");
-                return None;
-            }
-        };
-        for f in &files {
-            if let Err(e) = watcher.watch(f, notify::RecursiveMode::NonRecursive) {
-                tracing::error!(file = %f.display(), error = %e, "cannot watch an event type file");
-            }
-        }
-        Some(watcher)
+        })
     }
 }

@@ -14,6 +14,7 @@ pub mod stream;
 pub mod telemetry;
 pub mod transport;
 pub mod validate;
+pub mod watch;
 
 pub use config::Config;
 pub use error::Error;

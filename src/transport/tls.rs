@@ -135,9 +135,8 @@ impl Tls {
             .build();
     }
 
-    /// Polls the certificate, key and CA files (contents compared) and reloads on change.
+    /// Watches the certificate, key and CA files (`watch::poll`) and reloads on change.
     pub fn watch(self: &Arc<Self>, interval: Duration) -> Option<notify::PollWatcher> {
-        use notify::Watcher as _;
         let files: Vec<PathBuf> = [
             &self.files.cert_file,
             &self.files.key_file,
@@ -148,27 +147,11 @@ impl Tls {
         .cloned()
         .collect();
         let this = Arc::downgrade(self);
-        let handler = move |event: notify::Result<notify::Event>| {
-            if let (Ok(_), Some(t)) = (event, this.upgrade()) {
+        crate::watch::poll(&files, interval, "TLS files", move || {
+            if let Some(t) = this.upgrade() {
                 t.reload();
             }
-        };
-        let config = notify::Config::default()
-            .with_poll_interval(interval)
-            .with_compare_contents(true);
-        let mut watcher = match notify::PollWatcher::new(handler, config) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch the TLS files; rotation needs a restart");
-                return None;
-            }
-        };
-        for f in &files {
-            if let Err(e) = watcher.watch(f, notify::RecursiveMode::NonRecursive) {
-                tracing::error!(file = %f.display(), error = %e, "cannot watch a TLS file");
-            }
-        }
-        Some(watcher)
+        })
     }
 }
 
