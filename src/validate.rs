@@ -20,7 +20,7 @@ pub const MAX_ATTRIBUTE_LEN: usize = 1024;
 pub const MAX_EXTENSION_NAME_LEN: usize = 20;
 
 /// Attribute names an extension may not take.
-const RESERVED: &[&str] = &[
+pub const RESERVED: &[&str] = &[
     "id",
     "source",
     "specversion",
