@@ -202,11 +202,6 @@ impl Gateway {
         self.metrics.failed(1, e.reason());
     }
 
-    /// The authenticator, for the stack (credentials) and the core (grants).
-    pub fn authenticator(&self) -> &Arc<Authenticator> {
-        &self.auth
-    }
-
     pub async fn ingest_event(
         &self,
         principal: &Principal,

@@ -70,9 +70,8 @@ pub fn principal(p: Option<&Principal>) -> Result<Principal, Error> {
 }
 
 /// Reads the credentials off the request (headers or gRPC metadata, which travel the same
-/// way, and the connection's client certificate) and puts the [`Principal`] on it, or
-/// answers 401 / UNAUTHENTICATED for the caller's protocol.
-/// Puts the principal on `req`, or returns the refusal to send instead.
+/// way, and the connection's client certificate) and puts the [`Principal`] on it; or
+/// returns the refusal to send instead, 401 / UNAUTHENTICATED for the caller's protocol.
 fn authenticate_request(a: &Authenticator, req: &mut Request) -> Option<Response> {
     let outcome = {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
