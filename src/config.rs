@@ -675,6 +675,10 @@ impl Config {
         if self.server.write_timeout.is_zero() {
             errors.push("server.write_timeout must be above 0".into());
         }
+        // Half of it is the HTTP/2 and WebSocket ping interval, which must not be zero.
+        if self.server.idle_timeout < Duration::from_secs(1) {
+            errors.push("server.idle_timeout must be at least 1s".into());
+        }
         if self.kafka.topic.trim().is_empty() {
             errors.push("kafka.topic must not be empty".into());
         }
@@ -935,6 +939,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("auth.required needs"), "{err}");
+        let err = load_with(None, &[("GATEWAY_SERVER_IDLE_TIMEOUT", "0s")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.idle_timeout"), "{err}");
     }
 
     #[test]
