@@ -34,7 +34,7 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
 use opentelemetry_http::HeaderExtractor;
@@ -53,8 +53,13 @@ use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
 use crate::transport::rest::ROUTES;
 use crate::transport::status::{self, is_grpc};
 
-/// Header carrying an API key (the other way is `Authorization: Bearer <key>`).
-pub const API_KEY_HEADER: &str = "x-api-key";
+/// Header carrying an API key (the other way is `Authorization: Bearer <key>`). Headers are
+/// looked up by `HeaderName`, never by `&str`: a string name is parsed on every lookup (and
+/// http's parser trips valgrind's uninitialised-read check in the release smoke run).
+pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+
+/// The de-facto header proxies append the client's address to.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The verified subject (SAN, else CN) of the client's certificate, put on every request of
 /// an mTLS connection by the accept loop.
@@ -74,14 +79,14 @@ pub fn principal(p: Option<&Principal>) -> Result<Principal, Error> {
 /// returns the refusal to send instead, 401 / UNAUTHENTICATED for the caller's protocol.
 fn authenticate_request(a: &Authenticator, req: &mut Request) -> Option<Response> {
     let outcome = {
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let bearer = header(http::header::AUTHORIZATION.as_str()).and_then(|v| {
+        let header = |name: &HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let bearer = header(&http::header::AUTHORIZATION).and_then(|v| {
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
         let credentials = Credentials {
             bearer,
-            api_key: header(API_KEY_HEADER),
+            api_key: header(&API_KEY_HEADER),
             certificate: req.extensions().get::<PeerIdentity>().map(|p| p.0.as_str()),
         };
         a.authenticate(&credentials)
@@ -181,7 +186,7 @@ fn client_ip(req: &Request, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
         return Some(peer);
     }
     let headers = req.headers();
-    let listed: Vec<IpAddr> = if let Some(xff) = headers.get("x-forwarded-for") {
+    let listed: Vec<IpAddr> = if let Some(xff) = headers.get(&X_FORWARDED_FOR) {
         xff.to_str()
             .unwrap_or("")
             .split(',')
