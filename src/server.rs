@@ -79,8 +79,9 @@ where
     router.route_service(&format!("/{}/{{*rest}}", S::NAME), svc)
 }
 
-/// How often the event-type files are checked for changes.
-const TYPES_POLL: Duration = Duration::from_secs(1);
+/// How often the files reloaded while running (event types and schemas, API keys and JWKS,
+/// TLS certificate and key) are checked for changes.
+const FILE_POLL: Duration = Duration::from_secs(1);
 
 /// Everything a running gateway is made of, before it is bound to a listener.
 struct App {
@@ -137,7 +138,7 @@ fn build(config: &Config) -> Result<App, StartupError> {
     let meter = registry.meter();
     let contracts = Contracts::load(&config.types)?;
     contracts.register_instruments(&meter);
-    let types_watcher = contracts.watch(TYPES_POLL);
+    let types_watcher = contracts.watch(FILE_POLL);
     let topics: sink::kafka::TopicSource = {
         let contracts = contracts.clone();
         let default = config.kafka.topic.clone();
@@ -157,10 +158,10 @@ fn build(config: &Config) -> Result<App, StartupError> {
     let tls = tls::Tls::load(&config.tls)?;
     let tls_watcher = tls.as_ref().and_then(|t| {
         t.register_instruments(&meter);
-        t.watch(TYPES_POLL)
+        t.watch(FILE_POLL)
     });
     let auth = Authenticator::new(&config.auth, &meter)?;
-    let keys_watcher = auth.watch(TYPES_POLL);
+    let keys_watcher = auth.watch(FILE_POLL);
     let gateway = Arc::new(Gateway::new(sink, limits, contracts, auth.clone(), &meter));
     let http_metrics = Arc::new(HttpMetrics::new(&meter));
     let max_request = config.performance.max_request_size.as_u64() as usize;
