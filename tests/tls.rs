@@ -75,13 +75,7 @@ async fn rest_and_grpc_share_one_tls_port() {
         (false, reqwest::Version::HTTP_2),
         (true, reqwest::Version::HTTP_11),
     ] {
-        let r = https(&pki, None, http1)
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(SEED_EVENT)
-            .send()
-            .await
-            .unwrap();
+        let r = post_raw(&https(&pki, None, http1), &url, SEED_EVENT).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.version(), want, "ALPN picked the protocol");
     }
@@ -152,13 +146,7 @@ async fn mutual_tls_refuses_a_client_without_a_certificate_and_names_the_one_wit
     };
     assert!(refused, "a gRPC client without a certificate was served");
 
-    let r = https(&pki, Some("client"), false)
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(SEED_EVENT)
-        .send()
-        .await
-        .unwrap();
+    let r = post_raw(&https(&pki, Some("client"), false), &url, SEED_EVENT).await;
     assert_eq!(r.status(), 200);
     let ch = tls_channel(&gw, &pki, Some("client")).await.unwrap();
     EventGatewayServiceClient::new(ch)
@@ -183,13 +171,7 @@ async fn mutual_tls_refuses_a_client_without_a_certificate_and_names_the_one_wit
     let gw = TestGateway::start(config).await;
     let url = format!("https://localhost:{}/api/v1/events", gw.addr.port());
     for client in [None, Some("client")] {
-        let r = https(&pki, client, false)
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(SEED_EVENT)
-            .send()
-            .await
-            .unwrap();
+        let r = post_raw(&https(&pki, client, false), &url, SEED_EVENT).await;
         assert_eq!(r.status(), 200);
     }
     let who: Vec<_> = gw
