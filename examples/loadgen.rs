@@ -130,16 +130,25 @@ impl Client {
                 if batch == 1 {
                     let ev = pre.singles[(i % POOL) as usize].clone();
                     c.ingest_event(with_metadata(
-                        IngestEventRequest { event: Some(ev) },
+                        IngestEventRequest {
+                            event: Some(ev),
+                            ..Default::default()
+                        },
                         headers,
                     ))
                     .await
                     .is_ok()
                 } else {
                     let events = pre.batches[(i % 16) as usize].clone();
-                    c.ingest_batch(with_metadata(IngestBatchRequest { events }, headers))
-                        .await
-                        .is_ok_and(|r| r.into_inner().failed_count == 0)
+                    c.ingest_batch(with_metadata(
+                        IngestBatchRequest {
+                            events,
+                            ..Default::default()
+                        },
+                        headers,
+                    ))
+                    .await
+                    .is_ok_and(|r| r.into_inner().failed_count == 0)
                 }
             }
             Client::Rest(c, base, headers) => {

@@ -29,6 +29,9 @@ const SECTIONS: &[(&str, &str)] = &[
     ("auth_jwt", "auth.jwt"),
     ("auth", "auth"),
     ("tls", "tls"),
+    ("spool", "spool"),
+    ("ack", "ack"),
+    ("dedup", "dedup"),
 ];
 
 /// The environment variable prefix.
@@ -49,6 +52,9 @@ pub struct Config {
     pub types: TypesConfig,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    pub spool: SpoolConfig,
+    pub ack: AckConfig,
+    pub dedup: DedupConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -181,6 +187,9 @@ pub struct KafkaConfig {
     pub message_max_bytes: u32,
     pub record_mode: RecordMode,
     pub key_strategy: KeyStrategy,
+    /// Spooled records Kafka refuses for good (too large, topic gone, not authorized) go
+    /// here after a bounded retry, with headers naming the error; unset: they are parked.
+    pub dead_letter_topic: Option<String>,
     /// TLS and SASL towards the brokers.
     pub security: KafkaSecurity,
     /// Any other librdkafka property, passed through verbatim (set last, so it wins).
@@ -292,6 +301,7 @@ impl Default for KafkaConfig {
             message_max_bytes: 1_000_000,
             record_mode: RecordMode::Binary,
             key_strategy: KeyStrategy::PartitionkeyOrSubject,
+            dead_letter_topic: None,
             security: KafkaSecurity::default(),
             librdkafka: BTreeMap::new(),
         }
@@ -394,6 +404,90 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// The write-ahead spool (ack: spooled, and the fallback while Kafka is away) and the local
+/// log, which is the same format.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// With brokers: keep a spool and forward it (needed for ack: spooled and the fallback).
+    pub enabled: bool,
+    /// Where the spool's segments live; default `<storage.data_dir>/spool`.
+    pub dir: Option<PathBuf>,
+    /// A segment is closed and a new one started past this size (the local log too).
+    pub segment_bytes: ByteSize,
+    /// Appends past this many bytes on disk are refused with 503 (the local log too).
+    pub max_bytes: ByteSize,
+    /// While the oldest record not yet forwarded is older than this, appends are refused.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// A `stored` request whose broker is unreachable is spooled (202, `ack: spooled`)
+    /// instead of refused; readiness then follows the spool's room, not the broker.
+    pub fallback_when_unavailable: bool,
+    /// A spooled record Kafka keeps refusing for good (too large, topic missing, not
+    /// authorized) this long goes to kafka.dead_letter_topic, or is parked.
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            segment_bytes: ByteSize::mib(64),
+            max_bytes: ByteSize::gib(1),
+            max_age: Duration::from_secs(24 * 3600),
+            fallback_when_unavailable: false,
+            give_up_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl SpoolConfig {
+    pub fn dir_in(&self, storage: &StorageConfig) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| storage.data_dir.join("spool"))
+    }
+}
+
+/// The acknowledgement a request gets when it names none.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AckLevel {
+    /// The broker acknowledged it per `kafka.required_acks`.
+    #[default]
+    Stored,
+    /// It is fsynced to the local spool and will be forwarded.
+    Spooled,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AckConfig {
+    pub default: AckLevel,
+}
+
+/// Duplicate suppression by CloudEvents `(source, id)` on this instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// How long an event's outcome is remembered; 0 turns suppression off.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// At most this many remembered events (the oldest go first).
+    pub max_entries: u64,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::ZERO,
+            max_entries: 1_000_000,
         }
     }
 }
@@ -701,6 +795,35 @@ impl Config {
                 "performance.request_timeout ({:?}) must be at least kafka.message_timeout ({:?}) + 2s",
                 self.performance.request_timeout, self.kafka.message_timeout
             ));
+        }
+        if !self.spool.enabled && !self.kafka.brokers.is_empty() {
+            if self.ack.default == AckLevel::Spooled {
+                errors.push("ack.default: spooled needs spool.enabled: true".into());
+            }
+            if self.spool.fallback_when_unavailable {
+                errors.push("spool.fallback_when_unavailable needs spool.enabled: true".into());
+            }
+        }
+        if self.spool.segment_bytes.as_u64() < 4096 {
+            errors.push("spool.segment_bytes must be at least 4KiB".into());
+        }
+        if self.spool.max_bytes < self.spool.segment_bytes {
+            errors.push("spool.max_bytes must be at least spool.segment_bytes".into());
+        }
+        if self.spool.max_age.is_zero() {
+            errors.push("spool.max_age must be above 0".into());
+        }
+        if self
+            .kafka
+            .dead_letter_topic
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            errors
+                .push("kafka.dead_letter_topic must not be empty (leave it unset for none)".into());
+        }
+        if !self.dedup.window.is_zero() && self.dedup.max_entries == 0 {
+            errors.push("dedup.max_entries must be above 0 when dedup.window is set".into());
         }
         let event_limit = self.limits.max_event_size.as_u64();
         if event_limit == 0 {

@@ -4,12 +4,14 @@
 pub mod auth;
 pub mod config;
 pub mod contracts;
+pub mod dedup;
 pub mod error;
 pub mod event;
 pub mod proto;
 pub mod server;
 pub mod service;
 pub mod sink;
+pub mod spool;
 pub mod stream;
 pub mod telemetry;
 pub mod transport;

@@ -18,6 +18,18 @@ struct Cli {
     /// YAML config file. Default: ./config.yaml when it exists, else built-in defaults.
     #[arg(long, short = 'c', value_name = "PATH", env = "GATEWAY_CONFIG")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Prints the events of a local log or spool directory as CloudEvents JSON lines, oldest
+    /// first (default: storage.data_dir, the local log). Damaged records are skipped.
+    Log {
+        /// The directory; `<storage.data_dir>/spool` for the spool.
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -33,6 +45,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Log { dir }) = cli.command {
+        return print_log(&dir.unwrap_or(config.storage.data_dir));
+    }
     let tracer_provider = event_gateway::telemetry::init(&config.logging);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -48,6 +63,12 @@ fn main() -> ExitCode {
         };
         match event_gateway::serve(config, listener, shutdown_signal()).await {
             Ok(report) => {
+                if report.spool_left > 0 {
+                    tracing::info!(
+                        records = report.spool_left,
+                        "spooled records not yet forwarded stay on disk for the next start"
+                    );
+                }
                 if report.undelivered > 0 {
                     tracing::warn!(
                         undelivered = report.undelivered,
@@ -65,6 +86,30 @@ fn main() -> ExitCode {
     // Export the spans still buffered before the process ends.
     let _ = tracer_provider.shutdown();
     code
+}
+
+fn print_log(dir: &std::path::Path) -> ExitCode {
+    use std::io::Write as _;
+    match event_gateway::spool::read_events(dir) {
+        Ok(events) => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for (_, json) in events {
+                if out
+                    .write_all(&json)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .is_err()
+                {
+                    return ExitCode::FAILURE; // stdout closed (a pipe to `head`)
+                }
+            }
+            let _ = out.flush();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("event-gateway: cannot read {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -25,9 +25,12 @@ use tower::{Service, ServiceExt};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::contracts::{ContractError, Contracts};
+use crate::dedup::Dedup;
 use crate::proto;
-use crate::service::Gateway;
+use crate::service::{Durability, Gateway};
 use crate::sink::{self, FlushReport};
+use crate::spool::Spool;
+use crate::spool::forward::{self, Forwarder};
 use crate::telemetry::metrics::MetricsRegistry;
 use crate::transport::health::Readiness;
 use crate::transport::stack::HttpMetrics;
@@ -59,6 +62,8 @@ pub struct ServeReport {
     pub undelivered: usize,
     /// True when in-flight requests did not finish within `shutdown.drain_timeout`.
     pub drain_timed_out: bool,
+    /// Spooled records not yet forwarded (kept on disk for the next start).
+    pub spool_left: u64,
 }
 
 /// Mounts a tonic service under `/{package.Service}/*`, as tonic's own router does.
@@ -87,6 +92,8 @@ const FILE_POLL: Duration = Duration::from_secs(1);
 struct App {
     router: Router,
     gateway: Arc<Gateway>,
+    /// Drains the spool to Kafka once started.
+    forwarder: Option<Forwarder>,
     readiness: Arc<Readiness>,
     http_metrics: Arc<HttpMetrics>,
     /// Reloads the event types while it lives.
@@ -150,7 +157,30 @@ fn build(config: &Config) -> Result<App, StartupError> {
             t
         })
     };
-    let sink = sink::from_config(config, topics, &meter)?;
+    let sink::Built { sink, kafka } = sink::from_config(config, topics, &meter)?;
+    // With brokers, the spool and its forwarder (ack: spooled, the fallback).
+    let (spool, forwarder) = match kafka.filter(|_| config.spool.enabled) {
+        Some(kafka) => {
+            let dir = config.spool.dir_in(&config.storage);
+            let settings = sink::spool_settings(config, dir.clone(), true);
+            let spool = Spool::open(settings, &meter)
+                .map_err(|source| sink::OpenError::Spool { path: dir, source })?;
+            let r = spool.recovery();
+            tracing::info!(dir = %spool.dir().display(), pending = r.pending, torn_tails = r.torn_tails, corrupt_records = r.corrupt_records, unreadable_segments = r.unreadable_segments, "spool opened; records not yet forwarded are sent first");
+            let forwarder =
+                Forwarder::new(spool.clone(), kafka, config.spool.give_up_after, &meter);
+            (Some(spool), Some(forwarder))
+        }
+        None => (None, None),
+    };
+    let dedup = (!config.dedup.window.is_zero())
+        .then(|| Dedup::new(config.dedup.window, config.dedup.max_entries, &meter));
+    let durability = Durability {
+        spool,
+        default: config.ack.default,
+        fallback: config.spool.fallback_when_unavailable,
+        dedup,
+    };
     let limits = Limits {
         max_event_size: config.limits.max_event_size.as_u64() as usize,
         max_batch_events: config.limits.max_batch_events,
@@ -162,7 +192,15 @@ fn build(config: &Config) -> Result<App, StartupError> {
     });
     let auth = Authenticator::new(&config.auth, &meter)?;
     let keys_watcher = auth.watch(FILE_POLL);
-    let gateway = Arc::new(Gateway::new(sink, limits, contracts, auth.clone(), &meter));
+    let gateway = Arc::new(Gateway::new(
+        sink,
+        limits,
+        contracts,
+        auth.clone(),
+        durability,
+        &meter,
+    ));
+    let forwarder_status = forwarder.as_ref().map(Forwarder::status);
     let http_metrics = Arc::new(HttpMetrics::new(&meter));
     let max_request = config.performance.max_request_size.as_u64() as usize;
 
@@ -198,8 +236,13 @@ fn build(config: &Config) -> Result<App, StartupError> {
     let ingest = ingest.merge(admission.streaming(streams));
 
     // Operational routes stay reachable when ingest is saturated.
-    let mut ops =
-        health::router(gateway.clone(), readiness.clone(), config.redacted()).merge(docs::router());
+    let mut ops = health::router(
+        gateway.clone(),
+        readiness.clone(),
+        forwarder_status,
+        config.redacted(),
+    )
+    .merge(docs::router());
     ops = grpc_route(ops, health_service);
     ops = grpc_route(ops, reflection_v1);
     ops = grpc_route(ops, reflection_v1alpha);
@@ -232,6 +275,7 @@ fn build(config: &Config) -> Result<App, StartupError> {
     Ok(App {
         router,
         gateway,
+        forwarder,
         readiness,
         http_metrics,
         _types_watcher: types_watcher,
@@ -267,8 +311,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ServeReport, StartupError> {
-    let app = build(&config)?;
+    let mut app = build(&config)?;
     let gateway = app.gateway.clone();
+    let forwarding = forward::Control::default();
+    let forwarder_task = app
+        .forwarder
+        .take()
+        .map(|f| tokio::spawn(f.run(forwarding.clone())));
     let addr = listener.local_addr().map_err(StartupError::Listener)?;
 
     // Readiness is evaluated once before the first connection, so no probe sees "starting".
@@ -396,7 +445,28 @@ pub async fn serve(
     health_stop.cancel();
     let _ = health_task.await;
 
-    // Phase 3: the sink delivers what it still holds.
+    // Phase 3: the forwarder sends what it can of the spool within the deadline; what is
+    // left stays on disk for the next start (never deleted unforwarded).
+    if let Some(task) = forwarder_task {
+        forwarding.drain.cancel();
+        let mut task = task;
+        if tokio::time::timeout(drain_timeout, &mut task)
+            .await
+            .is_err()
+        {
+            forwarding.stop.cancel();
+            let _ = task.await;
+        }
+        if let Some(spool) = gateway.spool() {
+            report.spool_left = spool.pending();
+            tracing::info!(
+                left = report.spool_left,
+                "spool forwarder stopped; what is left is forwarded at the next start"
+            );
+        }
+    }
+
+    // Phase 4: the sink delivers what it still holds.
     let FlushReport { undelivered } = gateway.sink().flush(drain_timeout).await;
     report.undelivered = undelivered;
     tracing::info!(undelivered, "sink flushed; shutdown complete");

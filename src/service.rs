@@ -14,20 +14,90 @@ use opentelemetry::metrics::{Counter, Histogram, Meter};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::auth::{self, Authenticator, Principal};
-use crate::config::TypesPolicy;
+use crate::config::{AckLevel, TypesPolicy};
 use crate::contracts::{Contracts, TypeListing};
+use crate::dedup::{Claim, Dedup};
 use crate::error::{Error, FieldViolation};
 use crate::event::Event;
 use crate::sink::{EventSink, Stored};
+use crate::spool::{self, Record, Spool};
 use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
 use crate::validate::{self, Checked, Context, Incoming, Limits};
 
-/// One event stored: its id (assigned when the client sent none), where it is, and its time.
+/// One event taken: its id (assigned when the client sent none), what it got, and its time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ingested {
     pub id: String,
-    pub stored: Stored,
+    pub receipt: Receipt,
     pub time: DateTime<Utc>,
+}
+
+/// The acknowledgement a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckRequest {
+    /// `ack.default`.
+    #[default]
+    Default,
+    Stored,
+    Spooled,
+}
+
+/// Where an event is now, which is the guarantee it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The broker acknowledged it (per `kafka.required_acks`), or the local log fsynced it.
+    Stored(Stored),
+    /// Fsynced to the spool at this position; the forwarder will send it to Kafka.
+    Spooled { position: u64 },
+}
+
+/// What one event got: its delivery, and whether it was a duplicate within `dedup.window`
+/// (then the delivery is the first one's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub delivery: Delivery,
+    pub duplicate: bool,
+}
+
+impl Receipt {
+    fn new(delivery: Delivery) -> Self {
+        Self {
+            delivery,
+            duplicate: false,
+        }
+    }
+
+    pub fn is_spooled(&self) -> bool {
+        matches!(self.delivery, Delivery::Spooled { .. })
+    }
+}
+
+/// What one event of a batch got, in request order.
+#[derive(Debug)]
+pub struct BatchItem {
+    pub id: String,
+    pub result: Result<Receipt, Error>,
+}
+
+/// The spool side of acknowledgements: the spool (with brokers and `spool.enabled`), the
+/// default level, the fallback, and duplicate suppression.
+pub struct Durability {
+    pub spool: Option<Arc<Spool>>,
+    pub default: AckLevel,
+    pub fallback: bool,
+    pub dedup: Option<Dedup>,
+}
+
+impl Durability {
+    /// Nothing beyond the sink: the local log, and tests.
+    pub fn none() -> Self {
+        Self {
+            spool: None,
+            default: AckLevel::Stored,
+            fallback: false,
+            dedup: None,
+        }
+    }
 }
 
 /// What happened to one event of a batch, in request order.
@@ -49,6 +119,7 @@ struct IngestMetrics {
     ingested: Counter<u64>,
     failed: Counter<u64>,
     schema_violations: Counter<u64>,
+    spooled: Counter<u64>,
     sink_publish: Histogram<f64>,
     types: LabelCap,
     sources: LabelCap,
@@ -71,6 +142,14 @@ impl IngestMetrics {
                 .with_description("Events stored, by type and source (capped label sets)")
                 .build(),
             failed,
+            spooled: {
+                let c = meter
+                    .u64_counter("events_spooled")
+                    .with_description("Events acknowledged as spooled (asked for, or the fallback)")
+                    .build();
+                c.add(0, &[]);
+                c
+            },
             schema_violations: meter
                 .u64_counter("schema_violations")
                 .with_description("Events whose data broke their type's JSON Schema, by type")
@@ -119,6 +198,7 @@ pub struct Gateway {
     contracts: Arc<Contracts>,
     auth: Arc<Authenticator>,
     metrics: IngestMetrics,
+    durability: Durability,
     draining: AtomicBool,
     /// Cancelled when the server stops accepting connections: open streams stop taking
     /// events, report the ones they took, and end.
@@ -131,6 +211,7 @@ impl Gateway {
         limits: Limits,
         contracts: Arc<Contracts>,
         auth: Arc<Authenticator>,
+        durability: Durability,
         meter: &Meter,
     ) -> Self {
         Self {
@@ -139,6 +220,7 @@ impl Gateway {
             contracts,
             auth,
             metrics: IngestMetrics::new(meter),
+            durability,
             draining: AtomicBool::new(false),
             streams: CancellationToken::new(),
         }
@@ -206,14 +288,174 @@ impl Gateway {
         &self,
         principal: &Principal,
         event: Option<Incoming>,
+        ack: AckRequest,
     ) -> Result<Ingested, Error> {
         let event = self.check_for_ingest(principal, event)?;
-        let stored = self.publish_one(&event).await?;
+        let receipt = self
+            .deliver(std::slice::from_ref(&event), ack)
+            .await
+            .pop()
+            .expect("one result per event")?;
         Ok(Ingested {
             id: event.id,
-            stored,
+            receipt,
             time: event.time,
         })
+    }
+
+    pub fn spool(&self) -> Option<&Arc<Spool>> {
+        self.durability.spool.as_ref()
+    }
+
+    /// Whether a `stored` request can be answered now (for readiness): the sink can store,
+    /// or the fallback can spool.
+    pub fn can_take_events(&self) -> (bool, String) {
+        if self.sink.is_ready() {
+            return (true, "ready".into());
+        }
+        match (&self.durability.spool, self.durability.fallback) {
+            (Some(spool), true) if spool.has_room() => (
+                true,
+                format!("ready (spooling: {})", self.sink.not_ready_reason()),
+            ),
+            (Some(_), true) => (
+                false,
+                format!(
+                    "{}, and the spool has no room (spool.max_bytes / spool.max_age)",
+                    self.sink.not_ready_reason()
+                ),
+            ),
+            _ => (false, self.sink.not_ready_reason()),
+        }
+    }
+
+    /// Duplicates answered from the window, the rest delivered at the level asked for; one
+    /// result per event, in order.
+    async fn deliver(&self, events: &[Event], ack: AckRequest) -> Vec<Result<Receipt, Error>> {
+        let Some(dedup) = &self.durability.dedup else {
+            return self.deliver_new(events, ack).await;
+        };
+        let mut results: Vec<Option<Result<Receipt, Error>>> = vec![None; events.len()];
+        let mut firsts = Vec::new();
+        // A repeat inside this request waits for its earlier copy here, not in the window
+        // (where it would wait for itself).
+        let mut seen: std::collections::HashMap<(&str, &str), usize> = Default::default();
+        let mut repeats = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            if let Some(&earlier) = seen.get(&(e.source.as_str(), e.id.as_str())) {
+                repeats.push((i, earlier));
+                continue;
+            }
+            seen.insert((&e.source, &e.id), i);
+            match dedup.claim(&e.source, &e.id).await {
+                Claim::Duplicate(r) => results[i] = Some(Ok(r)),
+                Claim::First(guard) => firsts.push((i, guard)),
+            }
+        }
+        if !firsts.is_empty() {
+            let new: Vec<Event> = firsts.iter().map(|(i, _)| events[*i].clone()).collect();
+            let delivered = self.deliver_new(&new, ack).await;
+            for ((i, guard), r) in firsts.into_iter().zip(delivered) {
+                guard.complete(r.as_ref().ok());
+                results[i] = Some(r);
+            }
+        }
+        for (i, earlier) in repeats {
+            results[i] = Some(match &results[earlier] {
+                Some(Ok(r)) => {
+                    dedup.counted_duplicate();
+                    Ok(Receipt {
+                        duplicate: true,
+                        ..*r
+                    })
+                }
+                Some(Err(e)) => Err(e.clone()),
+                None => unreachable!("earlier events have their results"),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every event has a result"))
+            .collect()
+    }
+
+    /// Spooled when asked (and a spool exists), else to the sink; with the fallback, what the
+    /// sink could not take because Kafka is unavailable is spooled instead.
+    async fn deliver_new(&self, events: &[Event], ack: AckRequest) -> Vec<Result<Receipt, Error>> {
+        let level = match ack {
+            AckRequest::Default => self.durability.default,
+            AckRequest::Stored => AckLevel::Stored,
+            AckRequest::Spooled => AckLevel::Spooled,
+        };
+        let spool = self.durability.spool.as_ref();
+        if let (AckLevel::Spooled, Some(spool)) = (level, spool) {
+            return self.spool_events(spool, events).await;
+        }
+        let stored = self.publish(events).await;
+        let fallback = spool.filter(|_| self.durability.fallback);
+        let unavailable: Vec<usize> = stored
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Err(Error::Unavailable { .. })))
+            .map(|(i, _)| i)
+            .collect();
+        let mut out: Vec<Result<Receipt, Error>> = stored
+            .into_iter()
+            .map(|r| r.map(|s| Receipt::new(Delivery::Stored(s))))
+            .collect();
+        if let Some(spool) = fallback
+            && !unavailable.is_empty()
+        {
+            let retry: Vec<Event> = unavailable.iter().map(|&i| events[i].clone()).collect();
+            for (i, r) in unavailable
+                .into_iter()
+                .zip(self.spool_events(spool, &retry).await)
+            {
+                if r.is_ok() {
+                    out[i] = r;
+                }
+            }
+        }
+        out
+    }
+
+    /// Appends to the spool; refused while draining (the next start would forward them, but
+    /// a client should send to an instance that stays).
+    async fn spool_events(&self, spool: &Spool, events: &[Event]) -> Vec<Result<Receipt, Error>> {
+        let refuse = |e: Error| events.iter().map(|_| Err(e.clone())).collect();
+        if self.is_draining() {
+            return refuse(Error::unavailable(
+                "the gateway is shutting down and takes no spooled events; send to another instance",
+            ));
+        }
+        let now = spool::now_ms();
+        let trace = crate::telemetry::current_trace_headers();
+        let records: Vec<Record> = events
+            .iter()
+            .map(|e| Record {
+                spooled_at_ms: now,
+                topic: e.topic.as_deref().map(str::to_owned),
+                trace: trace.clone(),
+                event: e.clone(),
+            })
+            .collect();
+        match spool.append(&records).await {
+            Ok(first) => {
+                self.metrics.spooled.add(events.len() as u64, &[]);
+                (0..events.len() as u64)
+                    .map(|i| {
+                        Ok(Receipt::new(Delivery::Spooled {
+                            position: first + i,
+                        }))
+                    })
+                    .collect()
+            }
+            Err(refused) => {
+                let e = refused.into_error();
+                self.metrics.failed(events.len() as u64, e.reason());
+                refuse(e)
+            }
+        }
     }
 
     /// One event of a stream: the checks and the storing of `ingest_event`, reported with the
@@ -267,7 +509,8 @@ impl Gateway {
         &self,
         principal: &Principal,
         events: Vec<Incoming>,
-    ) -> Result<Vec<ItemOutcome>, Error> {
+        ack: AckRequest,
+    ) -> Result<Vec<BatchItem>, Error> {
         let count = events.len() as u64;
         let registry = self.contracts.current();
         let ctx = Context {
@@ -287,7 +530,7 @@ impl Gateway {
         for e in &mut events {
             auth::stamp(principal, e);
         }
-        let outcomes = self.publish(&events).await;
+        let outcomes = self.deliver(&events, ack).await;
         let stored_count = outcomes.iter().filter(|r| r.is_ok()).count();
         if stored_count == 0 {
             // Prefer a permanent error: retrying would not help.
@@ -302,7 +545,7 @@ impl Gateway {
         Ok(events
             .into_iter()
             .zip(outcomes)
-            .map(|(event, result)| ItemOutcome {
+            .map(|(event, result)| BatchItem {
                 id: event.id,
                 result,
             })

@@ -92,7 +92,10 @@ async fn grpc_ingest(
     body: &str,
 ) -> Result<(), tonic::Status> {
     let ev: CloudEvent = serde_json::from_str(body).unwrap();
-    let mut req = tonic::Request::new(IngestEventRequest { event: Some(ev) });
+    let mut req = tonic::Request::new(IngestEventRequest {
+        event: Some(ev),
+        ..Default::default()
+    });
     if let Some((name, value)) = auth {
         req.metadata_mut().insert(name, value.parse().unwrap());
     }

@@ -108,14 +108,10 @@ async fn sigterm_drains_and_exits_zero() {
             acked
         }));
     }
-    let log = dir.path().join("data/events.jsonl");
+    let log = dir.path().join("data");
     wait_until(Duration::from_secs(20), "some events stored", || {
         let log = log.clone();
-        async move {
-            std::fs::read_to_string(&log)
-                .map(|s| s.lines().count() > 50)
-                .unwrap_or(false)
-        }
+        async move { log_text(&log).lines().count() > 50 }
     })
     .await;
     let pid = child.id().unwrap().to_string();
@@ -131,7 +127,13 @@ async fn sigterm_drains_and_exits_zero() {
         .expect("the gateway exits after SIGTERM")
         .unwrap();
     assert!(status.success(), "{status:?}");
-    let stored = std::fs::read_to_string(&log).unwrap();
+    // Read back the way a user would: `event-gateway log <dir>`.
+    let out = Command::new(BIN)
+        .args(["log", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stored = String::from_utf8(out.stdout).unwrap();
     let ids: std::collections::HashSet<String> = stored
         .lines()
         .map(|l| {

@@ -120,7 +120,7 @@ async fn binary_structured_and_batch_modes_store_the_same_event() {
     let lines = gw.log_lines();
     assert_eq!(lines.len(), 4);
     // data byte for byte, whichever mode.
-    let text = std::fs::read_to_string(gw.data_dir.path().join("events.jsonl")).unwrap();
+    let text = gw.log_text();
     assert_eq!(
         text.matches(&format!(r#""data":{DATA}"#)).count(),
         4,

@@ -123,6 +123,7 @@ async fn nonconforming_data_names_every_violating_path_over_both_protocols() {
     let err = client
         .ingest_event(IngestEventRequest {
             event: Some(ev.clone()),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -223,7 +224,10 @@ async fn registered_policy_refuses_unknown_types_and_open_accepts_them() {
     let err = gw
         .grpc()
         .await
-        .ingest_event(IngestEventRequest { event: Some(ev) })
+        .ingest_event(IngestEventRequest {
+            event: Some(ev),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(grpc_fields(&err), BTreeSet::from(["event.type".to_owned()]));
@@ -539,7 +543,10 @@ async fn types_are_routed_to_their_topics_and_batches_span_topics() {
     let ev: CloudEvent = serde_json::from_value(order("o0")).unwrap();
     gw.grpc()
         .await
-        .ingest_event(IngestEventRequest { event: Some(ev) })
+        .ingest_event(IngestEventRequest {
+            event: Some(ev),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let (s, r) = gw

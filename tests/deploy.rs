@@ -69,7 +69,7 @@ fn dockerfile_statements_match_the_project() {
 
 #[test]
 fn kubernetes_manifests_are_consistent_with_the_code() {
-    let deployment = yaml("deploy/kubernetes/deployment.yaml");
+    let deployment = yaml("deploy/kubernetes/statefulset.yaml");
     let service = yaml("deploy/kubernetes/service.yaml");
     let configmap = yaml("deploy/kubernetes/configmap.yaml");
     let hpa = yaml("deploy/kubernetes/hpa.yaml");
@@ -169,21 +169,42 @@ fn kubernetes_manifests_are_consistent_with_the_code() {
         .as_u64()
         .unwrap();
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    // Drain, forwarding the spool and the flush each get drain_timeout.
     let needed = pre_stop
         + config.shutdown.drain_delay.as_secs()
-        + 2 * config.shutdown.drain_timeout.as_secs();
+        + 3 * config.shutdown.drain_timeout.as_secs();
     assert!(grace >= needed, "grace {grace}s < needed {needed}s");
 
     // Memory limit above the measured peak under 10,000 connections (README, Results).
     assert_eq!(c["resources"]["limits"]["memory"], "384Mi");
 
-    // Service, HPA and PDB select and target the Deployment.
+    // The spool the config enables lives on a claim per replica, mounted at the data dir.
+    assert_eq!(deployment["kind"], "StatefulSet");
+    assert!(config.spool.enabled);
+    let spool_dir = config.spool.dir_in(&config.storage);
+    let claim = &deployment["spec"]["volumeClaimTemplates"][0];
+    let mount = mounts
+        .iter()
+        .find(|m| spool_dir.starts_with(m["mountPath"].as_str().unwrap()) && m["mountPath"] != "/")
+        .expect("the spool directory is on a mount");
+    assert_eq!(mount["name"], claim["metadata"]["name"]);
+    assert!(
+        volumes.iter().all(|v| v["name"] != mount["name"]),
+        "a claim, not an emptyDir"
+    );
+
+    // Service, HPA and PDB select and target the StatefulSet.
     let labels = &deployment["spec"]["template"]["metadata"]["labels"];
     assert_eq!(&service["spec"]["selector"], labels);
     assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
     assert_eq!(
         hpa["spec"]["scaleTargetRef"]["name"],
         deployment["metadata"]["name"]
+    );
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], deployment["kind"]);
+    assert_eq!(
+        deployment["spec"]["serviceName"],
+        service["metadata"]["name"]
     );
     for port in service["spec"]["ports"].as_array().unwrap() {
         assert_eq!(port["targetPort"], 8090);

@@ -101,6 +101,30 @@ fn the_event_schema_has_every_field_of_the_proto() {
     assert_eq!(proto, doc);
 }
 
+#[test]
+fn reply_schemas_have_every_field_of_the_proto() {
+    let pool =
+        prost_reflect::DescriptorPool::decode(event_gateway::proto::FILE_DESCRIPTOR_SET).unwrap();
+    for name in [
+        "IngestEventResponse",
+        "IngestBatchRequest",
+        "IngestBatchResponse",
+        "EventResult",
+    ] {
+        let msg = pool
+            .get_message_by_name(&format!("eventgateway.v1.{name}"))
+            .unwrap();
+        let proto: BTreeSet<String> = msg.fields().map(|f| f.json_name().to_owned()).collect();
+        let doc: BTreeSet<String> = docs::openapi()["components"]["schemas"][name]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name} is documented"))
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(proto, doc, "{name}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docs_page_is_self_contained() {
     let gw = TestGateway::local().await;

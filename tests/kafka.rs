@@ -74,6 +74,7 @@ async fn events_over_both_protocols_become_cloudevents_records() {
     let grpc = client
         .ingest_event(IngestEventRequest {
             event: Some(event.clone()),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -85,7 +86,10 @@ async fn events_over_both_protocols_become_cloudevents_records() {
     event.payload = None;
     event.datacontenttype.clear();
     let keyless = client
-        .ingest_event(IngestEventRequest { event: Some(event) })
+        .ingest_event(IngestEventRequest {
+            event: Some(event),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -193,7 +197,13 @@ async fn single_sender(
         match &mut client {
             Some(c) => {
                 let ev: CloudEvent = serde_json::from_value(body).unwrap();
-                match c.ingest_event(IngestEventRequest { event: Some(ev) }).await {
+                match c
+                    .ingest_event(IngestEventRequest {
+                        event: Some(ev),
+                        ..Default::default()
+                    })
+                    .await
+                {
                     Ok(_) => acked.push(id),
                     Err(s) => failed.push(format!("{:?}", s.code())),
                 }

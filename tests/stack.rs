@@ -100,6 +100,7 @@ async fn grpc_rate_limit_is_resource_exhausted_with_retry_info() {
         match client
             .ingest_event(IngestEventRequest {
                 event: Some(ev.clone()),
+                ..Default::default()
             })
             .await
         {
@@ -351,6 +352,7 @@ async fn traceparent_reaches_the_kafka_record_headers() {
     let mut client = gw.grpc().await;
     let mut req = tonic::Request::new(IngestEventRequest {
         event: Some(serde_json::from_str(SEED_EVENT).unwrap()),
+        ..Default::default()
     });
     req.metadata_mut().insert(
         "traceparent",

@@ -286,8 +286,7 @@ async fn a_drain_ends_a_stream_after_reporting_every_event_it_took() {
     sender.abort();
     assert_eq!(report.undelivered, 0);
     // Every event with a result is stored, and no event without one.
-    let log = data.path().join("events.jsonl");
-    let lines = std::fs::read_to_string(log).unwrap().lines().count();
+    let lines = common::log_text(data.path()).lines().count();
     assert_eq!(lines, stored);
 }
 
@@ -506,6 +505,7 @@ async fn grpc_messages_may_be_compressed_and_a_bomb_stops_at_the_limit() {
         let reply = client
             .ingest_event(IngestEventRequest {
                 event: Some(event("z")),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -530,7 +530,10 @@ async fn grpc_messages_may_be_compressed_and_a_bomb_stops_at_the_limit() {
             vec![b'a'; 32 << 20],
         ));
         let err = client
-            .ingest_event(IngestEventRequest { event: Some(bomb) })
+            .ingest_event(IngestEventRequest {
+                event: Some(bomb),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
@@ -613,6 +616,7 @@ async fn every_way_in_gives_the_same_kafka_record() {
         .await
         .ingest_event(event_gateway::proto::IngestEventRequest {
             event: Some(proto.clone()),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -63,6 +63,7 @@ async fn tls_channel(
 fn seed() -> IngestEventRequest {
     IngestEventRequest {
         event: Some(serde_json::from_str::<CloudEvent>(SEED_EVENT).unwrap()),
+        ..Default::default()
     }
 }
 

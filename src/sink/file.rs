@@ -1,202 +1,66 @@
-//! The embedded default sink: a local append-only log, `events.jsonl` in `storage.data_dir`,
-//! one CloudEvents structured-mode JSON event per line. A request is answered only after its
-//! lines are written and fsynced. One writer thread does group commit: it takes every request
-//! waiting at that moment, writes them all, and pays one `fdatasync` for the lot. Its gauges
-//! (`local_log_events`, `local_log_size_bytes`) are registered on the meter it is given.
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+//! The embedded default sink: the local log, a spool (`crate::spool`: segment files with
+//! per-record checksums, group-committed fsync, rotation by size, bounded by
+//! `spool.max_bytes`) in `storage.data_dir` that is never forwarded. A request is answered
+//! only after its records are written and fsynced; an event's offset is its position in the
+//! log. `event-gateway log` prints it as CloudEvents JSON lines. Its gauges (`local_log_events`,
+//! `local_log_size_bytes`) are registered on the meter it is given.
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use opentelemetry::metrics::Meter;
-use tokio::sync::{mpsc, oneshot};
 
 use super::{EventSink, FlushReport, OpenError, Stored};
 use crate::error::Error;
 use crate::event::Event;
-
-/// File name of the log inside the data directory.
-pub const LOG_FILE: &str = "events.jsonl";
-
-/// Requests waiting for the writer; past this, `publish` waits (backpressure).
-const QUEUE_DEPTH: usize = 4096;
-
-struct Job {
-    bytes: Vec<u8>,
-    lines: u64,
-    reply: oneshot::Sender<Result<u64, String>>,
-}
+use crate::spool::{self, Record, Spool};
 
 pub struct FileSink {
-    path: PathBuf,
-    tx: mpsc::Sender<Job>,
-    healthy: Arc<AtomicBool>,
-    next_line: Arc<AtomicU64>,
-    /// Committed length of the log, kept by the writer.
-    len: Arc<AtomicU64>,
+    spool: Arc<Spool>,
 }
 
 impl FileSink {
-    /// Opens (creating) the log. A last line without its newline, left by a crash mid-write,
-    /// is cut off: it was never acknowledged.
-    pub fn open(dir: &Path, meter: &Meter) -> Result<Self, OpenError> {
-        let fail = |action: &'static str, source: std::io::Error| OpenError::LocalLog {
-            action,
-            path: dir.to_path_buf(),
+    /// Opens (creating) the log in `settings.dir`. A record cut short by a crash mid-write is
+    /// cut off (it was never acknowledged); damage is reported and skipped.
+    pub fn open(settings: spool::Settings, meter: &Meter) -> Result<Self, OpenError> {
+        let dir = settings.dir.clone();
+        // The local log's own instruments: the spool's `spool_*` gauges would read as
+        // "waiting to be forwarded", which nothing here ever is.
+        let quiet = opentelemetry::metrics::noop::NoopMeterProvider::new();
+        let spool = Spool::open(
+            settings,
+            &opentelemetry::metrics::MeterProvider::meter(&quiet, "local-log"),
+        )
+        .map_err(|source| OpenError::LocalLog {
+            action: "open the local log in",
+            path: dir,
             source,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| fail("create the data directory", e))?;
-        let path = dir.join(LOG_FILE);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| fail("open the log in", e))?;
-        let (lines, complete_len) =
-            count_lines(&mut file).map_err(|e| fail("read the log in", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| fail("stat the log in", e))?
-            .len();
-        if complete_len != len {
-            tracing::warn!(
-                path = %path.display(),
-                dropped_bytes = len - complete_len,
-                "cutting an incomplete last line left by an interrupted write"
-            );
-            file.set_len(complete_len)
-                .map_err(|e| fail("repair the log in", e))?;
-        }
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let healthy = Arc::new(AtomicBool::new(true));
-        let next_line = Arc::new(AtomicU64::new(lines));
-        let len = Arc::new(AtomicU64::new(complete_len));
-        let writer = Writer {
-            file,
-            len: len.clone(),
-            next_line: next_line.clone(),
-            healthy: healthy.clone(),
-        };
-        std::thread::Builder::new()
-            .name("local-log-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| fail("start the log writer for", e))?;
-        let sink = Self {
-            path,
-            tx,
-            healthy,
-            next_line,
-            len,
-        };
+        })?;
+        let sink = Self { spool };
         sink.register_instruments(meter);
         Ok(sink)
     }
 
     fn register_instruments(&self, meter: &Meter) {
-        let lines = self.next_line.clone();
+        let s = self.spool.clone();
         meter
             .i64_observable_gauge("local_log_events")
             .with_description("Events in the local log")
-            .with_callback(move |o| o.observe(lines.load(Ordering::Relaxed) as i64, &[]))
+            .with_callback(move |o| o.observe(s.next_position() as i64, &[]))
             .build();
-        let len = self.len.clone();
+        let s = self.spool.clone();
         meter
             .i64_observable_gauge("local_log_size")
             .with_unit("By")
             .with_description("Committed size of the local log")
-            .with_callback(move |o| o.observe(len.load(Ordering::Relaxed) as i64, &[]))
+            .with_callback(move |o| o.observe(s.bytes() as i64, &[]))
             .build();
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-/// Counts complete lines and returns the length up to the last newline.
-fn count_lines(file: &mut File) -> std::io::Result<(u64, u64)> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut buf = vec![0u8; 1 << 16];
-    let (mut lines, mut pos, mut complete) = (0u64, 0u64, 0u64);
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        for (i, b) in buf[..n].iter().enumerate() {
-            if *b == b'\n' {
-                lines += 1;
-                complete = pos + i as u64 + 1;
-            }
-        }
-        pos += n as u64;
-    }
-    Ok((lines, complete))
-}
-
-struct Writer {
-    file: File,
-    len: Arc<AtomicU64>,
-    next_line: Arc<AtomicU64>,
-    healthy: Arc<AtomicBool>,
-}
-
-impl Writer {
-    /// A plain thread rather than a tokio task: every iteration blocks in write and fsync, and
-    /// a dedicated thread keeps that off the runtime's two worker threads.
-    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut jobs = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
-            jobs.push(first);
-            while let Ok(more) = rx.try_recv() {
-                jobs.push(more);
-            }
-            let result = self.commit(&jobs);
-            match result {
-                Ok(()) => {
-                    for job in jobs.drain(..) {
-                        let first_line = self.next_line.fetch_add(job.lines, Ordering::SeqCst);
-                        let _ = job.reply.send(Ok(first_line));
-                    }
-                }
-                Err(e) => {
-                    let msg = format!("local log write failed: {e}");
-                    tracing::error!(error = %e, "local log write failed; rolled back the uncommitted lines");
-                    for job in jobs.drain(..) {
-                        let _ = job.reply.send(Err(msg.clone()));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Writes every job and syncs once. On failure the file is cut back to its last committed
-    /// length, so no half-written group stays behind.
-    fn commit(&mut self, jobs: &[Job]) -> std::io::Result<()> {
-        let attempt = (|| {
-            for job in jobs {
-                self.file.write_all(&job.bytes)?;
-            }
-            self.file.sync_data()
-        })();
-        match attempt {
-            Ok(()) => {
-                let written = jobs.iter().map(|j| j.bytes.len() as u64).sum::<u64>();
-                self.len.fetch_add(written, Ordering::Relaxed);
-                self.healthy.store(true, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                self.healthy.store(false, Ordering::Relaxed);
-                let _ = self.file.set_len(self.len.load(Ordering::Relaxed));
-                Err(e)
-            }
-        }
+        self.spool.dir()
     }
 }
 
@@ -207,24 +71,17 @@ impl EventSink for FileSink {
 
     fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Vec<Result<Stored, Error>>> {
         async move {
-            let mut bytes = Vec::with_capacity(events.len() * 256);
-            for e in events {
-                serde_json::to_writer(&mut bytes, e).expect("an Event always serializes");
-                bytes.push(b'\n');
-            }
-            let (reply, rx) = oneshot::channel();
-            let job = Job {
-                bytes,
-                lines: events.len() as u64,
-                reply,
-            };
-            let outcome = match self.tx.send(job).await {
-                Ok(()) => rx
-                    .await
-                    .unwrap_or_else(|_| Err("local log writer stopped".into())),
-                Err(_) => Err("local log writer stopped".into()),
-            };
-            match outcome {
+            let now = spool::now_ms();
+            let records: Vec<Record> = events
+                .iter()
+                .map(|e| Record {
+                    spooled_at_ms: now,
+                    topic: e.topic.as_deref().map(str::to_owned),
+                    trace: Vec::new(),
+                    event: e.clone(),
+                })
+                .collect();
+            match self.spool.append(&records).await {
                 Ok(first) => (0..events.len())
                     .map(|i| {
                         Ok(Stored {
@@ -233,30 +90,35 @@ impl EventSink for FileSink {
                         })
                     })
                     .collect(),
-                Err(msg) => events
-                    .iter()
-                    .map(|_| Err(Error::unavailable(msg.clone())))
-                    .collect(),
+                Err(refused) => {
+                    let e = refused.into_error();
+                    events.iter().map(|_| Err(e.clone())).collect()
+                }
             }
         }
         .boxed()
     }
 
     fn is_ready(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
+        self.spool.writable() && self.spool.has_room()
     }
 
     fn not_ready_reason(&self) -> String {
-        "the local log is not writable (see the error log)".into()
+        if !self.spool.writable() {
+            "the local log is not writable (see the error log)".into()
+        } else {
+            "the local log is full (spool.max_bytes)".into()
+        }
     }
 
     fn details(&self) -> serde_json::Value {
         serde_json::json!({
             "sink": "local-log",
-            "path": self.path.display().to_string(),
-            "lines": self.next_line.load(Ordering::Relaxed),
-            "size_bytes": self.len.load(Ordering::Relaxed),
-            "writable": self.is_ready(),
+            "path": self.spool.dir().display().to_string(),
+            "lines": self.spool.next_position(),
+            "size_bytes": self.spool.bytes(),
+            "writable": self.spool.writable(),
+            "log": self.spool.details(),
         })
     }
 
@@ -273,6 +135,15 @@ mod tests {
 
     fn meter() -> Meter {
         opentelemetry::global::meter("test")
+    }
+
+    fn settings(dir: &Path) -> spool::Settings {
+        spool::Settings {
+            dir: dir.to_path_buf(),
+            segment_bytes: 4096,
+            max_bytes: 1 << 30,
+            max_age: None,
+        }
     }
 
     fn ev(id: &str) -> Event {
@@ -293,7 +164,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_publishes_get_distinct_consecutive_offsets() {
         let dir = tempfile::tempdir().unwrap();
-        let sink = Arc::new(FileSink::open(dir.path(), &meter()).unwrap());
+        let sink = Arc::new(FileSink::open(settings(dir.path()), &meter()).unwrap());
         let mut tasks = Vec::new();
         for t in 0..20 {
             let sink = sink.clone();
@@ -311,31 +182,45 @@ mod tests {
         }
         offsets.sort();
         assert_eq!(offsets, (0..100).collect::<Vec<i64>>());
-        let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
-        assert_eq!(text.lines().count(), 100);
-        for line in text.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let log = spool::read_events(dir.path()).unwrap();
+        assert_eq!(log.len(), 100);
+        for (_, json) in &log {
+            let v: serde_json::Value = serde_json::from_slice(json).unwrap();
             assert_eq!(v["specversion"], "1.0");
         }
     }
 
     #[tokio::test]
-    async fn reopening_continues_numbering_and_cuts_a_torn_line() {
+    async fn the_log_rotates_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = FileSink::open(settings(dir.path()), &meter()).unwrap();
+        for i in 0..100 {
+            sink.publish(&[ev(&i.to_string())]).await[0]
+                .as_ref()
+                .unwrap();
+        }
+        // 100 records of ~150 bytes in 4 KiB segments.
+        let segments = std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(segments > 2, "{segments} files");
+        let ids: Vec<String> = spool::read_events(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(_, j)| Event::from_structured_json(&j).unwrap().id)
+            .collect();
+        assert_eq!(ids, (0..100).map(|i| i.to_string()).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn reopening_continues_numbering() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let sink = FileSink::open(dir.path(), &meter()).unwrap();
+            let sink = FileSink::open(settings(dir.path()), &meter()).unwrap();
             let r = sink.publish(&[ev("a"), ev("b")]).await;
             assert_eq!(r[1].as_ref().unwrap().offset, 1);
         }
-        let path = dir.path().join(LOG_FILE);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"{\"torn\":").unwrap();
-        drop(f);
-        let sink = FileSink::open(dir.path(), &meter()).unwrap();
+        let sink = FileSink::open(settings(dir.path()), &meter()).unwrap();
         let r = sink.publish(&[ev("c")]).await;
         assert_eq!(r[0].as_ref().unwrap().offset, 2);
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 3);
-        assert!(!text.contains("torn"));
+        assert_eq!(spool::read_events(dir.path()).unwrap().len(), 3);
     }
 }

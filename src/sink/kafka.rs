@@ -443,6 +443,110 @@ impl KafkaSink {
         error
     }
 
+    /// Produces each event with its trace headers, enqueuing all before awaiting any report,
+    /// so one batch shares produce requests. `dead_letter` = (topic, why): every event goes
+    /// there instead, with headers naming the error and the topic it was meant for.
+    async fn produce(
+        &self,
+        items: &[(&Event, &[(String, String)])],
+        dead_letter: Option<(&str, &str)>,
+    ) -> Vec<Result<Stored, Error>> {
+        {
+            let events = items;
+            if let Some((code, reason)) = self.producer.load().client().fatal_error() {
+                self.rebuild(&format!("fatal error {code}: {reason}"));
+            }
+            if !self.broker_reachable() {
+                return events
+                    .iter()
+                    .map(|_| {
+                        Err(Error::unavailable(
+                            "no Kafka broker is reachable; retry shortly",
+                        ))
+                    })
+                    .collect();
+            }
+            let producer = self.producer.load_full();
+            // Enqueue every event before awaiting any report, so one batch shares produce
+            // requests; a full queue fails only the events that did not fit, at once.
+            let structured: Vec<Option<Vec<u8>>> = events
+                .iter()
+                .map(|(e, _)| match self.config.record_mode {
+                    RecordMode::Structured => Some(e.to_structured_json()),
+                    RecordMode::Binary => None,
+                })
+                .collect();
+            let mut pending = Vec::with_capacity(events.len());
+            for ((e, trace), body) in events.iter().zip(&structured) {
+                let meant = e.topic.as_deref().unwrap_or(&self.config.topic);
+                let mut headers = self.record_headers(e, trace);
+                let topic = match dead_letter {
+                    None => meant,
+                    Some((dlq, why)) => {
+                        headers = headers
+                            .insert(Header {
+                                key: "eventgateway-error",
+                                value: Some(why.as_bytes()),
+                            })
+                            .insert(Header {
+                                key: "eventgateway-topic",
+                                value: Some(meant.as_bytes()),
+                            });
+                        dlq
+                    }
+                };
+                let mut record: FutureRecord<'_, str, [u8]> =
+                    FutureRecord::to(topic).headers(headers);
+                let value = match body {
+                    Some(b) => Some(b.as_slice()),
+                    None => e.data_bytes(),
+                };
+                if let Some(v) = value {
+                    record = record.payload(v);
+                }
+                if let Some(k) = self.record_key(e) {
+                    record = record.key(k);
+                }
+                pending.push(producer.send_result(record).map_err(|(err, _)| err));
+            }
+            let mut out = Vec::with_capacity(events.len());
+            // Acknowledged records per topic, added to the counter once per topic rather than
+            // once per event (a batch names few topics).
+            let mut produced: Vec<(&str, u64)> = Vec::new();
+            for (p, (e, _)) in pending.into_iter().zip(events) {
+                let topic = dead_letter
+                    .map(|(dlq, _)| dlq)
+                    .unwrap_or_else(|| e.topic.as_deref().unwrap_or(&self.config.topic));
+                let r = match p {
+                    Err(err) => Err(self.failed(&err, topic)),
+                    Ok(fut) => match fut.await {
+                        Ok(Ok(d)) => {
+                            self.fenced_in_a_row.store(0, Ordering::Relaxed);
+                            match produced.iter_mut().find(|(t, _)| *t == topic) {
+                                Some((_, n)) => *n += 1,
+                                None => produced.push((topic, 1)),
+                            }
+                            Ok(Stored {
+                                partition: d.partition,
+                                offset: d.offset,
+                            })
+                        }
+                        Ok(Err((err, _msg))) => Err(self.failed(&err, topic)),
+                        Err(_canceled) => Err(Error::unavailable(
+                            "the Kafka producer was replaced before reporting; retry",
+                        )),
+                    },
+                };
+                out.push(r);
+            }
+            for (topic, n) in produced {
+                self.produced
+                    .add(n, &[KeyValue::new("topic", topic.to_owned())]);
+            }
+            out
+        }
+    }
+
     fn record_headers(&self, e: &Event, trace: &[(String, String)]) -> OwnedHeaders {
         let mut h = OwnedHeaders::new_with_capacity(10 + e.extensions.len());
         // The gateway's own span context (a child of the client's traceparent, if any), so
@@ -488,80 +592,10 @@ impl EventSink for KafkaSink {
 
     fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Vec<Result<Stored, Error>>> {
         async move {
-            if let Some((code, reason)) = self.producer.load().client().fatal_error() {
-                self.rebuild(&format!("fatal error {code}: {reason}"));
-            }
-            if !self.broker_reachable() {
-                return events
-                    .iter()
-                    .map(|_| {
-                        Err(Error::unavailable(
-                            "no Kafka broker is reachable; retry shortly",
-                        ))
-                    })
-                    .collect();
-            }
-            let producer = self.producer.load_full();
-            // Enqueue every event before awaiting any report, so one batch shares produce
-            // requests; a full queue fails only the events that did not fit, at once.
-            let structured: Vec<Option<Vec<u8>>> = events
-                .iter()
-                .map(|e| match self.config.record_mode {
-                    RecordMode::Structured => Some(e.to_structured_json()),
-                    RecordMode::Binary => None,
-                })
-                .collect();
             let trace = crate::telemetry::current_trace_headers();
-            let mut pending = Vec::with_capacity(events.len());
-            for (e, body) in events.iter().zip(&structured) {
-                let topic = e.topic.as_deref().unwrap_or(&self.config.topic);
-                let mut record: FutureRecord<'_, str, [u8]> =
-                    FutureRecord::to(topic).headers(self.record_headers(e, &trace));
-                let value = match body {
-                    Some(b) => Some(b.as_slice()),
-                    None => e.data_bytes(),
-                };
-                if let Some(v) = value {
-                    record = record.payload(v);
-                }
-                if let Some(k) = self.record_key(e) {
-                    record = record.key(k);
-                }
-                pending.push(producer.send_result(record).map_err(|(err, _)| err));
-            }
-            let mut out = Vec::with_capacity(events.len());
-            // Acknowledged records per topic, added to the counter once per topic rather than
-            // once per event (a batch names few topics).
-            let mut produced: Vec<(&str, u64)> = Vec::new();
-            for (p, e) in pending.into_iter().zip(events) {
-                let topic = e.topic.as_deref().unwrap_or(&self.config.topic);
-                let r = match p {
-                    Err(err) => Err(self.failed(&err, topic)),
-                    Ok(fut) => match fut.await {
-                        Ok(Ok(d)) => {
-                            self.fenced_in_a_row.store(0, Ordering::Relaxed);
-                            match produced.iter_mut().find(|(t, _)| *t == topic) {
-                                Some((_, n)) => *n += 1,
-                                None => produced.push((topic, 1)),
-                            }
-                            Ok(Stored {
-                                partition: d.partition,
-                                offset: d.offset,
-                            })
-                        }
-                        Ok(Err((err, _msg))) => Err(self.failed(&err, topic)),
-                        Err(_canceled) => Err(Error::unavailable(
-                            "the Kafka producer was replaced before reporting; retry",
-                        )),
-                    },
-                };
-                out.push(r);
-            }
-            for (topic, n) in produced {
-                self.produced
-                    .add(n, &[KeyValue::new("topic", topic.to_owned())]);
-            }
-            out
+            let items: Vec<(&Event, &[(String, String)])> =
+                events.iter().map(|e| (e, trace.as_slice())).collect();
+            self.produce(&items, None).await
         }
         .boxed()
     }
@@ -624,6 +658,52 @@ impl EventSink for KafkaSink {
             FlushReport { undelivered }
         }
         .boxed()
+    }
+}
+
+/// The forwarder's destination: spooled records go out exactly as a direct produce would
+/// send them (same record, key and headers; the trace headers of the request that spooled
+/// them), and to `kafka.dead_letter_topic` when Kafka refuses them for good.
+impl crate::spool::forward::Destination for KafkaSink {
+    fn send<'a>(
+        &'a self,
+        records: &'a [crate::spool::Record],
+    ) -> BoxFuture<'a, Vec<Result<Stored, Error>>> {
+        async move {
+            let items: Vec<(&Event, &[(String, String)])> = records
+                .iter()
+                .map(|r| (&r.event, r.trace.as_slice()))
+                .collect();
+            self.produce(&items, None).await
+        }
+        .boxed()
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        record: &'a crate::spool::Record,
+        why: &'a str,
+    ) -> Option<BoxFuture<'a, Result<Stored, Error>>> {
+        let dlq = self.config.dead_letter_topic.as_deref()?;
+        Some(
+            async move {
+                self.produce(
+                    &[(&record.event, record.trace.as_slice())],
+                    Some((dlq, why)),
+                )
+                .await
+                .pop()
+                .expect("one result per record")
+            }
+            .boxed(),
+        )
+    }
+
+    /// A broker is reachable and the topics were checked once (records for a topic found
+    /// missing are then refused, retried and finally dead-lettered or parked, not waited
+    /// for with the whole spool).
+    fn ready(&self) -> bool {
+        self.broker_reachable() && self.topics_checked.load(Ordering::Relaxed)
     }
 }
 

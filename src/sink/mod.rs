@@ -65,6 +65,29 @@ pub enum OpenError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("cannot start a sink thread: {0}")]
     Thread(String),
+    #[error("cannot open the spool in {}: {source}", .path.display())]
+    Spool {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The sink the configuration asks for, and the Kafka sink itself when that is it (the
+/// spool's forwarder needs it).
+pub struct Built {
+    pub sink: Arc<dyn EventSink>,
+    pub kafka: Option<Arc<kafka::KafkaSink>>,
+}
+
+/// The spool settings of `spool.*`, in `dir`.
+pub fn spool_settings(config: &Config, dir: PathBuf, max_age: bool) -> crate::spool::Settings {
+    crate::spool::Settings {
+        dir,
+        segment_bytes: config.spool.segment_bytes.as_u64(),
+        max_bytes: config.spool.max_bytes.as_u64(),
+        max_age: max_age.then_some(config.spool.max_age),
+    }
 }
 
 /// Builds the sink the configuration asks for: Kafka when brokers are set, else the local log.
@@ -74,15 +97,19 @@ pub fn from_config(
     config: &Config,
     topics: kafka::TopicSource,
     meter: &Meter,
-) -> Result<Arc<dyn EventSink>, OpenError> {
+) -> Result<Built, OpenError> {
     if config.kafka.brokers.is_empty() {
-        let sink = file::FileSink::open(&config.storage.data_dir, meter)?;
+        let settings = spool_settings(config, config.storage.data_dir.clone(), false);
+        let sink = file::FileSink::open(settings, meter)?;
         tracing::info!(
             sink = "local-log",
             path = %sink.path().display(),
             "no kafka.brokers configured: events are appended to the local log"
         );
-        Ok(Arc::new(sink))
+        Ok(Built {
+            sink: Arc::new(sink),
+            kafka: None,
+        })
     } else {
         let sink = kafka::KafkaSink::new(&config.kafka, topics, meter)?;
         tracing::info!(
@@ -92,6 +119,9 @@ pub fn from_config(
             acks = config.kafka.required_acks.as_librdkafka(),
             "events are produced to Kafka"
         );
-        Ok(sink)
+        Ok(Built {
+            sink: sink.clone(),
+            kafka: Some(sink),
+        })
     }
 }

@@ -22,7 +22,7 @@ use crate::proto::{
 use crate::service::Gateway;
 use crate::stream::{self, End, StreamAdmission, Submission};
 use crate::transport::reply::{
-    batch_reply, event_reply, stream_reply, types_reply, validate_reply,
+    ack_request, batch_reply, event_reply, stream_reply, types_reply, validate_reply,
 };
 use crate::transport::stack;
 use crate::validate::Incoming;
@@ -75,8 +75,10 @@ impl EventGatewayService for GrpcService {
         request: Request<IngestEventRequest>,
     ) -> Result<Response<IngestEventResponse>, Status> {
         let principal = stack::principal(request.extensions().get())?;
-        let event = request.into_inner().event.map(Incoming::from);
-        let ingested = self.gateway.ingest_event(&principal, event).await?;
+        let request = request.into_inner();
+        let ack = ack_request(request.ack);
+        let event = request.event.map(Incoming::from);
+        let ingested = self.gateway.ingest_event(&principal, event, ack).await?;
         Ok(Response::new(event_reply(ingested)))
     }
 
@@ -85,10 +87,15 @@ impl EventGatewayService for GrpcService {
         request: Request<IngestBatchRequest>,
     ) -> Result<Response<IngestBatchResponse>, Status> {
         let principal = stack::principal(request.extensions().get())?;
-        let events = request.into_inner().events;
+        let request = request.into_inner();
+        let ack = ack_request(request.ack);
         let items = self
             .gateway
-            .ingest_batch(&principal, events.into_iter().map(Incoming::from).collect())
+            .ingest_batch(
+                &principal,
+                request.events.into_iter().map(Incoming::from).collect(),
+                ack,
+            )
             .await?;
         Ok(Response::new(batch_reply(items)))
     }

@@ -21,6 +21,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::proto::SERVICE_NAME;
 use crate::service::Gateway;
+use crate::spool::forward;
 
 pub const ROUTE_HEALTH: &str = "/health";
 pub const ROUTE_LIVE: &str = "/health/live";
@@ -106,12 +107,14 @@ struct HealthState {
     gateway: Arc<Gateway>,
     readiness: Arc<Readiness>,
     started: Instant,
+    forwarder: Option<Arc<forward::Status>>,
     config: Arc<serde_json::Value>,
 }
 
 pub fn router(
     gateway: Arc<Gateway>,
     readiness: Arc<Readiness>,
+    forwarder: Option<Arc<forward::Status>>,
     redacted_config: serde_json::Value,
 ) -> Router {
     Router::new()
@@ -123,18 +126,19 @@ pub fn router(
             gateway,
             readiness,
             started: Instant::now(),
+            forwarder,
             config: Arc::new(redacted_config),
         })
 }
 
 /// Ready to take events: not draining and the sink can store; with the reason when not.
+/// With `spool.fallback_when_unavailable`, a spool with room keeps the gateway ready while
+/// the sink is not (requests are spooled instead).
 fn readiness(g: &Gateway) -> (bool, String) {
     if g.is_draining() {
         (false, "draining: the gateway is shutting down".into())
-    } else if !g.sink().is_ready() {
-        (false, g.sink().not_ready_reason())
     } else {
-        (true, "ready".into())
+        g.can_take_events()
     }
 }
 
@@ -179,6 +183,11 @@ async fn detailed(State(s): State<HealthState>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": s.started.elapsed().as_secs(),
         "sink": s.gateway.sink().details(),
+        "spool": s.gateway.spool().map(|spool| {
+            let mut d = spool.details();
+            d["forwarder"] = s.forwarder.as_ref().map(|f| f.details()).unwrap_or_default();
+            d
+        }),
         "rate_limit": s.config.get("rate_limit"),
         "limits": {
             "max_event_size_bytes": s.gateway.limits().max_event_size,

@@ -4,20 +4,47 @@
 use crate::config::TypesPolicy;
 use crate::contracts::TypeListing;
 use crate::proto::{
-    EventResult, EventType, IngestBatchResponse, IngestEventResponse, IngestStreamResponse,
-    ListEventTypesResponse, Outcome, ValidateResponse,
+    AckMode, EventResult, EventType, IngestBatchResponse, IngestEventResponse,
+    IngestStreamResponse, ListEventTypesResponse, Outcome, ValidateResponse,
 };
-use crate::service::{Ingested, ItemOutcome, Validated};
+use crate::service::{AckRequest, BatchItem, Delivery, Ingested, Receipt, Validated};
 use crate::stream::Report;
 use crate::transport::status::item_error;
 
+/// The contract's `ack` field of a request, as the core's request.
+pub fn ack_request(ack: i32) -> AckRequest {
+    match AckMode::try_from(ack) {
+        Ok(AckMode::Stored) => AckRequest::Stored,
+        Ok(AckMode::Spooled) => AckRequest::Spooled,
+        // Unknown numbers read as unspecified, as proto3 enums do.
+        Ok(AckMode::Unspecified) | Err(_) => AckRequest::Default,
+    }
+}
+
+/// (ack, partition, offset, spool position) of a receipt.
+fn placed(r: &Receipt) -> (AckMode, i32, i64, u64) {
+    match r.delivery {
+        Delivery::Stored(s) => (AckMode::Stored, s.partition, s.offset, 0),
+        Delivery::Spooled { position } => (AckMode::Spooled, 0, 0, position),
+    }
+}
+
 pub fn event_reply(i: Ingested) -> IngestEventResponse {
+    let (ack, partition, offset, spool_position) = placed(&i.receipt);
     IngestEventResponse {
         id: i.id,
-        partition: i.stored.partition,
-        offset: i.stored.offset,
+        partition,
+        offset,
         time: Some(i.time.into()),
+        ack: ack as i32,
+        spool_position,
+        duplicate: i.receipt.duplicate,
     }
+}
+
+/// True when the reply stands for a spooled event (REST answers 202).
+pub fn is_spooled(ack: i32) -> bool {
+    ack == AckMode::Spooled as i32
 }
 
 pub fn validate_reply(v: Validated) -> ValidateResponse {
@@ -28,22 +55,35 @@ pub fn validate_reply(v: Validated) -> ValidateResponse {
     }
 }
 
-/// The `IngestBatch` reply, one result per event in request order.
-pub fn batch_reply(items: Vec<ItemOutcome>) -> IngestBatchResponse {
-    let mut stored = 0;
+/// The `IngestBatch` reply, one result per event in request order; its `ack` is the weakest
+/// guarantee any event got.
+pub fn batch_reply(items: Vec<BatchItem>) -> IngestBatchResponse {
+    let (mut stored, mut spooled) = (0, 0);
     let results: Vec<EventResult> = items
         .into_iter()
         .enumerate()
         .map(|(index, item)| match item.result {
-            Ok(s) => {
-                stored += 1;
+            Ok(r) => {
+                let (ack, partition, offset, spool_position) = placed(&r);
+                let outcome = match ack {
+                    AckMode::Spooled => {
+                        spooled += 1;
+                        Outcome::Spooled
+                    }
+                    AckMode::Stored | AckMode::Unspecified => {
+                        stored += 1;
+                        Outcome::Stored
+                    }
+                };
                 EventResult {
                     index: index as i32,
                     id: item.id,
-                    outcome: Outcome::Stored as i32,
-                    partition: s.partition,
-                    offset: s.offset,
+                    outcome: outcome as i32,
+                    partition,
+                    offset,
                     error: None,
+                    spool_position,
+                    duplicate: r.duplicate,
                 }
             }
             Err(e) => EventResult {
@@ -53,14 +93,22 @@ pub fn batch_reply(items: Vec<ItemOutcome>) -> IngestBatchResponse {
                 partition: 0,
                 offset: 0,
                 error: Some(item_error(e)),
+                spool_position: 0,
+                duplicate: false,
             },
         })
         .collect();
-    let failed = results.len() as i32 - stored;
+    let failed = results.len() as i32 - stored - spooled;
     IngestBatchResponse {
         results,
         stored_count: stored,
         failed_count: failed,
+        spooled_count: spooled,
+        ack: if spooled > 0 {
+            AckMode::Spooled
+        } else {
+            AckMode::Stored
+        } as i32,
     }
 }
 

@@ -24,9 +24,12 @@ use serde_json::value::RawValue;
 use crate::error::Error;
 use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
+use crate::service::AckRequest;
 use crate::service::Gateway;
 use crate::transport::cloudevents::{self, Mode};
-use crate::transport::reply::{batch_reply, event_reply, types_reply, validate_reply};
+use crate::transport::reply::{
+    ack_request, batch_reply, event_reply, is_spooled, types_reply, validate_reply,
+};
 use crate::transport::stack;
 use crate::transport::status::{is_grpc, respond};
 use crate::validate::Incoming;
@@ -162,6 +165,98 @@ impl From<RestEvent> for Incoming {
 #[serde(deny_unknown_fields)]
 struct RestBatch {
     events: Option<Vec<RestEvent>>,
+    /// `IngestBatchRequest.ack`: the body is the whole request (`body: "*"`).
+    ack: Option<crate::proto::AckMode>,
+}
+
+/// The acknowledgement a REST request asks for: the `ack` query parameter (`stored`,
+/// `spooled`; the transcoding of the request's `ack` field), else the body's `ack` (batch),
+/// else RFC 7240 `Prefer: respond-async` (spooled), else the server default. Also whether
+/// `respond-async` was asked for, to answer `Preference-Applied`.
+fn ack_of(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: Option<crate::proto::AckMode>,
+) -> Result<(AckRequest, bool), Error> {
+    let prefer_async = headers
+        .get_all(http::header::HeaderName::from_static("prefer"))
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        // RFC 7240: comma-separated preferences, each `token[=value][; params]`. Too small a
+        // grammar for a crate; only the token's name matters here.
+        .flat_map(|v| v.split(','))
+        .any(|p| {
+            p.split([';', '='])
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("respond-async"))
+        });
+    let mut from_query = None;
+    for (k, v) in form_urlencoded(query.unwrap_or("")) {
+        if k == "ack" {
+            from_query = Some(match v.to_ascii_lowercase().as_str() {
+                "stored" | "ack_mode_stored" => AckRequest::Stored,
+                "spooled" | "ack_mode_spooled" => AckRequest::Spooled,
+                "" | "default" | "ack_mode_unspecified" => AckRequest::Default,
+                _ => {
+                    return Err(Error::InvalidArgument(vec![
+                        crate::error::FieldViolation::new(
+                            "ack",
+                            format!("`{v}` is not an acknowledgement level: use stored or spooled"),
+                        ),
+                    ]));
+                }
+            });
+        }
+    }
+    let from_body = body.map(|b| ack_request(b as i32));
+    if let (Some(q), Some(b)) = (from_query, from_body)
+        && q != b
+        && b != AckRequest::Default
+    {
+        return Err(Error::InvalidArgument(vec![
+            crate::error::FieldViolation::new(
+                "ack",
+                "the query parameter and the body name different acknowledgement levels",
+            ),
+        ]));
+    }
+    let ack = from_query
+        .filter(|a| *a != AckRequest::Default)
+        .or(from_body.filter(|a| *a != AckRequest::Default))
+        .unwrap_or(if prefer_async {
+            AckRequest::Spooled
+        } else {
+            AckRequest::Default
+        });
+    Ok((ack, prefer_async))
+}
+
+/// `k=v` pairs of a query string, percent-decoded.
+fn form_urlencoded(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let dec = |x: &str| {
+            percent_encoding::percent_decode_str(&x.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        (dec(k), dec(v))
+    })
+}
+
+/// 202 for a spooled reply (with `Preference-Applied` when `respond-async` was asked for),
+/// else 200.
+fn acked(mut response: Response, spooled: bool, prefer_async: bool) -> Response {
+    if spooled {
+        *response.status_mut() = http::StatusCode::ACCEPTED;
+        if prefer_async {
+            response.headers_mut().insert(
+                http::header::HeaderName::from_static("preference-applied"),
+                HeaderValue::from_static("respond-async"),
+            );
+        }
+    }
+    response
 }
 
 /// `POST /api/v1/events`: one event as the contract's JSON, in structured mode (the
@@ -173,19 +268,25 @@ async fn ingest_event(State(s): State<RestState>, req: Request) -> Result<Respon
         return ingest_batch(State(s), req).await;
     }
     let principal = stack::principal(req.extensions().get())?;
+    let (ack, prefer_async) = ack_of(req.headers(), req.uri().query(), None)?;
     let incoming = decode_one(mode, req, s.max_body).await?;
     let ingested = s
         .gateway
-        .ingest_event(&principal, Some(incoming))
+        .ingest_event(&principal, Some(incoming), ack)
         .await
         .map_err(|e| rename_for(mode, e))?;
-    Ok(json(&event_reply(ingested)))
+    let reply = event_reply(ingested);
+    let spooled = is_spooled(reply.ack);
+    Ok(acked(json(&reply), spooled, prefer_async))
 }
 
 /// `POST /api/v1/events/batch`: `{"events": [...]}`, or a batch-mode body (a JSON array of
 /// events in the CloudEvents JSON format, `application/cloudevents-batch+json`).
 async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Response, Rejection> {
     let principal = stack::principal(req.extensions().get())?;
+    let headers = req.headers().clone();
+    let query = req.uri().query().map(str::to_owned);
+    let (mut ack, prefer_async) = ack_of(&headers, query.as_deref(), None)?;
     let events = match cloudevents::mode(req.headers()) {
         Mode::Batch => {
             let body = read_body(req, s.max_body).await?;
@@ -193,13 +294,18 @@ async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Respon
         }
         Mode::Json => {
             let batch: RestBatch = decode(req, s.max_body).await?;
+            if batch.ack.is_some() {
+                ack = ack_of(&headers, query.as_deref(), batch.ack)?.0;
+            }
             let events = batch.events.unwrap_or_default();
             events.into_iter().map(Incoming::from).collect()
         }
         Mode::Binary | Mode::Structured => return Err(one_event_to_batch(&req)),
     };
-    let items = s.gateway.ingest_batch(&principal, events).await?;
-    Ok(json(&batch_reply(items)))
+    let items = s.gateway.ingest_batch(&principal, events, ack).await?;
+    let reply = batch_reply(items);
+    let spooled = is_spooled(reply.ack);
+    Ok(acked(json(&reply), spooled, prefer_async))
 }
 
 /// `POST /api/v1/events/validate`: one event, in any single-event mode.

@@ -63,6 +63,9 @@ impl TestGateway {
         let mut config = config;
         if config.kafka.brokers.is_empty() {
             config.storage.data_dir = data_dir.path().to_path_buf();
+        } else if config.spool.dir.is_none() {
+            // Each gateway its own spool, unless the test chose one (a restart keeps it).
+            config.spool.dir = Some(data_dir.path().join("spool"));
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -104,16 +107,17 @@ impl TestGateway {
             .unwrap()
     }
 
-    /// Lines of the local log, parsed.
+    /// Events of the local log, parsed.
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
-        let path = self.data_dir.path().join("events.jsonl");
-        match std::fs::read_to_string(path) {
-            Ok(s) => s
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+        log_text(self.data_dir.path())
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The local log as CloudEvents JSON lines, as `event-gateway log` prints it.
+    pub fn log_text(&self) -> String {
+        log_text(self.data_dir.path())
     }
 
     /// GETs `path` and parses the JSON reply.
@@ -152,7 +156,10 @@ impl TestGateway {
         let ev: CloudEvent = serde_json::from_str(SEED_EVENT).unwrap();
         self.grpc()
             .await
-            .ingest_event(IngestEventRequest { event: Some(ev) })
+            .ingest_event(IngestEventRequest {
+                event: Some(ev),
+                ..Default::default()
+            })
             .await
             .unwrap();
     }
@@ -628,7 +635,10 @@ pub async fn assert_unavailable_over_both_protocols(
     let err = gw
         .grpc()
         .await
-        .ingest_event(IngestEventRequest { event: Some(ev) })
+        .ingest_event(IngestEventRequest {
+            event: Some(ev),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
@@ -801,4 +811,14 @@ impl Drop for TlsProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The local log in `dir` as CloudEvents JSON lines (empty when there is none).
+pub fn log_text(dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    for (_, json) in event_gateway::spool::read_events(dir).unwrap() {
+        out.push_str(std::str::from_utf8(&json).unwrap());
+        out.push('\n');
+    }
+    out
 }
