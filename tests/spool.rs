@@ -643,3 +643,129 @@ async fn a_full_disk_is_a_503_corrupts_nothing_and_recovers_when_space_returns()
         "{r:?}"
     );
 }
+
+/// Routes `gone.*` events to a topic that does not exist: Kafka refuses them for good.
+fn with_a_missing_topic(mut c: Config) -> Config {
+    c.types.entries = vec![event_gateway::config::TypeEntryConfig {
+        r#type: "gone.*".into(),
+        schema: None,
+        topic: Some("gone".into()),
+        datacontenttype: None,
+        dataschema: None,
+    }];
+    c.spool.give_up_after = Duration::from_secs(1);
+    c
+}
+
+fn gone_event(id: &str) -> Value {
+    json!({"id": id, "type": "gone.away", "source": "shop", "data": {"n": id}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_kafka_refuses_for_good_goes_to_the_dead_letter_topic_and_blocks_nothing() {
+    let Some(_) = require(Tool::Tansu) else {
+        return;
+    };
+    let broker = Broker::start(TOPIC, 1).await;
+    broker.create_topic("dead", 1).await;
+    let mut config = with_a_missing_topic(spool_config(&broker.bootstrap()));
+    config.kafka.dead_letter_topic = Some("dead".into());
+    let gw = TestGateway::start(config).await;
+    let (status, _, reply) =
+        post_event(&gw, "/api/v1/events?ack=spooled", &event("before"), &[]).await;
+    assert_eq!(status, 202, "{reply}");
+    let (status, _, reply) = post_event(
+        &gw,
+        "/api/v1/events?ack=spooled",
+        &gone_event("poison"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    let (status, _, _) = post_event(&gw, "/api/v1/events?ack=spooled", &event("after"), &[]).await;
+    assert_eq!(status, 202);
+    wait_spool_empty(&gw).await;
+    let dead = broker.read_all("dead", 1, Duration::from_secs(20));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].headers["ce_id"], "poison");
+    assert_eq!(dead[0].headers["eventgateway-topic"], "gone");
+    assert!(
+        dead[0].headers["eventgateway-error"].contains("gone"),
+        "{:?}",
+        dead[0].headers
+    );
+    assert_eq!(dead[0].value_json()["n"], "poison", "the original value");
+    let want: HashSet<String> = ["before", "after"].iter().map(|s| s.to_string()).collect();
+    let counts = read_ids(&broker, &want, Duration::from_secs(20));
+    assert_eq!(
+        (counts.get("before"), counts.get("after")),
+        (Some(&1), Some(&1))
+    );
+    assert!(gw.metrics().await.contains("spool_dead_lettered_total 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dead_letter_topic_a_refused_record_is_parked_and_alerted_on() {
+    let Some(_) = require(Tool::Tansu) else {
+        return;
+    };
+    let broker = Broker::start(TOPIC, 1).await;
+    let spool_dir = tempfile::tempdir().unwrap();
+    let mut config = with_a_missing_topic(spool_config(&broker.bootstrap()));
+    config.spool.dir = Some(spool_dir.path().to_path_buf());
+    let gw = TestGateway::start(config).await;
+    for e in [gone_event("poison"), event("after")] {
+        let (status, _, reply) = post_event(&gw, "/api/v1/events?ack=spooled", &e, &[]).await;
+        assert_eq!(status, 202, "{reply}");
+    }
+    wait_spool_empty(&gw).await;
+    let counts = read_ids(
+        &broker,
+        &HashSet::from(["after".to_string()]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        counts.get("after"),
+        Some(&1),
+        "the record behind it went on"
+    );
+    // Kept, readable with `event-gateway log`, counted for the alert.
+    let parked = log_text(&spool_dir.path().join("parked"));
+    assert!(parked.contains(r#""id":"poison""#), "{parked}");
+    assert!(gw.metrics().await.contains("spool_parked_records 1"));
+    assert_eq!(spool_detail(&gw).await["forwarder"]["parked_records"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_draining_spooled_requests_are_refused_and_the_rest_is_forwarded() {
+    let Some(_) = require(Tool::Tansu) else {
+        return;
+    };
+    let broker = Broker::start(TOPIC, 1).await;
+    let mut config = spool_config(&broker.bootstrap());
+    config.shutdown.drain_delay = Duration::from_secs(2);
+    let gw = TestGateway::start(config).await;
+    gw.wait_ready().await;
+    let (status, _, _) = post_event(&gw, "/api/v1/events?ack=spooled", &event("kept"), &[]).await;
+    assert_eq!(status, 202);
+    let url = gw.url("/api/v1/events?ack=spooled");
+    let ready = gw.url("/health/ready");
+    let stopping = tokio::spawn(gw.stop());
+    wait_until(Duration::from_secs(2), "draining", || {
+        let r = http().get(&ready).send();
+        async move { r.await.map(|r| r.status() == 503).unwrap_or(false) }
+    })
+    .await;
+    let r = post_raw(&http(), &url, &event("late").to_string()).await;
+    assert_eq!(r.status(), 503, "no spooled events while draining");
+    assert!(r.text().await.unwrap().contains("shutting down"));
+    let report = stopping.await.unwrap();
+    assert_eq!(report.spool_left, 0, "forwarded within the drain");
+    let counts = read_ids(
+        &broker,
+        &HashSet::from(["kept".to_string()]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(counts.get("kept"), Some(&1));
+    assert!(!counts.contains_key("late"));
+}

@@ -31,6 +31,11 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often an idle forwarder looks for records it was not told about.
 const IDLE_POLL: Duration = Duration::from_millis(200);
+/// After a window that was not full, the forwarder lets records gather this long before it
+/// reads again (like librdkafka's linger): at a steady 5,000 spooled events/s that is ~100
+/// reads and produce rounds a second instead of one per group commit, which left the spooled
+/// acknowledgements competing with the forwarder for the same cores.
+const LINGER: Duration = Duration::from_millis(10);
 const PARKED_DIR: &str = "parked";
 
 /// Where spooled records go: the Kafka sink.
@@ -212,6 +217,12 @@ impl Forwarder {
                     self.release(position, 0);
                 }
                 None => break,
+            }
+            if window.records.len() < WINDOW && !control.drain.is_cancelled() {
+                tokio::select! {
+                    _ = control.stop.cancelled() => break,
+                    _ = tokio::time::sleep(LINGER) => {}
+                }
             }
         }
         self.status.set("stopped");
