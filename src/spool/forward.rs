@@ -25,8 +25,11 @@ use super::{Record, Spool};
 use crate::error::Error;
 use crate::sink::Stored;
 
-/// Records read and sent together.
+/// Records read and sent together: at most this many, and no more payload bytes than
+/// `WINDOW_BYTES` past the first record (events may be up to `limits.max_event_size` each, so
+/// the count alone would let one window hold hundreds of MiB).
 const WINDOW: usize = 512;
+const WINDOW_BYTES: usize = 8 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often an idle forwarder looks for records it was not told about.
@@ -218,7 +221,7 @@ impl Forwarder {
                 }
                 None => break,
             }
-            if window.records.len() < WINDOW && !control.drain.is_cancelled() {
+            if !window.full && !control.drain.is_cancelled() {
                 tokio::select! {
                     _ = control.stop.cancelled() => break,
                     _ = tokio::time::sleep(LINGER) => {}
@@ -406,6 +409,8 @@ fn count_parked(dir: &std::path::Path) -> u64 {
 struct Window {
     records: Vec<(u64, Result<Record, String>)>,
     next: u64,
+    /// It stopped at a bound (count or bytes), not at the end of what was written.
+    full: bool,
 }
 
 /// The forwarder's place in the segment files, kept between windows so reading is
@@ -419,8 +424,9 @@ impl ReadCursor {
     /// Up to `max` records from `position` on, never past what the writer committed.
     fn read(&mut self, spool: &Spool, position: u64, max: usize) -> std::io::Result<Window> {
         let mut records = Vec::new();
+        let mut bytes = 0usize;
         let mut next = position;
-        while records.len() < max {
+        while records.len() < max && bytes < WINDOW_BYTES {
             let Some(seg) = spool.segment_at(next) else {
                 break;
             };
@@ -439,7 +445,7 @@ impl ReadCursor {
             reader.set_limit(seg.committed)?;
             // A gap (an unreadable segment set aside): numbering goes on here.
             next = next.max(seg.first);
-            while records.len() < max {
+            while records.len() < max && bytes < WINDOW_BYTES {
                 match reader.next_frame()? {
                     Some(Frame::Record {
                         position, payload, ..
@@ -448,19 +454,25 @@ impl ReadCursor {
                             continue; // forwarded before a restart
                         }
                         next = position + 1;
+                        bytes += payload.len();
                         records.push((position, Record::decode(&payload)));
                     }
                     Some(Frame::Corrupt { position, .. }) => next = next.max(position + 1),
                     None => break,
                 }
             }
-            if records.len() >= max || seg.active {
+            if records.len() >= max || bytes >= WINDOW_BYTES || seg.active {
                 break; // a full window, or caught up with the writer
             }
             // A sealed segment read to its end (or to damage): on with the next one.
             next = next.max(seg.end);
             self.reader = None;
         }
-        Ok(Window { records, next })
+        let full = records.len() >= max || bytes >= WINDOW_BYTES;
+        Ok(Window {
+            records,
+            next,
+            full,
+        })
     }
 }

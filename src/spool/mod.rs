@@ -232,11 +232,21 @@ impl Spool {
     pub fn open(settings: Settings, meter: &Meter) -> std::io::Result<Arc<Spool>> {
         std::fs::create_dir_all(&settings.dir)?;
         let (segments, recovery_stats) = recover(&settings.dir)?;
-        let first = segments.first().map(|s| s.first).unwrap_or(0);
-        let next_position = segments.last().map(|s| s.end).unwrap_or(0);
-        let forwarded = read_cursor(&settings.dir)
-            .unwrap_or(first)
-            .clamp(first, next_position);
+        let cursor = read_cursor(&settings.dir);
+        // Positions go on from the cursor when every segment was forwarded and deleted, so a
+        // position is not handed out twice across restarts.
+        let next_position =
+            segments
+                .last()
+                .map(|s| s.end)
+                .unwrap_or(0)
+                .max(if segments.is_empty() {
+                    cursor.unwrap_or(0)
+                } else {
+                    0
+                });
+        let first = segments.first().map(|s| s.first).unwrap_or(next_position);
+        let forwarded = cursor.unwrap_or(first).clamp(first, next_position);
         let bytes = segments.iter().map(|s| s.committed).sum::<u64>();
         let head_ms = if forwarded < next_position {
             // Not known without reading: counted from now, so max_age runs from the restart.
@@ -920,6 +930,27 @@ mod tests {
         let e = refused.into_error();
         assert_eq!(e.reason(), "unavailable");
         assert!(e.to_string().contains("spool.max_bytes"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn positions_are_not_handed_out_twice_after_everything_was_forwarded() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(settings(dir.path()), &meter()).unwrap();
+            assert_eq!(
+                spool.append(&[record("a"), record("b"), record("c")]).await,
+                Ok(0)
+            );
+        }
+        {
+            // Reopened, the old segment is sealed: forwarding it through deletes it.
+            let spool = Spool::open(settings(dir.path()), &meter()).unwrap();
+            spool.release(3, 0).unwrap();
+            assert!(read_events(dir.path()).unwrap().is_empty());
+        }
+        let spool = Spool::open(settings(dir.path()), &meter()).unwrap();
+        assert_eq!(spool.pending(), 0);
+        assert_eq!(spool.append(&[record("d")]).await, Ok(3));
     }
 
     #[tokio::test]
