@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = compiler.file_descriptor_set();
     std::fs::write(out.join("eventgateway_descriptor.bin"), &bytes)?;
     tonic_prost_build::configure()
+        // prost's codec, but a message that does not decode is INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::transport::codec::StrictCodec")
         // Required with the extern_path below: prost-build maps .google.protobuf itself otherwise.
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")

@@ -87,13 +87,23 @@ impl AuthFailure {
     }
 }
 
+/// Violations a message names; the rest are in the error's details. The message is a gRPC
+/// header (`grpc-message`), so it stays short whatever the request held.
+const SUMMARIZED: usize = 10;
+
 fn summarize(v: &[FieldViolation]) -> String {
     let parts: Vec<String> = v
         .iter()
+        .take(SUMMARIZED)
         .map(|f| format!("{}: {}", f.field, f.description))
         .collect();
+    let more = if v.len() > SUMMARIZED {
+        format!("; and {} more (see the details)", v.len() - SUMMARIZED)
+    } else {
+        String::new()
+    };
     format!(
-        "{} invalid field{}: {}",
+        "{} invalid field{}: {}{more}",
         v.len(),
         if v.len() == 1 { "" } else { "s" },
         parts.join("; ")

@@ -84,13 +84,33 @@ pub struct Checked {
     pub size: usize,
 }
 
+/// At most this many violations are listed for one request (event or batch); the rest are
+/// counted in a last entry. A request full of invalid fields (815,129 bad extensions fit in
+/// 10 MiB) would otherwise cost memory per violation and answer with an error larger than the
+/// request.
+pub const MAX_VIOLATIONS: usize = 100;
+
 struct Violations<'p> {
     prefix: &'p str,
     list: Vec<FieldViolation>,
+    /// Found past [`MAX_VIOLATIONS`]: counted, not kept.
+    omitted: usize,
 }
 
-impl Violations<'_> {
+impl<'p> Violations<'p> {
+    fn new(prefix: &'p str) -> Self {
+        Self {
+            prefix,
+            list: Vec::new(),
+            omitted: 0,
+        }
+    }
+
     fn add(&mut self, field: &str, description: impl Into<String>) {
+        if self.list.len() >= MAX_VIOLATIONS {
+            self.omitted += 1;
+            return;
+        }
         let field = if field.is_empty() {
             self.prefix.to_owned()
         } else {
@@ -98,6 +118,40 @@ impl Violations<'_> {
         };
         self.list.push(FieldViolation::new(field, description));
     }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// The entry that stands for violations found past the cap, named by `field` (the event, or
+/// `events` for a batch).
+fn omitted_entry(field: &str, omitted: usize) -> FieldViolation {
+    FieldViolation::new(
+        field,
+        format!("and {omitted} more violations, not listed (the first {MAX_VIOLATIONS} are)"),
+    )
+}
+
+/// How many violations an [`omitted_entry`] stands for; None for any other violation.
+pub fn omitted_count(v: &FieldViolation) -> Option<usize> {
+    let tail = format!("more violations, not listed (the first {MAX_VIOLATIONS} are)");
+    let n = v.description.strip_prefix("and ")?.strip_suffix(&tail)?;
+    n.trim().parse().ok()
+}
+
+/// A failed check: the violations kept and how many more there were.
+type Found = (Vec<FieldViolation>, usize);
+
+fn finish(v: Violations<'_>) -> Found {
+    (v.list, v.omitted)
+}
+
+fn with_omitted((mut list, omitted): Found, field: &str) -> Vec<FieldViolation> {
+    if omitted > 0 {
+        list.push(omitted_entry(field, omitted));
+    }
+    list
 }
 
 fn is_visible_ascii(s: &str) -> bool {
@@ -146,15 +200,21 @@ pub fn check_event(
     ctx: &Context<'_>,
     now: DateTime<Utc>,
 ) -> Result<Checked, Vec<FieldViolation>> {
-    let mut v = Violations {
-        prefix,
-        list: Vec::new(),
-    };
+    check_event_counted(incoming, prefix, ctx, now).map_err(|found| with_omitted(found, prefix))
+}
+
+fn check_event_counted(
+    incoming: Incoming,
+    prefix: &str,
+    ctx: &Context<'_>,
+    now: DateTime<Utc>,
+) -> Result<Checked, Found> {
+    let mut v = Violations::new(prefix);
     for rule in RULES {
         rule(&incoming, &mut v);
     }
-    if !v.list.is_empty() {
-        return Err(v.list);
+    if !v.is_empty() {
+        return Err(finish(v));
     }
     let contract = ctx.types.lookup(&incoming.event.r#type);
     let event = normalise(incoming, contract, now);
@@ -165,10 +225,10 @@ pub fn check_event(
     for rule in EVENT_RULES {
         rule(&checked, ctx, contract, &mut v);
     }
-    if v.list.is_empty() {
+    if v.is_empty() {
         Ok(checked)
     } else {
-        Err(v.list)
+        Err(finish(v))
     }
 }
 
@@ -578,16 +638,22 @@ pub fn check_batch(
     }
     let mut ok = Vec::with_capacity(events.len());
     let mut violations = Vec::new();
+    let mut omitted = 0;
     for (i, ev) in events.into_iter().enumerate() {
-        match check_event(ev, &format!("events[{i}]"), ctx, now) {
+        match check_event_counted(ev, &format!("events[{i}]"), ctx, now) {
             Ok(c) => ok.push(c),
-            Err(mut v) => violations.append(&mut v),
+            Err((list, more)) => {
+                // One cap for the whole batch: past it, violations are only counted.
+                let room = MAX_VIOLATIONS.saturating_sub(violations.len());
+                omitted += more + list.len().saturating_sub(room);
+                violations.extend(list.into_iter().take(room));
+            }
         }
     }
     if violations.is_empty() {
         Ok(ok)
     } else {
-        Err(violations)
+        Err(with_omitted((violations, omitted), "events"))
     }
 }
 

@@ -457,7 +457,10 @@ impl ReadCursor {
                         bytes += payload.len();
                         records.push((position, Record::decode(&payload)));
                     }
-                    Some(Frame::Corrupt { position, .. }) => next = next.max(position + 1),
+                    Some(Frame::Corrupt { position, at, .. }) => {
+                        tracing::error!(path = %seg.path.display(), position, offset = at, "corrupt spool record (checksum mismatch): skipped");
+                        next = next.max(position + 1);
+                    }
                     None => break,
                 }
             }

@@ -160,9 +160,11 @@ impl Reader {
     }
 
     /// Reads no further than `limit` bytes into the file. Raising it (the writer committed
-    /// more) lets a reader that reached the old limit go on.
+    /// more) lets a reader that reached the old limit go on. The read buffer is dropped then:
+    /// it may hold bytes past the old limit from before they were committed (a write the
+    /// writer later cut back and wrote again).
     pub fn set_limit(&mut self, limit: u64) -> io::Result<()> {
-        if limit > self.limit && self.end.is_some() {
+        if limit != self.limit {
             self.end = None;
             self.file.seek(SeekFrom::Start(self.at))?;
         }
@@ -426,6 +428,44 @@ mod tests {
         assert!(why.contains("checksum"), "{why}");
         std::fs::write(&path, b"short").unwrap();
         assert!(Reader::open(&path).unwrap().is_err());
+    }
+
+    #[test]
+    fn a_raised_limit_reads_what_was_committed_not_a_stale_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), 0, &[b"a", b"b"]);
+        let committed = std::fs::metadata(&path).unwrap().len();
+        // An uncommitted write after b (its group will fail and be cut back).
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let mut stale = Vec::new();
+        encode_frame(b"never-acknowledged", &mut stale);
+        f.write_all(&stale).unwrap();
+        let mut r = Reader::open(&path).unwrap().unwrap();
+        r.set_limit(committed).unwrap();
+        // The reader takes one record and stops (a full window), its buffer holding the rest.
+        assert!(matches!(
+            r.next_frame().unwrap(),
+            Some(Frame::Record { position: 0, .. })
+        ));
+        // The writer cuts the failed write back and commits another record in its place.
+        f.set_len(committed).unwrap();
+        let mut good = Vec::new();
+        encode_frame(b"c", &mut good);
+        f.write_all(&good).unwrap();
+        r.set_limit(committed + good.len() as u64).unwrap();
+        let mut payloads = Vec::new();
+        while let Some(frame) = r.next_frame().unwrap() {
+            match frame {
+                Frame::Record { payload, .. } => payloads.push(payload),
+                Frame::Corrupt { position, .. } => {
+                    panic!("record {position} read from a stale buffer")
+                }
+            }
+        }
+        assert_eq!(payloads, [b"b".to_vec(), b"c".to_vec()]);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Conventions every instrument follows, wherever it is built: latency buckets and the bound on
-//! client-chosen label values. A leaf module (it imports nothing of the crate), so the core, the
+//! client-chosen label values (how many, and how long). A leaf module (it imports nothing of the crate), so the core, the
 //! sinks and the transports share them without depending on the registry wiring in
 //! [`super::metrics`].
 use std::collections::HashSet;
@@ -13,6 +13,27 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 /// Distinct values one client-chosen label may take before further values read `other`.
 pub const LABEL_CARDINALITY_CAP: usize = 100;
+
+/// Longer client-chosen values read `other` and take no place in the cap: the cap bounds how
+/// many values a label has, this bounds how large each is (so one scrape stays small).
+pub const LABEL_MAX_LEN: usize = 128;
+
+/// The HTTP method as a label: the standard methods as they are, anything else `other`
+/// (a client may send any token as a method).
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
 
 /// Remembers the first `cap` values seen; later new values map to `other`. A read lock on the
 /// hot path; the write lock only while the set is still filling.
@@ -30,6 +51,9 @@ impl LabelCap {
     }
 
     pub fn label(&self, value: &str) -> String {
+        if value.len() > LABEL_MAX_LEN {
+            return "other".to_owned();
+        }
         if self.seen.read().expect("label lock").contains(value) {
             return value.to_owned();
         }
@@ -62,5 +86,18 @@ mod tests {
         assert_eq!(cap.label("d"), "other");
         assert_eq!(cap.label("a"), "a");
         assert_eq!(cap.label("e"), "other");
+    }
+
+    #[test]
+    fn long_values_read_other_without_taking_a_place() {
+        let cap = LabelCap::new(2);
+        assert_eq!(cap.label(&"x".repeat(LABEL_MAX_LEN + 1)), "other");
+        assert_eq!(
+            cap.label(&"y".repeat(LABEL_MAX_LEN)),
+            "y".repeat(LABEL_MAX_LEN)
+        );
+        assert_eq!(cap.label("a"), "a");
+        assert_eq!(method_label(&"BREW".parse().unwrap()), "other");
+        assert_eq!(method_label(&http::Method::POST), "POST");
     }
 }

@@ -2,8 +2,10 @@
 //! transcoding per the contract's google.api.http annotations), the health endpoints, the
 //! API docs, the shared stack every request passes through, the one table where errors become
 //! status codes (`status`), the reply messages both adapters send (`reply`), WebSocket
-//! ingest (`ws`), the HTTP face of `IngestStream`, and the listener's TLS (`tls`).
+//! ingest (`ws`), the HTTP face of `IngestStream`, the listener's TLS (`tls`), and the gRPC
+//! message codec (`codec`: a message that does not decode is the client's mistake).
 pub mod cloudevents;
+pub mod codec;
 pub mod docs;
 pub mod grpc;
 pub mod health;

@@ -512,36 +512,44 @@ fn request_labels(method: &str, endpoint: &str, status: u16, grpc: bool) -> [Key
 
 async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = crate::telemetry::instruments::method_label(req.method());
     let endpoint = req
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    // gRPC routes match `/{service}/{*rest}`: the method path (capped) is the endpoint.
-    let grpc = is_grpc(req.headers()).then(|| o.grpc_methods.label(req.uri().path()));
+    let grpc_path = is_grpc(req.headers()).then(|| req.uri().path().to_owned());
     let resp = next.run(req).await;
     let elapsed = started.elapsed().as_secs_f64();
+    // A unary reply carries grpc-status in its headers when it failed before any message
+    // (every error here); a success carries it in the trailers: OK.
+    let grpc_code = grpc_path.as_ref().map(|_| {
+        resp.headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map(tonic::Code::from)
+            .unwrap_or(tonic::Code::Ok)
+    });
+    // gRPC routes match `/{service}/{*rest}`: the method path (capped) is the endpoint, and
+    // methods nobody serves (UNIMPLEMENTED) are one value, so made-up paths take no place in
+    // the cap.
+    let grpc = grpc_path.map(|path| match grpc_code {
+        Some(tonic::Code::Unimplemented) => "unmatched".to_owned(),
+        _ => o.grpc_methods.label(&path),
+    });
     let labels = request_labels(
-        &method,
+        method,
         grpc.as_deref().unwrap_or(&endpoint),
         resp.status().as_u16(),
         grpc.is_some(),
     );
     o.requests.add(1, &labels);
     o.duration.record(elapsed, &labels);
-    if let Some(path) = grpc {
-        // A unary reply carries grpc-status in its headers when it failed before any
-        // message (every error here); a success carries it in the trailers: OK. An
-        // IngestStream call is counted when it opens (OK, or the code that refused it); how
-        // each of its events went is in events_ingested_total / events_ingested_failed_total.
-        let code = resp
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i32>().ok())
-            .map(tonic::Code::from)
-            .unwrap_or(tonic::Code::Ok);
+    if let (Some(path), Some(code)) = (grpc, grpc_code) {
+        // An IngestStream call is counted when it opens (OK, or the code that refused it);
+        // how each of its events went is in events_ingested_total /
+        // events_ingested_failed_total.
         o.grpc_requests.add(
             1,
             &[

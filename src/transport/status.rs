@@ -160,15 +160,51 @@ fn retry_after_secs(d: Duration) -> u64 {
     d.as_secs_f64().ceil().max(1.0) as u64
 }
 
+/// Bytes of field violations a gRPC status carries in `grpc-status-details-bin` (a trailer,
+/// base64 on the wire). grpc-core's clients (grpcio, grpc-java's netty default is 8 KiB too)
+/// refuse metadata past 8 KiB; the message is short (`Error`'s summary), so the details keep
+/// the whole trailer block well under that. REST bodies carry every violation.
+const GRPC_VIOLATION_BYTES: usize = 4096;
+
+/// The violations that fit in [`GRPC_VIOLATION_BYTES`], and a last entry counting the rest.
+fn violations_for_grpc(mut violations: Vec<FieldViolation>) -> Vec<tonic_types::FieldViolation> {
+    // Validation's own "and N more" entry is recounted with what is cut here.
+    let counted = match violations.last().and_then(crate::validate::omitted_count) {
+        Some(n) => {
+            violations.pop();
+            n
+        }
+        None => 0,
+    };
+    let listed = violations.len();
+    let mut used = 0;
+    let mut out = Vec::new();
+    for v in violations {
+        // Field and description, plus protobuf framing.
+        let size = v.field.len() + v.description.len() + 8;
+        if used + size > GRPC_VIOLATION_BYTES {
+            break;
+        }
+        used += size;
+        out.push(tonic_types::FieldViolation::new(v.field, v.description));
+    }
+    let left = listed - out.len() + counted;
+    if left > 0 {
+        out.push(tonic_types::FieldViolation::new(
+            "",
+            format!(
+                "and {left} more violations, not listed here (REST replies list up to {})",
+                crate::validate::MAX_VIOLATIONS
+            ),
+        ));
+    }
+    out
+}
+
 fn to_status(m: Mapped) -> tonic::Status {
     let mut details = ErrorDetails::new();
     if !m.violations.is_empty() {
-        details.set_bad_request(
-            m.violations
-                .into_iter()
-                .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
-                .collect::<Vec<_>>(),
-        );
+        details.set_bad_request(violations_for_grpc(m.violations));
     }
     if let Some(d) = m.retry_after {
         details.set_retry_info(Some(Duration::from_secs(retry_after_secs(d))));
