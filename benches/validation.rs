@@ -16,6 +16,8 @@ fn main() {
 const LIMITS: Limits = Limits {
     max_event_size: 512 * 1024,
     max_batch_events: 1000,
+    max_data_depth: 32,
+    max_number_length: 100,
 };
 
 /// The seed's data with ten properties, as a REST client sends it.

@@ -56,6 +56,11 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// True for the principal of a request that brought no credentials.
+    pub fn is_anonymous(&self) -> bool {
+        self.id.is_empty()
+    }
+
     pub fn anonymous() -> Self {
         // One shared "may send anything" for every anonymous request: no allocation each.
         static ANY: std::sync::LazyLock<Arc<Grants>> =

@@ -381,7 +381,17 @@ pub struct LimitsConfig {
     /// Events of one stream in flight at once (taken, not yet reported); the server stops
     /// reading the stream while this many are outstanding.
     pub max_stream_in_flight: usize,
+    /// Deepest nesting of arrays and objects in `data` (`{"a":1}` is 1 deep).
+    pub max_data_depth: usize,
+    /// Longest number literal in `data`, in characters.
+    pub max_number_length: usize,
 }
+
+/// The deepest `limits.max_data_depth` can be: protobuf decoding (prost) stops at 100 nested
+/// messages, and each object level of a `google.protobuf.Value` is three of them (Value,
+/// Struct, the map entry), so a gRPC request with objects 33 deep does not decode at all; with
+/// 31, data one level too deep still decodes and is refused by name, as over REST.
+pub const MAX_DATA_DEPTH_CEILING: usize = 31;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -389,6 +399,8 @@ impl Default for LimitsConfig {
             max_event_size: ByteSize::kib(512),
             max_batch_events: 1000,
             max_stream_in_flight: 1000,
+            max_data_depth: MAX_DATA_DEPTH_CEILING,
+            max_number_length: 100,
         }
     }
 }
@@ -601,6 +613,21 @@ pub struct AuthConfig {
     pub jwt: JwtConfig,
     /// Put `metrics.path` behind the same authentication.
     pub protect_metrics: bool,
+    /// Who sees all of `/health/detailed` (broker addresses, the configuration, internal
+    /// errors); everyone else gets its status lines only.
+    pub health_details: HealthDetails,
+}
+
+/// `auth.health_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthDetails {
+    /// A caller on the loopback interface (not relayed: no `X-Forwarded-For` / `Forwarded`),
+    /// or one presenting valid credentials (API key, token, client certificate).
+    #[default]
+    LocalOrAuthenticated,
+    /// Anyone who reaches the port.
+    Everyone,
 }
 
 /// `auth.jwt`: bearer tokens signed by a key of a JWKS file.
@@ -838,6 +865,17 @@ impl Config {
         }
         if self.limits.max_batch_events == 0 {
             errors.push("limits.max_batch_events must be above 0".into());
+        }
+        if !(1..=MAX_DATA_DEPTH_CEILING).contains(&self.limits.max_data_depth) {
+            errors.push(format!(
+                "limits.max_data_depth must be from 1 to {MAX_DATA_DEPTH_CEILING} (protobuf decoding stops deeper than that)"
+            ));
+        }
+        if self.limits.max_number_length < 24 {
+            errors.push(
+                "limits.max_number_length must be at least 24 (the longest double gRPC data can carry)"
+                    .into(),
+            );
         }
         if self.performance.max_request_size.as_u64() == 0 {
             errors.push("performance.max_request_size must be above 0".into());

@@ -32,6 +32,9 @@ enum Command {
     },
 }
 
+/// The exit code when the shutdown flush left events undelivered (2 is a configuration error).
+const UNDELIVERED_EXIT: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let file = cli.config.or_else(|| {
@@ -70,10 +73,14 @@ fn main() -> ExitCode {
                     );
                 }
                 if report.undelivered > 0 {
-                    tracing::warn!(
+                    // Never acknowledged (their clients got an error or no answer), so no
+                    // promise was broken; still, a supervisor must see that events died here.
+                    tracing::error!(
                         undelivered = report.undelivered,
-                        "exited with undelivered (never acknowledged) events"
+                        "{} events were not delivered before exit (never acknowledged); exit code 3",
+                        report.undelivered
                     );
+                    return ExitCode::from(UNDELIVERED_EXIT);
                 }
                 ExitCode::SUCCESS
             }

@@ -184,7 +184,10 @@ fn build(config: &Config) -> Result<App, StartupError> {
     let limits = Limits {
         max_event_size: config.limits.max_event_size.as_u64() as usize,
         max_batch_events: config.limits.max_batch_events,
+        max_data_depth: config.limits.max_data_depth,
+        max_number_length: config.limits.max_number_length,
     };
+    crate::transport::codec::admit_batches_of(limits.max_batch_events);
     let tls = tls::Tls::load(&config.tls)?;
     let tls_watcher = tls.as_ref().and_then(|t| {
         t.register_instruments(&meter);
@@ -241,6 +244,8 @@ fn build(config: &Config) -> Result<App, StartupError> {
         readiness.clone(),
         forwarder_status,
         config.redacted(),
+        config.auth.health_details,
+        auth.clone(),
     )
     .merge(docs::router());
     ops = grpc_route(ops, health_service);
@@ -375,6 +380,7 @@ pub async fn serve(
             // hyper's header timer starts with the first byte; a client that connects and
             // never sends one would hold the connection for ever (hyperium/hyper#3962).
             // peek, not readable(): readiness can be reported spuriously, a byte cannot.
+            let connected = tokio::time::Instant::now();
             let mut first = [0u8; 1];
             if let Ok(Ok(n)) = tokio::time::timeout(read_timeout, stream.peek(&mut first)).await
                 && n > 0
@@ -407,8 +413,15 @@ pub async fn serve(
                         }
                     }
                 };
+                // A connection must bring its first request within `read_timeout` of being
+                // accepted. hyper's header timer is HTTP/1's; an HTTP/2 connection that
+                // sends part of the preface, or the preface and SETTINGS and no request,
+                // would otherwise stay open until keep-alive pings time out (or for ever).
+                let first_request = Arc::new(tokio::sync::Notify::new());
+                let arrived = first_request.clone();
                 let svc =
                     router.map_request(move |mut req: http::Request<hyper::body::Incoming>| {
+                        arrived.notify_one();
                         req.extensions_mut().insert(ConnectInfo(peer));
                         if let Some(id) = &identity {
                             req.extensions_mut().insert(id.clone());
@@ -418,8 +431,22 @@ pub async fn serve(
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
                     .into_owned();
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                let conn = watcher.watch(conn);
+                tokio::pin!(conn);
+                let ended = tokio::select! {
+                    ended = &mut conn => Some(ended),
+                    () = first_request.notified() => Some(conn.await),
+                    () = tokio::time::sleep_until(connected + read_timeout) => None,
+                };
+                match ended {
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error")
+                    }
+                    Some(Ok(())) => {}
+                    None => tracing::debug!(
+                        %peer,
+                        "closed a connection that sent no request within server.read_timeout"
+                    ),
                 }
             } else {
                 tracing::debug!(%peer, "closed a connection that sent nothing");

@@ -38,6 +38,8 @@ pub const RESERVED: &[&str] = &[
 pub struct Limits {
     pub max_event_size: usize,
     pub max_batch_events: usize,
+    pub max_data_depth: usize,
+    pub max_number_length: usize,
 }
 
 /// An event as it arrived. gRPC carries `data` as a `google.protobuf.Value` inside `event`;
@@ -141,13 +143,14 @@ pub fn omitted_count(v: &FieldViolation) -> Option<usize> {
 }
 
 /// A failed check: the violations kept and how many more there were.
-type Found = (Vec<FieldViolation>, usize);
+pub type Found = (Vec<FieldViolation>, usize);
 
 fn finish(v: Violations<'_>) -> Found {
     (v.list, v.omitted)
 }
 
-fn with_omitted((mut list, omitted): Found, field: &str) -> Vec<FieldViolation> {
+/// The violations kept, then (when any were dropped) the entry counting the rest.
+pub fn with_omitted((mut list, omitted): Found, field: &str) -> Vec<FieldViolation> {
     if omitted > 0 {
         list.push(omitted_entry(field, omitted));
     }
@@ -187,6 +190,7 @@ type EventRule = fn(&Checked, &Context<'_>, Option<&TypeContract>, &mut Violatio
 
 const EVENT_RULES: &[EventRule] = &[
     size_rule,
+    data_policy_rule,
     registered_rule,
     contract_attributes_rule,
     schema_rule,
@@ -442,6 +446,108 @@ fn has_non_finite_number(value: &pbjson_types::Value) -> bool {
     }
 }
 
+/// `data` as the topic's consumers will parse it: nested at most `limits.max_data_depth` deep,
+/// no number literal longer than `limits.max_number_length`, valid Unicode only (a lone
+/// surrogate escape such as `"\ud800"` is not). Ordinary consumers fail on such data
+/// (recursion limits, numbers parsed as doubles, strict UTF-16), so it is refused here rather
+/// than stored. Checked on the encoded JSON, so REST's exact text and gRPC's
+/// `google.protobuf.Value` meet the same rule.
+fn data_policy_rule(
+    c: &Checked,
+    ctx: &Context<'_>,
+    _: Option<&TypeContract>,
+    v: &mut Violations<'_>,
+) {
+    if let Data::Json(raw) = &c.event.data
+        && let Err(why) = data_policy(raw.get(), ctx.limits)
+    {
+        v.add("data", why);
+    }
+}
+
+/// One pass over JSON text serde_json has already found well formed, tracking only what the
+/// policy needs: bracket depth, number literal lengths and `\u` escapes. serde_json offers
+/// none of the three for `RawValue` (it keeps the text unparsed, without a depth limit, and
+/// does not judge escapes); parsing into `serde_json::Value` would allocate every node and
+/// stop at its own fixed depth of 128 with an error naming a position, not the limit.
+fn data_policy(text: &str, limits: &Limits) -> Result<(), String> {
+    let b = text.as_bytes();
+    let hex = |at: usize| {
+        b.get(at..at + 4)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u16::from_str_radix(h, 16).ok())
+    };
+    let lone = |at: usize| {
+        format!(
+            "holds a lone surrogate escape (\\u{}) at byte {at}: only valid Unicode is stored",
+            text.get(at + 2..at + 6).unwrap_or("")
+        )
+    };
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limits.max_data_depth {
+                    return Err(format!(
+                        "nesting deeper than {} (limits.max_data_depth)",
+                        limits.max_data_depth
+                    ));
+                }
+                i += 1;
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'"' => {
+                i += 1;
+                while let Some(&ch) = b.get(i) {
+                    match ch {
+                        b'"' => break,
+                        b'\\' if b.get(i + 1) == Some(&b'u') => {
+                            let at = i;
+                            let unit = hex(i + 2).unwrap_or(0);
+                            i += 6;
+                            if (0xD800..0xDC00).contains(&unit) {
+                                let pair = b.get(i..i + 2) == Some(b"\\u")
+                                    && hex(i + 2).is_some_and(|u| (0xDC00..0xE000).contains(&u));
+                                if !pair {
+                                    return Err(lone(at));
+                                }
+                                i += 6;
+                            } else if (0xDC00..0xE000).contains(&unit) {
+                                return Err(lone(at));
+                            }
+                        }
+                        b'\\' => i += 2,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while b
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                {
+                    i += 1;
+                }
+                if i - start > limits.max_number_length {
+                    return Err(format!(
+                        "holds a number of {} characters, over the limit of {} (limits.max_number_length)",
+                        i - start,
+                        limits.max_number_length
+                    ));
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
 /// `extensions`: CloudEvents attribute names, not a context attribute, bounded non-empty
 /// values without control characters.
 fn extensions_rule(i: &Incoming, v: &mut Violations<'_>) {
@@ -612,6 +718,15 @@ fn structured_size(event: &Event) -> usize {
     c.0
 }
 
+/// A batch of `n` events when at most `max` are taken. The decoders raise it too, before a
+/// single event is decoded, so the count is refused alike wherever it is noticed.
+pub fn too_many_events(n: usize, max: usize) -> Vec<FieldViolation> {
+    vec![FieldViolation::new(
+        "events",
+        format!("has {n} events, over the limit of {max} per batch (limits.max_batch_events)"),
+    )]
+}
+
 /// Checks a whole batch: the count, then every event. All violations of every event are
 /// returned together; the batch is valid only if every event is.
 pub fn check_batch(
@@ -627,14 +742,7 @@ pub fn check_batch(
         )]);
     }
     if events.len() > limits.max_batch_events {
-        return Err(vec![FieldViolation::new(
-            "events",
-            format!(
-                "has {} events, over the limit of {} per batch (limits.max_batch_events)",
-                events.len(),
-                limits.max_batch_events
-            ),
-        )]);
+        return Err(too_many_events(events.len(), limits.max_batch_events));
     }
     let mut ok = Vec::with_capacity(events.len());
     let mut violations = Vec::new();
@@ -662,6 +770,8 @@ mod tests {
     use super::*;
 
     const LIMITS: Limits = Limits {
+        max_data_depth: 4,
+        max_number_length: 30,
         max_event_size: 2048,
         max_batch_events: 3,
     };
@@ -865,6 +975,34 @@ mod tests {
         Incoming {
             event: valid(),
             raw_data: Some(RawValue::from_string(json.into()).unwrap()),
+        }
+    }
+
+    #[test]
+    fn data_policy_depth_numbers_and_unicode() {
+        let ok = |t: &str| data_policy(t, &LIMITS);
+        // LIMITS: depth 4, numbers of 30 characters.
+        assert_eq!(ok(r#"{"a":[{"b":[1]}]}"#), Ok(()));
+        let deep = ok(r#"{"a":[{"b":[[1]]}]}"#).unwrap_err();
+        assert_eq!(deep, "nesting deeper than 4 (limits.max_data_depth)");
+        // Brackets inside strings are text, not nesting.
+        assert_eq!(ok(r#"["[[[[[[{{{{", "\"[[[["]"#), Ok(()));
+        assert_eq!(ok(&"1".repeat(30)), Ok(()));
+        assert_eq!(ok("-1.5e+300"), Ok(()));
+        let long = ok(&format!("[{}]", "9".repeat(31))).unwrap_err();
+        assert!(long.contains("number of 31 characters"), "{long}");
+        // Digits in strings and keys are not numbers.
+        assert_eq!(ok(&format!(r#"{{"{0}":"{0}"}}"#, "7".repeat(99))), Ok(()));
+        // A surrogate pair is one character; either half alone is not Unicode.
+        assert_eq!(ok(r#""\ud83d\ude00 \u00e9 \\ud800""#), Ok(()));
+        for lone in [
+            r#""\ud800""#,
+            r#""x\uDBFFy""#,
+            r#""\udc00""#,
+            r#"{"\ud800\u0041":1}"#,
+        ] {
+            let e = ok(lone).unwrap_err();
+            assert!(e.contains("lone surrogate"), "{lone}: {e}");
         }
     }
 

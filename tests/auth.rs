@@ -737,3 +737,51 @@ async fn remembered_tokens_still_expire_and_still_follow_the_jwks() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_details_are_for_local_or_authenticated_callers_only() {
+    let s = secured(|c, _| {
+        c.kafka
+            .librdkafka
+            .insert("client.id".into(), "gw-secret-host".into());
+    })
+    .await;
+    let get = |headers: &[(&str, &str)]| {
+        let mut r = http().get(s.gw.url("/health/detailed"));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    // A caller on loopback sees everything.
+    let full = get(&[]).await;
+    assert!(
+        full["config"].is_object() && full["sink"].is_object(),
+        "{full}"
+    );
+    // Relayed by a proxy on this host, anonymous: status lines only.
+    for relayed in [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9"),
+    ] {
+        let brief = get(&[relayed]).await;
+        assert_eq!(brief["ready"], full["ready"]);
+        for hidden in ["config", "sink", "reason", "spool", "rate_limit", "version"] {
+            assert!(
+                brief.get(hidden).is_none(),
+                "{hidden} shown to {relayed:?}: {brief}"
+            );
+        }
+        assert!(!brief.to_string().contains("gw-secret-host"), "{brief}");
+        // Bad credentials change nothing.
+        let bad = get(&[relayed, ("x-api-key", "not-a-key")]).await;
+        assert!(bad.get("config").is_none(), "{bad}");
+        // Valid credentials see everything again.
+        let authed = get(&[relayed, ("x-api-key", KEY_A)]).await;
+        assert!(authed["config"].is_object(), "{authed}");
+    }
+}

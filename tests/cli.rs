@@ -1,5 +1,6 @@
 //! The real binary: `--help`, configuration errors that name the key (file and environment),
-//! `--config` taking effect, and SIGTERM ending a loaded gateway with exit code 0.
+//! `--config` taking effect, SIGTERM ending a loaded gateway with exit code 0, and exit code 3
+//! when the shutdown flush left events undelivered.
 mod common;
 
 use std::process::{Command, Stdio};
@@ -148,4 +149,84 @@ async fn sigterm_drains_and_exits_zero() {
             assert!(ids.contains(&id), "acknowledged event {id} is in the log");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_left_undelivered_at_exit_make_exit_code_3() {
+    if require(Tool::Tansu).is_none() {
+        return;
+    }
+    let broker = Broker::start("events", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  address: 127.0.0.1:{port}\nkafka:\n  brokers: [\"{}\"]\n  topic: events\nspool:\n  enabled: false\nshutdown:\n  drain_timeout: 1s\nlogging:\n  level: error\n",
+            broker.bootstrap()
+        ),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(BIN)
+        .args(["--config", config.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let c = http();
+    let ready = format!("{base}/health/ready");
+    wait_until(
+        Duration::from_secs(30),
+        "the binary to become ready",
+        || {
+            let r = c.get(&ready).send();
+            async move { r.await.map(|r| r.status() == 200).unwrap_or(false) }
+        },
+    )
+    .await;
+    let event = r#"{"type":"t","source":"s"}"#;
+    let r = post_raw(&c, &format!("{base}/api/v1/events"), event).await;
+    assert_eq!(r.status(), 200, "stored while the broker answers");
+    // The broker stops answering: these reach the producer and are never acknowledged (the
+    // clients give up waiting; their events stay queued in the producer).
+    broker.pause();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let r = impatient
+            .post(format!("{base}/api/v1/events"))
+            .header("content-type", "application/json")
+            .body(event)
+            .send()
+            .await;
+        assert!(
+            r.is_err_and(|e| e.is_timeout()),
+            "no answer while the broker is paused"
+        );
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the gateway exits after SIGTERM")
+        .unwrap();
+    broker.resume();
+    // The log (stdout) says how many.
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{log}");
+    assert!(
+        log.contains("3 events were not delivered before exit"),
+        "{log}"
+    );
 }

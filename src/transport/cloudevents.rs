@@ -8,6 +8,8 @@ use percent_encoding::percent_decode;
 use serde_json::value::RawValue;
 
 use crate::error::{Error, FieldViolation};
+use crate::transport::bounded::{self, ArrayError};
+use crate::validate;
 // `data` and `data_base64` together are reported by validation, which sees both.
 use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
@@ -59,11 +61,16 @@ pub fn decode_structured_value(
     let mut ev = CloudEvent::default();
     let mut raw_data = None;
     let mut violations = Vec::new();
+    let mut omitted = 0;
     let mut bad = |name: &str, what: &str| {
-        violations.push(FieldViolation::new(
-            format!("{prefix}.{name}"),
-            what.to_owned(),
-        ));
+        if violations.len() < validate::MAX_VIOLATIONS {
+            violations.push(FieldViolation::new(
+                format!("{prefix}.{name}"),
+                what.to_owned(),
+            ));
+        } else {
+            omitted += 1;
+        }
     };
     for (name, raw) in members {
         let text = || serde_json::from_str::<String>(raw.get()).ok();
@@ -111,7 +118,7 @@ pub fn decode_structured_value(
             raw_data,
         })
     } else {
-        Err(violations)
+        Err(validate::with_omitted((violations, omitted), prefix))
     }
 }
 
@@ -127,25 +134,41 @@ pub fn decode_structured(body: &[u8]) -> Result<Incoming, Error> {
 
 /// A batch-mode body: a JSON array of events in the CloudEvents JSON format. Every event's
 /// violations are reported together, as `events[i].…`.
-pub fn decode_batch(body: &[u8]) -> Result<Vec<Incoming>, Error> {
+/// At most `max` events are decoded (`limits.max_batch_events`); a longer array is refused by
+/// its count before any event is.
+pub fn decode_batch(body: &[u8], max: usize) -> Result<Vec<Incoming>, Error> {
     let items: Vec<std::collections::BTreeMap<String, Box<RawValue>>> =
-        serde_json::from_slice(body).map_err(|e| {
-            Error::Malformed(format!(
+        bounded::json_array(body, max).map_err(|e| match e {
+            ArrayError::TooMany(n) => Error::InvalidArgument(validate::too_many_events(n, max)),
+            ArrayError::Json(e) => Error::Malformed(format!(
                 "invalid body: expected a JSON array of events in the CloudEvents JSON format: {e}"
-            ))
+            )),
         })?;
     let mut out = Vec::with_capacity(items.len());
     let mut violations = Vec::new();
+    let mut omitted = 0;
     for (i, members) in items.into_iter().enumerate() {
         match decode_structured_value(members, &format!("events[{i}]")) {
             Ok(incoming) => out.push(incoming),
-            Err(mut v) => violations.append(&mut v),
+            // One cap for the whole batch, as `check_batch` keeps it.
+            Err(found) => {
+                for v in found {
+                    match validate::omitted_count(&v) {
+                        Some(n) => omitted += n,
+                        None if violations.len() < validate::MAX_VIOLATIONS => violations.push(v),
+                        None => omitted += 1,
+                    }
+                }
+            }
         }
     }
     if violations.is_empty() {
         Ok(out)
     } else {
-        Err(Error::InvalidArgument(violations))
+        Err(Error::InvalidArgument(validate::with_omitted(
+            (violations, omitted),
+            "events",
+        )))
     }
 }
 
@@ -403,6 +426,7 @@ mod structured_tests {
         assert_eq!(i.raw_data.unwrap().get(), r#"{"b":1.0}"#);
         let Err(Error::InvalidArgument(v)) = decode_batch(
             br#"[{"type":"t","source":"s"},{"type":5,"source":"s","nested":{"a":1}}]"#,
+            10,
         ) else {
             panic!("expected violations");
         };

@@ -6,10 +6,11 @@
 //! Readiness is evaluated in one place, [`Readiness::refresh`], and published in one step:
 //! gRPC health first, then the state the REST endpoints read. So once `/health/ready` says 200
 //! a gRPC check already says SERVING, and once it says 503 gRPC already says NOT_SERVING.
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -19,9 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::Authenticator;
+use crate::config::HealthDetails;
 use crate::proto::SERVICE_NAME;
 use crate::service::Gateway;
 use crate::spool::forward;
+use crate::transport::stack;
 
 pub const ROUTE_HEALTH: &str = "/health";
 pub const ROUTE_LIVE: &str = "/health/live";
@@ -109,6 +113,8 @@ struct HealthState {
     started: Instant,
     forwarder: Option<Arc<forward::Status>>,
     config: Arc<serde_json::Value>,
+    access: HealthDetails,
+    auth: Arc<Authenticator>,
 }
 
 pub fn router(
@@ -116,6 +122,8 @@ pub fn router(
     readiness: Arc<Readiness>,
     forwarder: Option<Arc<forward::Status>>,
     redacted_config: serde_json::Value,
+    access: HealthDetails,
+    auth: Arc<Authenticator>,
 ) -> Router {
     Router::new()
         .route(ROUTE_HEALTH, get(summary))
@@ -128,6 +136,8 @@ pub fn router(
             started: Instant::now(),
             forwarder,
             config: Arc::new(redacted_config),
+            access,
+            auth,
         })
 }
 
@@ -173,8 +183,36 @@ async fn ready(State(s): State<HealthState>) -> Response {
     (status_of(ready), Json(body)).into_response()
 }
 
-async fn detailed(State(s): State<HealthState>) -> Response {
+/// May this caller see everything? See `auth.health_details`.
+fn sees_details(s: &HealthState, req: &axum::extract::Request) -> bool {
+    match s.access {
+        HealthDetails::Everyone => true,
+        HealthDetails::LocalOrAuthenticated => {
+            let relayed = req.headers().contains_key("x-forwarded-for")
+                || req.headers().contains_key(http::header::FORWARDED);
+            let local = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .is_some_and(|c| c.0.ip().is_loopback());
+            (local && !relayed)
+                || stack::principal_of(&s.auth, req).is_ok_and(|p| !p.is_anonymous())
+        }
+    }
+}
+
+async fn detailed(State(s): State<HealthState>, req: axum::extract::Request) -> Response {
     let Ready { ready, reason } = s.readiness.current();
+    if !sees_details(&s, &req) {
+        // Nothing that names a host, a file or an internal error.
+        return Json(serde_json::json!({
+            "status": if ready { "ok" } else { "unavailable" },
+            "ready": ready,
+            "draining": s.gateway.is_draining(),
+            "uptime_seconds": s.started.elapsed().as_secs(),
+            "details": "shown to local callers and to callers with valid credentials (auth.health_details)",
+        }))
+        .into_response();
+    }
     let body = serde_json::json!({
         "status": if ready { "ok" } else { "unavailable" },
         "ready": ready,

@@ -26,13 +26,14 @@ use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
 use crate::service::AckRequest;
 use crate::service::Gateway;
+use crate::transport::bounded::{self, ArrayError};
 use crate::transport::cloudevents::{self, Mode};
 use crate::transport::reply::{
     ack_request, batch_reply, event_reply, is_spooled, types_reply, validate_reply,
 };
 use crate::transport::stack;
 use crate::transport::status::{is_grpc, respond};
-use crate::validate::Incoming;
+use crate::validate::{self, Incoming};
 
 pub const ROUTE_INGEST_EVENT: &str = "/api/v1/events";
 pub const ROUTE_INGEST_BATCH: &str = "/api/v1/events/batch";
@@ -70,6 +71,11 @@ pub enum Rejection {
         "{path} is a WebSocket: send a WebSocket handshake (GET with Upgrade: websocket): {reason}"
     )]
     UpgradeRequired { path: &'static str, reason: String },
+    /// `performance.request_timeout` passed while the body was still arriving.
+    #[error(
+        "the request body did not arrive within performance.request_timeout; send it faster, or in smaller requests"
+    )]
+    SlowBody,
     #[error(transparent)]
     Core(#[from] Error),
 }
@@ -160,11 +166,13 @@ impl From<RestEvent> for Incoming {
     }
 }
 
-/// The REST body of `IngestBatch`: `{"events": [...]}`.
+/// The REST body of `IngestBatch`: `{"events": [...]}`. `events` is first taken as its JSON
+/// text, then decoded no further than `limits.max_batch_events` (see `transport::bounded`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RestBatch {
-    events: Option<Vec<RestEvent>>,
+struct RestBatch<'a> {
+    #[serde(borrow)]
+    events: Option<&'a RawValue>,
     /// `IngestBatchRequest.ack`: the body is the whole request (`body: "*"`).
     ack: Option<crate::proto::AckMode>,
 }
@@ -287,18 +295,35 @@ async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Respon
     let headers = req.headers().clone();
     let query = req.uri().query().map(str::to_owned);
     let (mut ack, prefer_async) = ack_of(&headers, query.as_deref(), None)?;
+    let max = s.gateway.limits().max_batch_events;
     let events = match cloudevents::mode(req.headers()) {
         Mode::Batch => {
             let body = read_body(req, s.max_body).await?;
-            cloudevents::decode_batch(&body)?
+            cloudevents::decode_batch(&body, max)?
         }
         Mode::Json => {
-            let batch: RestBatch = decode(req, s.max_body).await?;
+            check_content_type(req.headers())?;
+            let body = read_body(req, s.max_body).await?;
+            let batch: RestBatch = serde_json::from_slice(&body)
+                .map_err(|e| Error::Malformed(format!("invalid JSON body: {e}")))?;
             if batch.ack.is_some() {
                 ack = ack_of(&headers, query.as_deref(), batch.ack)?.0;
             }
-            let events = batch.events.unwrap_or_default();
-            events.into_iter().map(Incoming::from).collect()
+            match batch.events {
+                None => Vec::new(),
+                Some(events) => bounded::json_array::<RestEvent>(events.get().as_bytes(), max)
+                    .map_err(|e| match e {
+                        ArrayError::TooMany(n) => {
+                            Error::InvalidArgument(validate::too_many_events(n, max))
+                        }
+                        ArrayError::Json(e) => {
+                            Error::Malformed(format!("invalid JSON body: in `events`: {e}"))
+                        }
+                    })?
+                    .into_iter()
+                    .map(Incoming::from)
+                    .collect(),
+            }
         }
         Mode::Binary | Mode::Structured => return Err(one_event_to_batch(&req)),
     };
@@ -425,6 +450,15 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
 }
 
 async fn read_body(req: Request, max_body: usize) -> Result<Bytes, Rejection> {
+    let progress = req.extensions().get::<stack::BodyRead>().cloned();
+    let read = read_body_within(req, max_body).await;
+    if let Some(p) = progress {
+        p.done();
+    }
+    read
+}
+
+async fn read_body_within(req: Request, max_body: usize) -> Result<Bytes, Rejection> {
     // Encodings the decompression layer knows are gone by now; what is left is unknown.
     if let Some(enc) = req.headers().get(header::CONTENT_ENCODING)
         && !enc.as_bytes().eq_ignore_ascii_case(b"identity")

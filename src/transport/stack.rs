@@ -25,6 +25,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -50,7 +51,7 @@ use crate::error::Error;
 use crate::proto::SERVICE_NAME;
 use crate::stream::{Admit, StreamAdmission};
 use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
-use crate::transport::rest::ROUTES;
+use crate::transport::rest::{ROUTES, Rejection};
 use crate::transport::status::{self, is_grpc};
 
 /// Header carrying an API key (the other way is `Authorization: Bearer <key>`). Headers are
@@ -77,20 +78,24 @@ pub fn principal(p: Option<&Principal>) -> Result<Principal, Error> {
 /// Reads the credentials off the request (headers or gRPC metadata, which travel the same
 /// way, and the connection's client certificate) and puts the [`Principal`] on it; or
 /// returns the refusal to send instead, 401 / UNAUTHENTICATED for the caller's protocol.
-fn authenticate_request(a: &Authenticator, req: &mut Request) -> Option<Response> {
-    let outcome = {
-        let header = |name: &HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let bearer = header(&http::header::AUTHORIZATION).and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-        let credentials = Credentials {
-            bearer,
-            api_key: header(&API_KEY_HEADER),
-            certificate: req.extensions().get::<PeerIdentity>().map(|p| p.0.as_str()),
-        };
-        a.authenticate(&credentials)
+/// The request's credentials, as `a` judges them: its principal (anonymous when it brought
+/// none and none are required), or the refusal.
+pub fn principal_of(a: &Authenticator, req: &Request) -> Result<Principal, Error> {
+    let header = |name: &HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let bearer = header(&http::header::AUTHORIZATION).and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    let credentials = Credentials {
+        bearer,
+        api_key: header(&API_KEY_HEADER),
+        certificate: req.extensions().get::<PeerIdentity>().map(|p| p.0.as_str()),
     };
+    a.authenticate(&credentials)
+}
+
+fn authenticate_request(a: &Authenticator, req: &mut Request) -> Option<Response> {
+    let outcome = principal_of(a, req);
     match outcome {
         Ok(p) => {
             req.extensions_mut().insert(p);
@@ -259,6 +264,7 @@ async fn admit_unary(State(a): State<Arc<Admission>>, mut req: Request, next: Ne
     if let Some(refused) = authenticate_request(&a.auth, &mut req) {
         return refused;
     }
+    req.extensions_mut().insert(BodyRead::default());
     let Some(rl) = &a.rate else {
         return next.run(req).await;
     };
@@ -296,16 +302,38 @@ fn overloaded() -> Error {
     Error::unavailable("the gateway is at performance.max_concurrent_requests; retry shortly")
 }
 
+/// Set by the REST adapter once a request's body has been read (or refused). The deadline
+/// that passes before then was spent waiting for the client: its mistake (408), not ours
+/// (504). gRPC bodies are read by tonic as the call goes, so a gRPC deadline stays
+/// DEADLINE_EXCEEDED whatever it was spent on.
+#[derive(Clone, Default)]
+pub struct BodyRead(Arc<AtomicBool>);
+
+impl BodyRead {
+    pub fn done(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Renders what tower's load-shed and timeout layers return, for the caller's protocol.
-async fn admission_error(headers: HeaderMap, err: BoxError) -> Response {
+async fn admission_error(
+    headers: HeaderMap,
+    body: Option<axum::Extension<BodyRead>>,
+    err: BoxError,
+) -> Response {
+    let grpc = is_grpc(&headers);
     let e = if err.is::<tower::load_shed::error::Overloaded>() {
         overloaded()
     } else if err.is::<tower::timeout::error::Elapsed>() {
+        let waiting_for_body = body.is_some_and(|b| !b.0.0.load(Ordering::Relaxed));
+        if waiting_for_body && !grpc {
+            return status::respond(false, Rejection::SlowBody);
+        }
         Error::DeadlineExceeded("performance.request_timeout passed".into())
     } else {
         Error::Internal(format!("request stack: {err}"))
     };
-    status::respond(is_grpc(&headers), e)
+    status::respond(grpc, e)
 }
 
 /// Admission's shared state: one rate limiter and one pool of `max_concurrent_requests`

@@ -122,6 +122,9 @@ fn map_rejection(r: Rejection) -> Mapped {
                 message,
             )
         },
+        Rejection::SlowBody => {
+            Mapped::new(Code::DeadlineExceeded, StatusCode::REQUEST_TIMEOUT, message)
+        }
         Rejection::UpgradeRequired { .. } => Mapped {
             upgrade: Some("websocket"),
             ..Mapped::new(
@@ -369,6 +372,7 @@ mod tests {
                 path: "/api/v1/events/ws",
                 reason: "no Upgrade header".into(),
             },
+            Rejection::SlowBody,
         ];
         samples
             .into_iter()
@@ -390,6 +394,7 @@ mod tests {
                     Rejection::UnsupportedMediaType { .. } => (Code::InvalidArgument, 415),
                     Rejection::UnsupportedEncoding { .. } => (Code::InvalidArgument, 415),
                     Rejection::UpgradeRequired { .. } => (Code::FailedPrecondition, 426),
+                    Rejection::SlowBody => (Code::DeadlineExceeded, 408),
                 };
                 (r, grpc, http)
             })
@@ -426,6 +431,7 @@ mod tests {
                 path,
                 reason: reason.clone(),
             },
+            Rejection::SlowBody => Rejection::SlowBody,
         }
     }
 

@@ -1,0 +1,110 @@
+//! JSON arrays decoded with a ceiling on their length. A batch of empty events `{}` costs 3
+//! bytes of body per event and far more once decoded, so a body within the size limit could
+//! take gigabytes before the batch's count were checked. Here at most `max` elements are
+//! decoded; past that the rest are only counted (serde's `IgnoredAny`, nothing allocated), so
+//! the refusal still says how many there were.
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
+
+/// Why a bounded array did not decode.
+#[derive(Debug)]
+pub enum ArrayError {
+    /// It has this many elements, more than the ceiling.
+    TooMany(usize),
+    /// It is not a JSON array of `T`.
+    Json(serde_json::Error),
+}
+
+/// `json` as an array of at most `max` elements of `T`.
+pub fn json_array<T: DeserializeOwned>(json: &[u8], max: usize) -> Result<Vec<T>, ArrayError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let mut total = None;
+    let seed = Seed {
+        max,
+        total: &mut total,
+        element: PhantomData,
+    };
+    let decoded = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    match (decoded, total) {
+        (_, Some(n)) => Err(ArrayError::TooMany(n)),
+        (Ok(v), None) => Ok(v),
+        (Err(e), None) => Err(ArrayError::Json(e)),
+    }
+}
+
+struct Seed<'t, T> {
+    max: usize,
+    /// Set when the array is over `max`: its whole length.
+    total: &'t mut Option<usize>,
+    element: PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Seed<'_, T> {
+    type Value = Vec<T>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Seed<'_, T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
+        while out.len() < self.max {
+            match seq.next_element()? {
+                Some(x) => out.push(x),
+                None => return Ok(out),
+            }
+        }
+        if seq.next_element::<IgnoredAny>()?.is_none() {
+            return Ok(out);
+        }
+        let mut n = out.len() + 1;
+        drop(out);
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            n += 1;
+        }
+        *self.total = Some(n);
+        Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_up_to_the_ceiling_and_counts_past_it() {
+        let three = json_array::<u8>(b"[1,2,3]", 3).unwrap();
+        assert_eq!(three, [1, 2, 3]);
+        assert!(json_array::<u8>(b"[]", 3).unwrap().is_empty());
+        assert!(matches!(
+            json_array::<u8>(b"[1,2,3,4,5]", 3),
+            Err(ArrayError::TooMany(5))
+        ));
+        // Elements past the ceiling are counted whatever they hold, not decoded as T.
+        let e = json_array::<u8>(b"[1,2,3,{\"x\":[1]},\"s\"]", 3);
+        assert!(matches!(e, Err(ArrayError::TooMany(5))), "{e:?}");
+        assert!(matches!(
+            json_array::<u8>(b"[1,\"x\"]", 3),
+            Err(ArrayError::Json(_))
+        ));
+        assert!(matches!(
+            json_array::<u8>(b"{}", 3),
+            Err(ArrayError::Json(_))
+        ));
+        assert!(matches!(
+            json_array::<u8>(b"[1] x", 3),
+            Err(ArrayError::Json(_))
+        ));
+    }
+}
