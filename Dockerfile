@@ -8,8 +8,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # librdkafka's bundled build needs a C/C++ toolchain and make, and the vendored OpenSSL
-# (Kafka TLS and SASL) perl too: all in the rust image; no protoc is needed (protox compiles
-# the contract in build.rs).
+# (Kafka TLS and SASL) perl too, and jemalloc (the binary's allocator) builds from source
+# with the same: all in the rust image; no protoc is needed (protox compiles the contract in
+# build.rs).
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY docs ./docs

@@ -76,6 +76,12 @@ pub struct ServerConfig {
     /// address (for rate limits without authentication). From any other peer they are ignored.
     #[serde(deserialize_with = "list_or_csv")]
     pub trusted_proxies: Vec<String>,
+    /// Open connections at most; past it new ones are closed at once (the open ones keep
+    /// being served).
+    pub max_connections: usize,
+    /// Open connections from one peer address at most (a load balancer in front counts as
+    /// one peer: raise it, or set 0 for no per-peer cap).
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +92,8 @@ impl Default for ServerConfig {
             write_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            max_connections_per_peer: 1_000,
         }
     }
 }
@@ -799,6 +807,9 @@ impl Config {
         // Half of it is the HTTP/2 and WebSocket ping interval, which must not be zero.
         if self.server.idle_timeout < Duration::from_secs(1) {
             errors.push("server.idle_timeout must be at least 1s".into());
+        }
+        if self.server.max_connections == 0 {
+            errors.push("server.max_connections must be above 0".into());
         }
         if self.kafka.topic.trim().is_empty() {
             errors.push("kafka.topic must not be empty".into());

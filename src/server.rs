@@ -5,8 +5,10 @@
 //! ready first, optional delay, stop accepting, drain in-flight requests within a deadline,
 //! flush the sink, return. It is the one module that wires everything together: it builds the
 //! metrics registry and hands each part a `Meter`.
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -290,6 +292,85 @@ fn build(config: &Config) -> Result<App, StartupError> {
     })
 }
 
+/// `server.max_connections` and `server.max_connections_per_peer`: open connections in all
+/// and by peer address. A map of counts under a mutex, touched twice per connection (accept
+/// and close); entries leave the map at zero, so it holds at most one entry per open
+/// connection, whatever number of addresses a flood comes from.
+struct ConnectionLimits {
+    max: usize,
+    per_peer: usize,
+    open: Arc<std::sync::Mutex<(usize, HashMap<IpAddr, usize>)>>,
+    /// When a refusal was last logged: one line per `REFUSAL_LOG_EVERY` at most, with the
+    /// count since, so a flood cannot fill the disk with warnings.
+    logged: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A connection's place in [`ConnectionLimits`], given back on drop.
+struct ConnectionSlot {
+    ip: IpAddr,
+    open: Arc<std::sync::Mutex<(usize, HashMap<IpAddr, usize>)>>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.0 -= 1;
+        if let Some(n) = open.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl ConnectionLimits {
+    fn new(max: usize, per_peer: usize) -> Self {
+        Self {
+            max,
+            per_peer,
+            open: Arc::default(),
+            logged: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// A slot for a connection from `ip`, or the limit it is over (`total`, `per_peer`).
+    fn admit(&self, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.0 >= self.max {
+            return Err("total");
+        }
+        let from_peer = open.1.get(&ip).copied().unwrap_or(0);
+        if self.per_peer > 0 && from_peer >= self.per_peer {
+            return Err("per_peer");
+        }
+        open.0 += 1;
+        *open.1.entry(ip).or_insert(0) += 1;
+        Ok(ConnectionSlot {
+            ip,
+            open: self.open.clone(),
+        })
+    }
+
+    fn log_refusal(&self, peer: SocketAddr) {
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        logged.1 += 1;
+        let due = logged.0.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY);
+        if due {
+            tracing::warn!(
+                %peer,
+                refused = logged.1,
+                max_connections = self.max,
+                max_connections_per_peer = self.per_peer,
+                "connections refused at server.max_connections / server.max_connections_per_peer (count since the last such line)"
+            );
+            *logged = (Some(std::time::Instant::now()), 0);
+        }
+    }
+}
+
 /// hyper's connection settings from `server.*`.
 fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -353,6 +434,10 @@ pub async fn serve(
     let builder = connection_builder(&config);
     let graceful = GracefulShutdown::new();
     let connections = app.http_metrics.active_connections.clone();
+    let limits = ConnectionLimits::new(
+        config.server.max_connections,
+        config.server.max_connections_per_peer,
+    );
     loop {
         let (stream, peer) = tokio::select! {
             _ = accepting.cancelled() => break,
@@ -367,6 +452,18 @@ pub async fn serve(
                 }
             },
         };
+        let slot = match limits.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                // Closed at once: the connections already open keep their share.
+                app.http_metrics
+                    .refused_connections
+                    .add(1, &[opentelemetry::KeyValue::new("reason", reason)]);
+                limits.log_refusal(peer);
+                drop(stream);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let router = app.router.clone();
         let tls = app.tls.clone();
@@ -377,6 +474,7 @@ pub async fn serve(
         let write_timeout = config.server.write_timeout;
         connections.add(1, &[]);
         tokio::spawn(async move {
+            let _slot = slot;
             // hyper's header timer starts with the first byte; a client that connects and
             // never sends one would hold the connection for ever (hyperium/hyper#3962).
             // peek, not readable(): readiness can be reported spuriously, a byte cannot.

@@ -508,3 +508,81 @@ async fn a_body_slower_than_the_deadline_is_the_clients_408_not_a_504() {
     );
     assert!(gw.log_lines().is_empty());
 }
+
+/// A GET on an open connection, HTTP/1.1 keep-alive; the status code of the reply.
+async fn get_on(s: &mut tokio::net::TcpStream, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+    head.split(' ').nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_caps_are_closed_at_once_and_the_rest_keep_being_served() {
+    for (total, per_peer, reason) in [(10_000, 5, "per_peer"), (5, 0, "total")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        config.server.max_connections = total;
+        config.server.max_connections_per_peer = per_peer;
+        let gw = TestGateway::start(config).await;
+        let mut open = Vec::new();
+        for _ in 0..5 {
+            let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+            assert_eq!(get_on(&mut s, "/health/live").await, Some(200), "{reason}");
+            open.push(s);
+        }
+        // The sixth is closed without an answer, promptly.
+        let limit = std::time::Duration::from_secs(5);
+        let closed = closed_after(
+            gw.addr,
+            b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n",
+            limit,
+        )
+        .await;
+        assert!(
+            closed.is_some(),
+            "{reason}: the connection over the cap stayed open"
+        );
+        // The open ones are served as before.
+        for s in &mut open {
+            assert_eq!(get_on(s, "/health/live").await, Some(200), "{reason}");
+        }
+        // One closes: a new connection is taken again.
+        let mut first = open.remove(0);
+        use tokio::io::AsyncWriteExt as _;
+        let _ = first.shutdown().await;
+        drop(first);
+        let c = http();
+        let live = gw.url("/health/live");
+        wait_until(std::time::Duration::from_secs(10), "a freed slot", || {
+            let r = c.get(&live).send();
+            async move { r.await.is_ok_and(|r| r.status() == 200) }
+        })
+        .await;
+        drop(open);
+        let metrics = gw.url("/metrics");
+        wait_until(
+            std::time::Duration::from_secs(10),
+            "the refusal counted",
+            || {
+                let r = c.get(&metrics).send();
+                async move {
+                    let Ok(r) = r.await else { return false };
+                    let text = r.text().await.unwrap_or_default();
+                    text.lines().any(|l| {
+                        l.starts_with("http_refused_connections_total")
+                            && l.contains(&format!("reason=\"{reason}\""))
+                    })
+                }
+            },
+        )
+        .await;
+    }
+}

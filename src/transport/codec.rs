@@ -47,6 +47,26 @@ fn count_events(mut bytes: &[u8]) -> Option<usize> {
     Some(n)
 }
 
+/// One message as the gRPC services decode it: a batch over the ceiling is refused by its
+/// count, anything prost cannot decode is `Error::Malformed`. (Public for the fuzz targets.)
+pub fn decode<U: Message + Default + 'static>(bytes: &[u8]) -> Result<U, Error> {
+    let max = MAX_BATCH_EVENTS.load(Ordering::Relaxed);
+    if max > 0
+        && TypeId::of::<U>() == TypeId::of::<IngestBatchRequest>()
+        && let Some(n) = count_events(bytes)
+        && n > max
+    {
+        return Err(Error::InvalidArgument(crate::validate::too_many_events(
+            n, max,
+        )));
+    }
+    U::decode(bytes).map_err(malformed)
+}
+
+fn malformed(e: prost::DecodeError) -> Error {
+    Error::Malformed(format!("the protobuf message does not decode: {e}"))
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct StrictCodec<T, U>(PhantomData<(T, U)>);
 
@@ -83,19 +103,13 @@ impl<U: Message + Default + 'static> Decoder for StrictDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let max = MAX_BATCH_EVENTS.load(Ordering::Relaxed);
-        if max > 0
-            && TypeId::of::<U>() == TypeId::of::<IngestBatchRequest>()
-            // A `DecodeBuf` over tonic's contiguous buffer: the whole message in one chunk.
-            && buf.chunk().len() == buf.remaining()
-            && let Some(n) = count_events(buf.chunk())
-            && n > max
-        {
-            return Err(Error::InvalidArgument(crate::validate::too_many_events(n, max)).into());
+        // A `DecodeBuf` over tonic's contiguous buffer: the whole message in one chunk.
+        if buf.chunk().len() == buf.remaining() {
+            let decoded = decode::<U>(buf.chunk());
+            buf.advance(buf.remaining());
+            return decoded.map(Some).map_err(Status::from);
         }
-        U::decode(buf).map(Some).map_err(|e| {
-            Error::Malformed(format!("the protobuf message does not decode: {e}")).into()
-        })
+        U::decode(buf).map(Some).map_err(|e| malformed(e).into())
     }
 
     fn buffer_settings(&self) -> BufferSettings {

@@ -480,6 +480,9 @@ pub struct HttpMetrics {
     grpc_requests: Counter<u64>,
     /// Counted by the accept loop in `server.rs`.
     pub active_connections: UpDownCounter<i64>,
+    /// Connections closed at accept: over `server.max_connections` (reason `total`) or
+    /// `server.max_connections_per_peer` (`per_peer`).
+    pub refused_connections: Counter<u64>,
     grpc_methods: LabelCap,
 }
 
@@ -503,6 +506,12 @@ impl HttpMetrics {
             active_connections: meter
                 .i64_up_down_counter("http_active_connections")
                 .with_description("Open client connections (HTTP/1 and HTTP/2)")
+                .build(),
+            refused_connections: meter
+                .u64_counter("http_refused_connections")
+                .with_description(
+                    "Connections closed at accept: over server.max_connections (total) or server.max_connections_per_peer (per_peer)",
+                )
                 .build(),
             grpc_methods: LabelCap::default(),
         };
