@@ -54,38 +54,13 @@ fn configuration_errors_name_the_key_and_stop_startup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "server:\n  address: 127.0.0.1:{port}\nstorage:\n  data_dir: {}\nlogging:\n  level: warn\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let c = http();
-    let ready = format!("{base}/health/ready");
-    wait_until(
-        Duration::from_secs(20),
-        "the binary to become ready",
-        || {
-            let r = c.get(&ready).send();
-            async move { r.await.map(|r| r.status() == 200).unwrap_or(false) }
-        },
+    let (mut child, base) = start_binary(
+        dir.path(),
+        "storage:\n  data_dir: data\nlogging:\n  level: warn\n",
+        Stdio::null(),
     )
     .await;
+    let c = http();
     // Acknowledged events under concurrent load, then SIGTERM while requests are flowing.
     let mut tasks = Vec::new();
     for t in 0..4 {
@@ -158,35 +133,12 @@ async fn events_left_undelivered_at_exit_make_exit_code_3() {
     }
     let broker = Broker::start("events", 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "server:\n  address: 127.0.0.1:{port}\nkafka:\n  brokers: [\"{}\"]\n  topic: events\nspool:\n  enabled: false\nshutdown:\n  drain_timeout: 1s\nlogging:\n  level: error\n",
-            broker.bootstrap()
-        ),
-    )
-    .unwrap();
-    let child = tokio::process::Command::new(BIN)
-        .args(["--config", config.to_str().unwrap()])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let yaml = format!(
+        "kafka:\n  brokers: [\"{}\"]\n  topic: events\nspool:\n  enabled: false\nshutdown:\n  drain_timeout: 1s\nlogging:\n  level: error\n",
+        broker.bootstrap()
+    );
+    let (child, base) = start_binary(dir.path(), &yaml, Stdio::piped()).await;
     let c = http();
-    let ready = format!("{base}/health/ready");
-    wait_until(
-        Duration::from_secs(30),
-        "the binary to become ready",
-        || {
-            let r = c.get(&ready).send();
-            async move { r.await.map(|r| r.status() == 200).unwrap_or(false) }
-        },
-    )
-    .await;
     let event = r#"{"type":"t","source":"s"}"#;
     let r = post_raw(&c, &format!("{base}/api/v1/events"), event).await;
     assert_eq!(r.status(), 200, "stored while the broker answers");

@@ -12,8 +12,6 @@ use std::time::Duration;
 use bytes::BufMut as _;
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_event-gateway");
-
 /// `performance.max_request_size` (the default).
 const MAX_REQUEST: usize = 10 * 1024 * 1024;
 
@@ -139,7 +137,7 @@ async fn send(base: &str, shape: &Shape) -> u16 {
                 .parse()
                 .unwrap();
             let err = grpc
-                .unary(tonic::Request::new(message.clone()), path, raw::RawCodec)
+                .unary(tonic::Request::new(message.clone()), path, RawCodec)
                 .await
                 .unwrap_err();
             err.code() as u16
@@ -147,76 +145,17 @@ async fn send(base: &str, shape: &Shape) -> u16 {
     }
 }
 
-mod raw {
-    use bytes::{Buf as _, BufMut as _};
-    use tonic::Status;
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-
-    /// Sends bytes as they are.
-    #[derive(Debug, Clone, Copy, Default)]
-    pub struct RawCodec;
-    impl Codec for RawCodec {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = RawCodec;
-        type Decoder = RawCodec;
-        fn encoder(&mut self) -> RawCodec {
-            RawCodec
-        }
-        fn decoder(&mut self) -> RawCodec {
-            RawCodec
-        }
-    }
-    impl Encoder for RawCodec {
-        type Item = Vec<u8>;
-        type Error = Status;
-        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-            dst.put_slice(&item);
-            Ok(())
-        }
-    }
-    impl Decoder for RawCodec {
-        type Item = Vec<u8>;
-        type Error = Status;
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-            Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_shape_keeps_memory_within_the_stated_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "server:\n  address: 127.0.0.1:{port}\nstorage:\n  data_dir: {}\nlogging:\n  level: error\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let ready = format!("{base}/health/ready");
-    let c = http();
-    wait_until(
-        Duration::from_secs(30),
-        "the binary to become ready",
-        || {
-            let r = c.get(&ready).send();
-            async move { r.await.map(|r| r.status() == 200).unwrap_or(false) }
-        },
+    let (mut child, base) = start_binary(
+        dir.path(),
+        "storage:\n  data_dir: data\nlogging:\n  level: error\n",
+        Stdio::null(),
     )
     .await;
+    let pid = child.id().unwrap();
+    let c = http();
     // Idle: after one request of each protocol has warmed up the pools.
     let ok = post_raw(
         &c,

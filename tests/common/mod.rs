@@ -822,3 +822,87 @@ pub fn log_text(dir: &std::path::Path) -> String {
     }
     out
 }
+
+/// The gateway's own binary.
+pub const GATEWAY_BIN: &str = env!("CARGO_BIN_EXE_event-gateway");
+
+/// The real binary on a free port of 127.0.0.1 with a config file of `yaml` (every section
+/// but `server`, which this adds) written into `dir`, its working directory; returned once
+/// `/health/ready` answers 200, with its base URL. Killed on drop.
+pub async fn start_binary(
+    dir: &std::path::Path,
+    yaml: &str,
+    stdout: Stdio,
+) -> (tokio::process::Child, String) {
+    let port = free_port();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("server:\n  address: 127.0.0.1:{port}\n{yaml}"),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(GATEWAY_BIN)
+        .args(["--config", config.to_str().unwrap()])
+        .current_dir(dir)
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let c = http();
+    let ready = format!("{base}/health/ready");
+    wait_until(
+        Duration::from_secs(30),
+        "the binary to become ready",
+        || {
+            let r = c.get(&ready).send();
+            async move { r.await.is_ok_and(|r| r.status() == 200) }
+        },
+    )
+    .await;
+    (child, base)
+}
+
+/// Sends bytes as they are: the gRPC message a broken or hostile client would frame.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
