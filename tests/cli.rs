@@ -90,14 +90,7 @@ async fn sigterm_drains_and_exits_zero() {
         async move { log_text(&log).lines().count() > 50 }
     })
     .await;
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&child);
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("the gateway exits after SIGTERM")
@@ -161,14 +154,7 @@ async fn events_left_undelivered_at_exit_make_exit_code_3() {
             "no answer while the broker is paused"
         );
     }
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&child);
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("the gateway exits after SIGTERM")
@@ -181,4 +167,11 @@ async fn events_left_undelivered_at_exit_make_exit_code_3() {
         log.contains("3 events were not delivered before exit"),
         "{log}"
     );
+}
+
+/// What Kubernetes sends at the end of a pod's life.
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
 }
