@@ -95,7 +95,7 @@ fn main() -> ExitCode {
                     // promise was broken; still, a supervisor must see that events died here.
                     tracing::error!(
                         undelivered = report.undelivered,
-                        "{} events were not delivered before exit (never acknowledged); exit code 3",
+                        "{} events were not delivered before exit (never acknowledged); exit code {UNDELIVERED_EXIT}",
                         report.undelivered
                     );
                     return ExitCode::from(UNDELIVERED_EXIT);

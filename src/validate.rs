@@ -92,7 +92,9 @@ pub struct Checked {
 /// request.
 pub const MAX_VIOLATIONS: usize = 100;
 
-struct Violations<'p> {
+/// The violations of one event as rules (or a decoder) find them: fields named under
+/// `prefix`, at most [`MAX_VIOLATIONS`] kept and the rest counted.
+pub struct Violations<'p> {
     prefix: &'p str,
     list: Vec<FieldViolation>,
     /// Found past [`MAX_VIOLATIONS`]: counted, not kept.
@@ -100,7 +102,7 @@ struct Violations<'p> {
 }
 
 impl<'p> Violations<'p> {
-    fn new(prefix: &'p str) -> Self {
+    pub fn new(prefix: &'p str) -> Self {
         Self {
             prefix,
             list: Vec::new(),
@@ -108,7 +110,7 @@ impl<'p> Violations<'p> {
         }
     }
 
-    fn add(&mut self, field: &str, description: impl Into<String>) {
+    pub fn add(&mut self, field: &str, description: impl Into<String>) {
         if self.list.len() >= MAX_VIOLATIONS {
             self.omitted += 1;
             return;
@@ -121,8 +123,34 @@ impl<'p> Violations<'p> {
         self.list.push(FieldViolation::new(field, description));
     }
 
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// What was found: the violations kept and how many more there were.
+    pub fn finish(self) -> Found {
+        (self.list, self.omitted)
+    }
+}
+
+/// The violations of a whole batch under one cap, counted under `events` past it.
+#[derive(Default)]
+pub struct BatchViolations {
+    list: Vec<FieldViolation>,
+    omitted: usize,
+}
+
+impl BatchViolations {
+    /// Adds one event's violations, as far as the cap has room.
+    pub fn absorb(&mut self, (list, more): Found) {
+        let room = MAX_VIOLATIONS.saturating_sub(self.list.len());
+        self.omitted += more + list.len().saturating_sub(room);
+        self.list.extend(list.into_iter().take(room));
+    }
+
+    /// The batch's violations, `None` when no event had any.
+    pub fn into_violations(self) -> Option<Vec<FieldViolation>> {
+        (!self.list.is_empty()).then(|| with_omitted((self.list, self.omitted), "events"))
     }
 }
 
@@ -144,10 +172,6 @@ pub fn omitted_count(v: &FieldViolation) -> Option<usize> {
 
 /// A failed check: the violations kept and how many more there were.
 pub type Found = (Vec<FieldViolation>, usize);
-
-fn finish(v: Violations<'_>) -> Found {
-    (v.list, v.omitted)
-}
 
 /// The violations kept, then (when any were dropped) the entry counting the rest.
 pub fn with_omitted((mut list, omitted): Found, field: &str) -> Vec<FieldViolation> {
@@ -218,7 +242,7 @@ fn check_event_counted(
         rule(&incoming, &mut v);
     }
     if !v.is_empty() {
-        return Err(finish(v));
+        return Err(v.finish());
     }
     let contract = ctx.types.lookup(&incoming.event.r#type);
     let event = normalise(incoming, contract, now);
@@ -232,7 +256,7 @@ fn check_event_counted(
     if v.is_empty() {
         Ok(checked)
     } else {
-        Err(finish(v))
+        Err(v.finish())
     }
 }
 
@@ -745,23 +769,16 @@ pub fn check_batch(
         return Err(too_many_events(events.len(), limits.max_batch_events));
     }
     let mut ok = Vec::with_capacity(events.len());
-    let mut violations = Vec::new();
-    let mut omitted = 0;
+    let mut violations = BatchViolations::default();
     for (i, ev) in events.into_iter().enumerate() {
         match check_event_counted(ev, &format!("events[{i}]"), ctx, now) {
             Ok(c) => ok.push(c),
-            Err((list, more)) => {
-                // One cap for the whole batch: past it, violations are only counted.
-                let room = MAX_VIOLATIONS.saturating_sub(violations.len());
-                omitted += more + list.len().saturating_sub(room);
-                violations.extend(list.into_iter().take(room));
-            }
+            Err(found) => violations.absorb(found),
         }
     }
-    if violations.is_empty() {
-        Ok(ok)
-    } else {
-        Err(with_omitted((violations, omitted), "events"))
+    match violations.into_violations() {
+        None => Ok(ok),
+        Some(v) => Err(v),
     }
 }
 

@@ -72,6 +72,21 @@ fn many_bad_extensions(n: usize) -> serde_json::Value {
     serde_json::json!({"type": "t", "source": "s", "extensions": ext})
 }
 
+/// The status IngestEvent refuses `ev` with (a test failure if it is stored).
+async fn refused_over_grpc(
+    gw: &TestGateway,
+    ev: event_gateway::proto::CloudEvent,
+) -> tonic::Status {
+    gw.grpc()
+        .await
+        .ingest_event(event_gateway::proto::IngestEventRequest {
+            event: Some(ev),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn violation_lists_are_capped_in_both_renderings() {
     use tonic_types::StatusExt as _;
@@ -108,15 +123,7 @@ async fn violation_lists_are_capped_in_both_renderings() {
     // gRPC: the status fits a client's 8 KiB metadata limit, and still says how many.
     let ev: event_gateway::proto::CloudEvent =
         serde_json::from_value(many_bad_extensions(5000)).unwrap();
-    let err = gw
-        .grpc()
-        .await
-        .ingest_event(event_gateway::proto::IngestEventRequest {
-            event: Some(ev),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = refused_over_grpc(&gw, ev).await;
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let trailer_bytes = err.message().len() + err.details().len().div_ceil(3) * 4;
     assert!(
@@ -353,15 +360,7 @@ async fn poison_data_is_refused_over_both_protocols_and_never_stored() {
             ))),
             ..Default::default()
         };
-        let err = gw
-            .grpc()
-            .await
-            .ingest_event(event_gateway::proto::IngestEventRequest {
-                event: Some(ev),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
+        let err = refused_over_grpc(&gw, ev).await;
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}");
         assert!(
             err.message()

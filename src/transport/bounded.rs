@@ -9,6 +9,9 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 
+use crate::error::Error;
+use crate::validate;
+
 /// Why a bounded array did not decode.
 #[derive(Debug)]
 pub enum ArrayError {
@@ -16,6 +19,15 @@ pub enum ArrayError {
     TooMany(usize),
     /// It is not a JSON array of `T`.
     Json(serde_json::Error),
+}
+
+/// A batch's events from `json`, refused as validation refuses an over-long batch
+/// (`events: has N events, over the limit…`) or as malformed, `what` saying what was expected.
+pub fn events<T: DeserializeOwned>(json: &[u8], max: usize, what: &str) -> Result<Vec<T>, Error> {
+    json_array(json, max).map_err(|e| match e {
+        ArrayError::TooMany(n) => Error::InvalidArgument(validate::too_many_events(n, max)),
+        ArrayError::Json(e) => Error::Malformed(format!("{what}: {e}")),
+    })
 }
 
 /// `json` as an array of at most `max` elements of `T`.

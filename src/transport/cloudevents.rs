@@ -8,7 +8,7 @@ use percent_encoding::percent_decode;
 use serde_json::value::RawValue;
 
 use crate::error::{Error, FieldViolation};
-use crate::transport::bounded::{self, ArrayError};
+use crate::transport::bounded;
 use crate::validate;
 // `data` and `data_base64` together are reported by validation, which sees both.
 use crate::proto::CloudEvent;
@@ -58,20 +58,18 @@ pub fn decode_structured_value(
     members: std::collections::BTreeMap<String, Box<RawValue>>,
     prefix: &str,
 ) -> Result<Incoming, Vec<FieldViolation>> {
+    decode_members(members, prefix).map_err(|found| validate::with_omitted(found, prefix))
+}
+
+/// [`decode_structured_value`], with the violations as validation counts them (capped).
+fn decode_members(
+    members: std::collections::BTreeMap<String, Box<RawValue>>,
+    prefix: &str,
+) -> Result<Incoming, validate::Found> {
     let mut ev = CloudEvent::default();
     let mut raw_data = None;
-    let mut violations = Vec::new();
-    let mut omitted = 0;
-    let mut bad = |name: &str, what: &str| {
-        if violations.len() < validate::MAX_VIOLATIONS {
-            violations.push(FieldViolation::new(
-                format!("{prefix}.{name}"),
-                what.to_owned(),
-            ));
-        } else {
-            omitted += 1;
-        }
-    };
+    let mut violations = validate::Violations::new(prefix);
+    let mut bad = |name: &str, what: &str| violations.add(name, what);
     for (name, raw) in members {
         let text = || serde_json::from_str::<String>(raw.get()).ok();
         match name.as_str() {
@@ -118,7 +116,7 @@ pub fn decode_structured_value(
             raw_data,
         })
     } else {
-        Err(validate::with_omitted((violations, omitted), prefix))
+        Err(violations.finish())
     }
 }
 
@@ -137,38 +135,23 @@ pub fn decode_structured(body: &[u8]) -> Result<Incoming, Error> {
 /// At most `max` events are decoded (`limits.max_batch_events`); a longer array is refused by
 /// its count before any event is.
 pub fn decode_batch(body: &[u8], max: usize) -> Result<Vec<Incoming>, Error> {
-    let items: Vec<std::collections::BTreeMap<String, Box<RawValue>>> =
-        bounded::json_array(body, max).map_err(|e| match e {
-            ArrayError::TooMany(n) => Error::InvalidArgument(validate::too_many_events(n, max)),
-            ArrayError::Json(e) => Error::Malformed(format!(
-                "invalid body: expected a JSON array of events in the CloudEvents JSON format: {e}"
-            )),
-        })?;
+    let items: Vec<std::collections::BTreeMap<String, Box<RawValue>>> = bounded::events(
+        body,
+        max,
+        "invalid body: expected a JSON array of events in the CloudEvents JSON format",
+    )?;
     let mut out = Vec::with_capacity(items.len());
-    let mut violations = Vec::new();
-    let mut omitted = 0;
+    // One cap for the whole batch, as `check_batch` keeps it.
+    let mut violations = validate::BatchViolations::default();
     for (i, members) in items.into_iter().enumerate() {
-        match decode_structured_value(members, &format!("events[{i}]")) {
+        match decode_members(members, &format!("events[{i}]")) {
             Ok(incoming) => out.push(incoming),
-            // One cap for the whole batch, as `check_batch` keeps it.
-            Err(found) => {
-                for v in found {
-                    match validate::omitted_count(&v) {
-                        Some(n) => omitted += n,
-                        None if violations.len() < validate::MAX_VIOLATIONS => violations.push(v),
-                        None => omitted += 1,
-                    }
-                }
-            }
+            Err(found) => violations.absorb(found),
         }
     }
-    if violations.is_empty() {
-        Ok(out)
-    } else {
-        Err(Error::InvalidArgument(validate::with_omitted(
-            (violations, omitted),
-            "events",
-        )))
+    match violations.into_violations() {
+        None => Ok(out),
+        Some(v) => Err(Error::InvalidArgument(v)),
     }
 }
 

@@ -60,11 +60,8 @@ pub fn decode<U: Message + Default + 'static>(bytes: &[u8]) -> Result<U, Error> 
             n, max,
         )));
     }
-    U::decode(bytes).map_err(malformed)
-}
-
-fn malformed(e: prost::DecodeError) -> Error {
-    Error::Malformed(format!("the protobuf message does not decode: {e}"))
+    U::decode(bytes)
+        .map_err(|e| Error::Malformed(format!("the protobuf message does not decode: {e}")))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -103,13 +100,9 @@ impl<U: Message + Default + 'static> Decoder for StrictDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        // A `DecodeBuf` over tonic's contiguous buffer: the whole message in one chunk.
-        if buf.chunk().len() == buf.remaining() {
-            let decoded = decode::<U>(buf.chunk());
-            buf.advance(buf.remaining());
-            return decoded.map(Some).map_err(Status::from);
-        }
-        U::decode(buf).map(Some).map_err(|e| malformed(e).into())
+        // The message split off tonic's buffer, not copied (`BytesMut::split_to`).
+        let message = buf.copy_to_bytes(buf.remaining());
+        decode::<U>(&message).map(Some).map_err(Status::from)
     }
 
     fn buffer_settings(&self) -> BufferSettings {

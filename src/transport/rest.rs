@@ -26,14 +26,14 @@ use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
 use crate::service::AckRequest;
 use crate::service::Gateway;
-use crate::transport::bounded::{self, ArrayError};
+use crate::transport::bounded;
 use crate::transport::cloudevents::{self, Mode};
 use crate::transport::reply::{
     ack_request, batch_reply, event_reply, is_spooled, types_reply, validate_reply,
 };
 use crate::transport::stack;
 use crate::transport::status::{is_grpc, respond};
-use crate::validate::{self, Incoming};
+use crate::validate::Incoming;
 
 pub const ROUTE_INGEST_EVENT: &str = "/api/v1/events";
 pub const ROUTE_INGEST_BATCH: &str = "/api/v1/events/batch";
@@ -302,27 +302,21 @@ async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Respon
             cloudevents::decode_batch(&body, max)?
         }
         Mode::Json => {
-            check_content_type(req.headers())?;
-            let body = read_body(req, s.max_body).await?;
-            let batch: RestBatch = serde_json::from_slice(&body)
-                .map_err(|e| Error::Malformed(format!("invalid JSON body: {e}")))?;
+            let body = json_body(req, s.max_body).await?;
+            let batch: RestBatch = parse_json(&body)?;
             if batch.ack.is_some() {
                 ack = ack_of(&headers, query.as_deref(), batch.ack)?.0;
             }
             match batch.events {
                 None => Vec::new(),
-                Some(events) => bounded::json_array::<RestEvent>(events.get().as_bytes(), max)
-                    .map_err(|e| match e {
-                        ArrayError::TooMany(n) => {
-                            Error::InvalidArgument(validate::too_many_events(n, max))
-                        }
-                        ArrayError::Json(e) => {
-                            Error::Malformed(format!("invalid JSON body: in `events`: {e}"))
-                        }
-                    })?
-                    .into_iter()
-                    .map(Incoming::from)
-                    .collect(),
+                Some(events) => bounded::events::<RestEvent>(
+                    events.get().as_bytes(),
+                    max,
+                    "invalid JSON body: in `events`",
+                )?
+                .into_iter()
+                .map(Incoming::from)
+                .collect(),
             }
         }
         Mode::Binary | Mode::Structured => return Err(one_event_to_batch(&req)),
@@ -496,9 +490,17 @@ async fn read_body_within(req: Request, max_body: usize) -> Result<Bytes, Reject
 }
 
 async fn decode<T: DeserializeOwned>(req: Request, max_body: usize) -> Result<T, Rejection> {
+    parse_json(&json_body(req, max_body).await?)
+}
+
+/// The body of a request that must be JSON.
+async fn json_body(req: Request, max_body: usize) -> Result<Bytes, Rejection> {
     check_content_type(req.headers())?;
-    let bytes = read_body(req, max_body).await?;
-    serde_json::from_slice(&bytes)
+    read_body(req, max_body).await
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejection> {
+    serde_json::from_slice(body)
         .map_err(|e| Error::Malformed(format!("invalid JSON body: {e}")).into())
 }
 

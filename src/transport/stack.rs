@@ -75,11 +75,9 @@ pub fn principal(p: Option<&Principal>) -> Result<Principal, Error> {
     })
 }
 
-/// Reads the credentials off the request (headers or gRPC metadata, which travel the same
-/// way, and the connection's client certificate) and puts the [`Principal`] on it; or
-/// returns the refusal to send instead, 401 / UNAUTHENTICATED for the caller's protocol.
-/// The request's credentials, as `a` judges them: its principal (anonymous when it brought
-/// none and none are required), or the refusal.
+/// The request's credentials (headers or gRPC metadata, which travel the same way, and the
+/// connection's client certificate), as `a` judges them: its principal (anonymous when it
+/// brought none and none are required), or the refusal.
 pub fn principal_of(a: &Authenticator, req: &Request) -> Result<Principal, Error> {
     let header = |name: &HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
     let bearer = header(&http::header::AUTHORIZATION).and_then(|v| {
@@ -94,6 +92,8 @@ pub fn principal_of(a: &Authenticator, req: &Request) -> Result<Principal, Error
     a.authenticate(&credentials)
 }
 
+/// Puts the request's [`Principal`] on it; or returns the refusal to send instead, 401 /
+/// UNAUTHENTICATED for the caller's protocol.
 fn authenticate_request(a: &Authenticator, req: &mut Request) -> Option<Response> {
     let outcome = principal_of(a, req);
     match outcome {
