@@ -285,7 +285,7 @@ impl Gateway {
     }
 
     pub async fn ingest_event(
-        &self,
+        self: &Arc<Self>,
         principal: &Principal,
         event: Option<Incoming>,
         ack: AckRequest,
@@ -331,7 +331,11 @@ impl Gateway {
 
     /// Duplicates answered from the window, the rest delivered at the level asked for; one
     /// result per event, in order.
-    async fn deliver(&self, events: &[Event], ack: AckRequest) -> Vec<Result<Receipt, Error>> {
+    async fn deliver(
+        self: &Arc<Self>,
+        events: &[Event],
+        ack: AckRequest,
+    ) -> Vec<Result<Receipt, Error>> {
         let Some(dedup) = &self.durability.dedup else {
             return self.deliver_new(events, ack).await;
         };
@@ -353,10 +357,25 @@ impl Gateway {
             }
         }
         if !firsts.is_empty() {
-            let new: Vec<Event> = firsts.iter().map(|(i, _)| events[*i].clone()).collect();
-            let delivered = self.deliver_new(&new, ack).await;
-            for ((i, guard), r) in firsts.into_iter().zip(delivered) {
-                guard.complete(r.as_ref().ok());
+            let (indices, guards): (Vec<usize>, Vec<_>) = firsts.into_iter().unzip();
+            let new: Vec<Event> = indices.iter().map(|&i| events[i].clone()).collect();
+            // The writes and their guards run in a task of their own. A client that gives up
+            // (its deadline, a reset) cancels this request, but the sink still delivers what
+            // it was handed; the guards must learn that outcome, or the client's retry of the
+            // same id would be written a second time (the chaos suite's timeout-and-retry).
+            let this = Arc::clone(self);
+            let task = tokio::spawn(async move {
+                let delivered = this.deliver_new(&new, ack).await;
+                for (guard, r) in guards.into_iter().zip(&delivered) {
+                    guard.complete(r.as_ref().ok());
+                }
+                delivered
+            });
+            let delivered = match task.await {
+                Ok(d) => d,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
+            for (i, r) in indices.into_iter().zip(delivered) {
                 results[i] = Some(r);
             }
         }
@@ -506,7 +525,7 @@ impl Gateway {
     /// least one event was stored the reply is OK with each event's outcome; if none was, the
     /// reply is the error itself (UNAVAILABLE when every failure is retryable).
     pub async fn ingest_batch(
-        &self,
+        self: &Arc<Self>,
         principal: &Principal,
         events: Vec<Incoming>,
         ack: AckRequest,

@@ -233,6 +233,8 @@ pub enum Tool {
     Grpcurl,
     /// Node.js with the CloudEvents JavaScript SDK installed in `tests/js` (npm).
     JsSdk,
+    /// nftables (Debian's `nftables`), for packet loss and partitions in the chaos suite.
+    Nft,
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -262,6 +264,7 @@ impl Tool {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| ".venv-test/bin/python".into()),
             Tool::Grpcurl => Tool::Python.path().with_file_name("grpcurl"),
+            Tool::Nft => on_path("nft").unwrap_or_else(|| "/usr/sbin/nft".into()),
             Tool::JsSdk => match on_path("node") {
                 Some(_) => "tests/js/node_modules/cloudevents/package.json".into(),
                 None => "node".into(),
@@ -330,6 +333,14 @@ impl Broker {
     /// Starts a broker listening on `port` that tells clients to connect to `advertised`
     /// (a TLS terminator in front of it), without waiting for it.
     pub fn spawn_advertising(port: u16, advertised: u16) -> Broker {
+        Self::spawn_in(None, "127.0.0.1", port, advertised)
+    }
+
+    /// Starts a broker listening on `host:port`, inside network namespace `netns` when one is
+    /// given (`ip netns exec` execs tansu, so the child is tansu itself and pause/resume
+    /// still reach it), telling clients to connect to 127.0.0.1:`advertised` (a proxy or a
+    /// TLS terminator on the loopback in front of it), without waiting for it.
+    pub fn spawn_in(netns: Option<&str>, host: &str, port: u16, advertised: u16) -> Broker {
         let bin = Tool::Tansu.path();
         assert!(
             bin.is_file(),
@@ -338,9 +349,17 @@ impl Broker {
         );
         // A clean working directory: tansu reads a .env file from it.
         let cwd = tempfile::tempdir().unwrap();
-        let url = format!("tcp://127.0.0.1:{port}");
+        let url = format!("tcp://{host}:{port}");
         let advertised_url = format!("tcp://127.0.0.1:{advertised}");
-        let child = Command::new(bin)
+        let mut command = match netns {
+            None => Command::new(bin),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+        };
+        let child = command
             .current_dir(cwd.path())
             .args([
                 "broker",
@@ -834,7 +853,16 @@ pub async fn start_binary(
     yaml: &str,
     stdout: Stdio,
 ) -> (tokio::process::Child, String) {
-    let port = free_port();
+    start_binary_on(free_port(), dir, yaml, stdout).await
+}
+
+/// [`start_binary`] on a chosen port (a restart where the last one ran).
+pub async fn start_binary_on(
+    port: u16,
+    dir: &std::path::Path,
+    yaml: &str,
+    stdout: Stdio,
+) -> (tokio::process::Child, String) {
     let config = dir.join("config.yaml");
     std::fs::write(
         &config,
