@@ -29,6 +29,7 @@ use subtle::ConstantTimeEq as _;
 use crate::config::{AuthConfig, JwtConfig};
 use crate::error::{AuthFailure, Error, FieldViolation};
 use crate::event::Event;
+use crate::telemetry::throttle::LogThrottle;
 
 /// The CloudEvents Auth Context `authtype` of an API key.
 pub const AUTHTYPE_API_KEY: &str = "api_key";
@@ -257,12 +258,20 @@ fn load_jwks(path: &Path) -> Result<jsonwebtoken::jwk::JwkSet, String> {
 pub struct AuthError(String);
 
 /// Turns credentials into principals and decides what they may send.
+/// One log line per kind of refusal per this period at most.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Authenticator {
     required: bool,
     keys: Option<(ArcSwap<KeyRing>, PathBuf)>,
     jwt: Option<Jwt>,
     failures: Counter<u64>,
     reload_failures: AtomicU64,
+    /// Refusals are logged once per 10 s at most (per kind), with the count since the last
+    /// line: a client cycling through bad keys must not fill the disk. `auth_failures`
+    /// counts every one.
+    unauthenticated_log: LogThrottle,
+    forbidden_log: LogThrottle,
 }
 
 /// What a request presented. Secrets are borrowed, never kept.
@@ -312,6 +321,8 @@ impl Authenticator {
             jwt,
             failures,
             reload_failures: AtomicU64::new(0),
+            unauthenticated_log: LogThrottle::new(REFUSAL_LOG_EVERY),
+            forbidden_log: LogThrottle::new(REFUSAL_LOG_EVERY),
         });
         let weak = Arc::downgrade(&this);
         meter
@@ -405,7 +416,9 @@ impl Authenticator {
         result.map_err(|(reason, message)| {
             self.failures
                 .add(1, &[KeyValue::new("reason", reason.as_str())]);
-            tracing::info!(reason = reason.as_str(), %message, "request refused: not authenticated");
+            if let Some(refused) = self.unauthenticated_log.due() {
+                tracing::info!(reason = reason.as_str(), %message, refused, "request refused: not authenticated (refused: how many since the last such line)");
+            }
             Error::Unauthenticated { reason, message }
         })
     }
@@ -590,7 +603,14 @@ impl Authenticator {
             return Ok(());
         }
         self.failures.add(1, &[KeyValue::new("reason", reason)]);
-        tracing::info!(principal = who, reason, "request refused: not authorized");
+        if let Some(refused) = self.forbidden_log.due() {
+            tracing::info!(
+                principal = who,
+                reason,
+                refused,
+                "request refused: not authorized (refused: how many since the last such line)"
+            );
+        }
         Err(Error::PermissionDenied(violations))
     }
 }

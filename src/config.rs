@@ -15,6 +15,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// (`rate_limit`), so splitting on `_` cannot work; a nested section (`auth.jwt`) comes
 /// before its parent so that `GATEWAY_AUTH_JWT_ISSUER` finds it.
 const SECTIONS: &[(&str, &str)] = &[
+    ("server_http1", "server.http1"),
+    ("server_http2", "server.http2"),
     ("server", "server"),
     ("kafka_security", "kafka.security"),
     ("kafka", "kafka"),
@@ -82,6 +84,60 @@ pub struct ServerConfig {
     /// Open connections from one peer address at most (a load balancer in front counts as
     /// one peer: raise it, or set 0 for no per-peer cap).
     pub max_connections_per_peer: usize,
+    pub http1: Http1Config,
+    pub http2: Http2Config,
+}
+
+/// HTTP/1 limits (hyper's settings).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http1Config {
+    /// Request headers at most; more get 431.
+    pub max_headers: usize,
+    /// The request line and headers together at most (hyper's read buffer, so also the most
+    /// one connection buffers); more get 431. At least 8 KiB.
+    pub max_head_size: ByteSize,
+}
+
+impl Default for Http1Config {
+    fn default() -> Self {
+        Self {
+            max_headers: 100,
+            max_head_size: ByteSize::kib(64),
+        }
+    }
+}
+
+/// HTTP/2 limits (hyper's and h2's settings), sent to the client in SETTINGS where HTTP/2
+/// has one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// Streams open at once on one connection; more are refused (REFUSED_STREAM).
+    pub max_concurrent_streams: u32,
+    /// Decoded request headers at most; more: the stream is refused (431 for REST), and a
+    /// header block that keeps growing (CONTINUATION flood) ends the connection.
+    pub max_header_list_size: ByteSize,
+    /// The largest frame the gateway accepts: 16 KiB to 16 MiB - 1.
+    pub max_frame_size: ByteSize,
+    /// Streams a client opened and reset before the gateway took them up (rapid reset,
+    /// CVE-2023-44487); more and the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the gateway had to reset for the client's protocol errors; more and the
+    /// connection ends with GOAWAY ENHANCE_YOUR_CALM.
+    pub max_local_error_reset_streams: usize,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 1024,
+            max_header_list_size: ByteSize::kib(16),
+            max_frame_size: ByteSize::kib(16),
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -94,6 +150,8 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             max_connections: 10_000,
             max_connections_per_peer: 1_000,
+            http1: Http1Config::default(),
+            http2: Http2Config::default(),
         }
     }
 }
@@ -363,6 +421,11 @@ pub struct PerformanceConfig {
     /// Requests handled at once; more are shed with 503 / UNAVAILABLE. Each event in flight
     /// on a stream (IngestStream, the WebSocket route) takes one of these slots too.
     pub max_concurrent_requests: usize,
+    /// How many of those slots one client (its principal, else its address: the rate
+    /// limiter's key) may hold at once; more get 429 / RESOURCE_EXHAUSTED. Requests that
+    /// send headers and no body hold their slot until `request_timeout`: without a share,
+    /// one client could take every slot. 0: no share (one client may take them all).
+    pub max_concurrent_requests_per_client: usize,
     /// Streams (IngestStream calls and WebSockets) open at once; more are refused with
     /// UNAVAILABLE (WebSocket close code 1013).
     pub max_streams: usize,
@@ -374,6 +437,7 @@ impl Default for PerformanceConfig {
             max_request_size: ByteSize::mib(10),
             request_timeout: Duration::from_secs(30),
             max_concurrent_requests: 10_000,
+            max_concurrent_requests_per_client: 1000,
             max_streams: 1000,
         }
     }
@@ -808,6 +872,27 @@ impl Config {
         if self.server.idle_timeout < Duration::from_secs(1) {
             errors.push("server.idle_timeout must be at least 1s".into());
         }
+        let h2 = &self.server.http2;
+        if !(16_384..16_777_216).contains(&h2.max_frame_size.as_u64()) {
+            errors.push(format!(
+                "server.http2.max_frame_size ({}) must be from 16KiB to 16MiB - 1 (RFC 9113)",
+                h2.max_frame_size
+            ));
+        }
+        if h2.max_concurrent_streams == 0 {
+            errors.push("server.http2.max_concurrent_streams must be above 0".into());
+        }
+        if h2.max_header_list_size.as_u64() < 1024
+            || h2.max_header_list_size.as_u64() > u64::from(u32::MAX)
+        {
+            errors.push("server.http2.max_header_list_size must be from 1KiB to 4GiB".into());
+        }
+        if self.server.http1.max_head_size.as_u64() < 8192 {
+            errors.push("server.http1.max_head_size must be at least 8KiB".into());
+        }
+        if self.server.http1.max_headers == 0 {
+            errors.push("server.http1.max_headers must be above 0".into());
+        }
         if self.server.max_connections == 0 {
             errors.push("server.max_connections must be above 0".into());
         }
@@ -1038,6 +1123,8 @@ mod tests {
                 ("GATEWAY_SERVER_ADDRESS", "127.0.0.1:9000"),
                 ("GATEWAY_PERFORMANCE_MAX_REQUEST_SIZE", "1MiB"),
                 ("GATEWAY_KAFKA_REQUIRED_ACKS", "-1"),
+                ("GATEWAY_SERVER_HTTP2_MAX_FRAME_SIZE", "32KiB"),
+                ("GATEWAY_SERVER_HTTP1_MAX_HEADERS", "50"),
                 ("GATEWAY_CONFIG", "names-the-file.yaml"),
                 ("OTHER_VAR", "ignored"),
             ],
@@ -1050,6 +1137,8 @@ mod tests {
         assert_eq!(c.server.address, "127.0.0.1:9000");
         assert_eq!(c.performance.max_request_size, ByteSize::mib(1));
         assert_eq!(c.kafka.required_acks, RequiredAcks::All);
+        assert_eq!(c.server.http2.max_frame_size, ByteSize::kib(32));
+        assert_eq!(c.server.http1.max_headers, 50);
     }
 
     /// Nested sections take their variables too; the Kafka password comes from the

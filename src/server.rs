@@ -34,6 +34,7 @@ use crate::sink::{self, FlushReport};
 use crate::spool::Spool;
 use crate::spool::forward::{self, Forwarder};
 use crate::telemetry::metrics::MetricsRegistry;
+use crate::telemetry::throttle::LogThrottle;
 use crate::transport::health::Readiness;
 use crate::transport::stack::HttpMetrics;
 use crate::transport::{docs, grpc, health, rest, stack, tls, ws};
@@ -300,12 +301,9 @@ struct ConnectionLimits {
     max: usize,
     per_peer: usize,
     open: Arc<std::sync::Mutex<(usize, HashMap<IpAddr, usize>)>>,
-    /// When a refusal was last logged: one line per `REFUSAL_LOG_EVERY` at most, with the
-    /// count since, so a flood cannot fill the disk with warnings.
-    logged: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+    /// Refusals are logged once per 10 s at most, with the count since the last line.
+    logged: LogThrottle,
 }
-
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A connection's place in [`ConnectionLimits`], given back on drop.
 struct ConnectionSlot {
@@ -332,7 +330,7 @@ impl ConnectionLimits {
             max,
             per_peer,
             open: Arc::default(),
-            logged: std::sync::Mutex::new((None, 0)),
+            logged: LogThrottle::new(Duration::from_secs(10)),
         }
     }
 
@@ -355,18 +353,14 @@ impl ConnectionLimits {
     }
 
     fn log_refusal(&self, peer: SocketAddr) {
-        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
-        logged.1 += 1;
-        let due = logged.0.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY);
-        if due {
+        if let Some(refused) = self.logged.due() {
             tracing::warn!(
                 %peer,
-                refused = logged.1,
+                refused,
                 max_connections = self.max,
                 max_connections_per_peer = self.per_peer,
                 "connections refused at server.max_connections / server.max_connections_per_peer (count since the last such line)"
             );
-            *logged = (Some(std::time::Instant::now()), 0);
         }
     }
 }
@@ -376,17 +370,24 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     // A client gets `read_timeout` to send a request's headers, so slow clients cannot hold
     // connections (hyper needs the timer for this to take effect at all).
+    let (h1, h2) = (&config.server.http1, &config.server.http2);
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.server.read_timeout)
-        .keep_alive(true);
+        .keep_alive(true)
+        .max_headers(h1.max_headers)
+        .max_buf_size(h1.max_head_size.as_u64() as usize);
     // HTTP/2 (gRPC): pings find dead peers; an idle connection is closed after idle_timeout
-    // without an answered ping.
+    // without an answered ping. The limits are checked by the config (u32 fits).
     b.http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(config.server.idle_timeout / 2))
         .keep_alive_timeout(config.server.idle_timeout / 2)
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_header_list_size(h2.max_header_list_size.as_u64() as u32)
+        .max_frame_size(h2.max_frame_size.as_u64() as u32)
+        .max_pending_accept_reset_streams(h2.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(h2.max_local_error_reset_streams);
     b
 }
 

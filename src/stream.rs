@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, Stream, StreamExt as _};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 
 use crate::auth::Principal;
 use crate::error::{Error, FieldViolation};
@@ -28,14 +28,18 @@ use crate::validate::Incoming;
 /// the `performance.request_timeout` deadline. Implemented by the shared stack, which also
 /// holds the stream's `performance.max_streams` slot for as long as this lives.
 pub trait Admit: Send + Sync {
-    /// Admits one event, or says why not (rate limited, overloaded). The slot is held until
-    /// the permit is dropped, when the event's outcome is known.
-    fn admit(&self) -> Result<OwnedSemaphorePermit, Error>;
+    /// Admits one event, or says why not (rate limited, overloaded, the client's share of
+    /// the slots taken). The slots are held until the permit is dropped, when the event's
+    /// outcome is known.
+    fn admit(&self) -> Result<Permit, Error>;
     /// How long one event may take, delivery included.
     fn deadline(&self) -> Duration;
     /// Who opened the stream: authenticated once, when it opened.
     fn principal(&self) -> &Principal;
 }
+
+/// The slots one event holds (the shared pool's, the client's share), released on drop.
+pub type Permit = Box<dyn Send + Sync>;
 
 /// What the shared stack put on a stream's request: its admission, or why the stream may not
 /// open (`performance.max_streams` reached).

@@ -2,7 +2,9 @@
 //! server error, and must cost bounded work: protobuf messages that do not decode, requests
 //! full of violations, made-up methods inflating the metrics, batches refused by their count
 //! before decoding, poison `data` (deep, long numbers, lone surrogates), half-open HTTP/2
-//! connections, bodies slower than the deadline.
+//! connections, bodies slower than the deadline, connection caps, one client holding every
+//! slot, HTTP/1 and HTTP/2 limits from the configuration, rapid-reset and CONTINUATION floods
+//! while a normal client is served.
 mod common;
 
 use common::*;
@@ -163,9 +165,9 @@ async fn clients_cannot_inflate_the_metrics_with_methods_or_paths() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let gw = TestGateway::local().await;
     let before = gw.metrics().await.len();
-    // 100 custom HTTP methods of 64 KiB each, over plain HTTP/1.
+    // 100 custom HTTP methods of 48 KiB each (within server.http1.max_head_size), over HTTP/1.
     for i in 0..100 {
-        let method = format!("X{i}{}", "M".repeat(64 * 1024));
+        let method = format!("X{i}{}", "M".repeat(48 * 1024));
         let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
         s.write_all(
             format!("{method} /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
@@ -547,4 +549,355 @@ async fn connections_over_the_caps_are_closed_at_once_and_the_rest_keep_being_se
         )
         .await;
     }
+}
+
+/// A REST ingest request from `client` (an X-Forwarded-For address, trusted from the
+/// loopback) that promises a body and sends none: it holds its slot until the deadline.
+async fn bodiless_from(gw: &TestGateway, client: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Forwarded-For: {client}\r\nContent-Length: 100\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s
+}
+
+async fn post_from(gw: &TestGateway, client: &str) -> (u16, serde_json::Value) {
+    let r = http()
+        .post(gw.url("/api/v1/events"))
+        .header("content-type", "application/json")
+        .header("x-forwarded-for", client)
+        .body(SEED_EVENT)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_slot() {
+    use event_gateway::proto::{CloudEvent, IngestEventRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.performance.max_concurrent_requests = 20;
+    config.performance.max_concurrent_requests_per_client = 3;
+    config.server.trusted_proxies = vec!["127.0.0.1".into()];
+    let gw = TestGateway::start(config).await;
+    // Documentation addresses (RFC 5737), in a header only: nothing is sent to them.
+    let (greedy, other) = ("203.0.113.7", "198.51.100.9");
+
+    // The greedy client's requests bring headers and no body, as many as it likes: three
+    // take its share and wait for their bodies, the other seven are refused at once.
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let mut s = bodiless_from(&gw, greedy).await;
+        let refused = refused.clone();
+        held.push(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut reply = [0u8; 12];
+            if s.read_exact(&mut reply).await.is_ok() && reply.ends_with(b"429") {
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // Held open (unanswered or not) until the test lets go.
+            std::future::pending::<()>().await;
+            drop(s);
+        }));
+    }
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "seven of ten refused",
+        || async { refused.load(std::sync::atomic::Ordering::Relaxed) == 7 },
+    )
+    .await;
+    // Its share is taken: its next request is refused, naming the limit...
+    let (status, body) = post_from(&gw, greedy).await;
+    assert_eq!(status, 429);
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("max_concurrent_requests_per_client"),
+        "{message}"
+    );
+    // ...over gRPC too (its address is the same client)...
+    let mut req = tonic::Request::new(IngestEventRequest {
+        event: Some(serde_json::from_str::<CloudEvent>(SEED_EVENT).unwrap()),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("x-forwarded-for", greedy.parse().unwrap());
+    let err = gw.grpc().await.ingest_event(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    // ...while every other client is served: 17 of the 20 slots are still free.
+    for _ in 0..5 {
+        assert_eq!(post_from(&gw, other).await.0, 200);
+    }
+    // Its slots come back when its requests end.
+    for h in held {
+        h.abort();
+    }
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "the greedy client served again",
+        || async { post_from(&gw, greedy).await.0 == 200 },
+    )
+    .await;
+}
+
+/// Raw HTTP/2, for what no well-behaved client sends: frames written as they are.
+mod h2raw {
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const HEADERS: u8 = 1;
+    pub const RST_STREAM: u8 = 3;
+    pub const SETTINGS: u8 = 4;
+    pub const GOAWAY: u8 = 7;
+    pub const CONTINUATION: u8 = 9;
+    pub const END_HEADERS: u8 = 0x4;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// HPACK for `POST <path>` to authority `x`, static-table names, no Huffman.
+    pub fn request_block(path: &str) -> Vec<u8> {
+        let mut b = vec![0x83, 0x86]; // :method POST, :scheme http
+        b.push(0x04); // :path, literal without indexing
+        b.push(path.len() as u8);
+        b.extend_from_slice(path.as_bytes());
+        b.extend_from_slice(&[0x01, 0x01, b'x']); // :authority x
+        b
+    }
+
+    /// Every frame the server sends until it closes or `limit` passes: (type, payload).
+    pub async fn frames_until_closed(
+        s: &mut tokio::net::tcp::OwnedReadHalf,
+        limit: std::time::Duration,
+    ) -> Vec<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt as _;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let mut head = [0u8; 9];
+                if s.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                if s.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                out.push((head[3], payload));
+            }
+        })
+        .await;
+        out
+    }
+
+    /// The error code of the first GOAWAY among `frames`.
+    pub fn goaway(frames: &[(u8, Vec<u8>)]) -> Option<u32> {
+        frames
+            .iter()
+            .find(|(t, _)| *t == GOAWAY)
+            .map(|(_, p)| u32::from_be_bytes([p[4], p[5], p[6], p[7]]))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_limits_come_from_the_configuration() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.http2.max_concurrent_streams = 77;
+    config.server.http2.max_frame_size = bytesize::ByteSize::kib(32);
+    config.server.http2.max_header_list_size = bytesize::ByteSize::kib(8);
+    let gw = TestGateway::start(config).await;
+    let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    w.write_all(&[h2raw::PREFACE, &h2raw::frame(h2raw::SETTINGS, 0, 0, &[])].concat())
+        .await
+        .unwrap();
+    let frames = h2raw::frames_until_closed(&mut r, std::time::Duration::from_secs(2)).await;
+    let (_, settings) = frames
+        .iter()
+        .find(|(t, p)| *t == h2raw::SETTINGS && !p.is_empty())
+        .expect("the server's SETTINGS");
+    let values: std::collections::HashMap<u16, u32> = settings
+        .chunks(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect();
+    // SETTINGS_MAX_CONCURRENT_STREAMS, SETTINGS_MAX_FRAME_SIZE, SETTINGS_MAX_HEADER_LIST_SIZE
+    assert_eq!(values.get(&0x3), Some(&77), "{values:?}");
+    assert_eq!(values.get(&0x5), Some(&32768), "{values:?}");
+    assert_eq!(values.get(&0x6), Some(&8192), "{values:?}");
+
+    // Headers over the list size: the request is refused, the connection keeps serving.
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let big = c
+        .post(gw.url("/api/v1/events"))
+        .header("content-type", "application/json")
+        .header("x-padding", "a".repeat(9000))
+        .body(SEED_EVENT)
+        .send()
+        .await;
+    match big {
+        Ok(r) => assert_eq!(r.status(), 431),
+        Err(e) => assert!(format!("{e:?}").contains("REFUSED_STREAM"), "{e:?}"),
+    }
+    let (status, _) = post_json(&c, &gw.url("/api/v1/events"), SEED_EVENT).await;
+    assert_eq!(status, 200);
+}
+
+/// Requests from a well-behaved client while `flood` runs: every one must succeed. Returns
+/// the slowest (printed: speed is the benchmarks' business, success is this test's).
+async fn served_during(
+    gw: &TestGateway,
+    flood: tokio::task::JoinHandle<Vec<(u8, Vec<u8>)>>,
+) -> (Vec<(u8, Vec<u8>)>, std::time::Duration) {
+    let c = http();
+    let mut slowest = std::time::Duration::ZERO;
+    let mut served = 0;
+    while !flood.is_finished() || served < 20 {
+        let t = std::time::Instant::now();
+        let (status, _) = post_json(&c, &gw.url("/api/v1/events"), SEED_EVENT).await;
+        assert_eq!(status, 200, "a normal client during the flood");
+        slowest = slowest.max(t.elapsed());
+        served += 1;
+    }
+    (flood.await.unwrap(), slowest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_ends_in_goaway_and_others_are_served() {
+    use tokio::io::AsyncWriteExt as _;
+    let gw = TestGateway::local().await;
+    let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let flood = tokio::spawn(async move {
+        let mut bytes = [h2raw::PREFACE, &h2raw::frame(h2raw::SETTINGS, 0, 0, &[])].concat();
+        let block = h2raw::request_block("/api/v1/events");
+        for i in 0..20_000u32 {
+            let id = 2 * i + 1;
+            bytes.extend(h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, id, &block));
+            bytes.extend(h2raw::frame(h2raw::RST_STREAM, 0, id, &8u32.to_be_bytes()));
+        }
+        let writing = tokio::spawn(async move {
+            let _ = w.write_all(&bytes).await;
+            w
+        });
+        let frames = h2raw::frames_until_closed(&mut r, std::time::Duration::from_secs(20)).await;
+        drop(writing.await);
+        frames
+    });
+    let (frames, slowest) = served_during(&gw, flood).await;
+    println!("rapid reset: slowest normal request during the flood {slowest:?}");
+    // ENHANCE_YOUR_CALM (0xb): h2's answer past max_pending_accept_reset_streams.
+    assert_eq!(
+        h2raw::goaway(&frames),
+        Some(0xb),
+        "{:?}",
+        frames.iter().map(|f| f.0).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_is_cut_off_and_others_are_served() {
+    use tokio::io::AsyncWriteExt as _;
+    let gw = TestGateway::local().await;
+    let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = sent.clone();
+    let flood = tokio::spawn(async move {
+        let head = [h2raw::PREFACE, &h2raw::frame(h2raw::SETTINGS, 0, 0, &[])].concat();
+        let writing = tokio::spawn(async move {
+            let _ = w.write_all(&head).await;
+            // A header block that never ends: HEADERS without END_HEADERS, then 16 KiB
+            // CONTINUATION frames of 100-byte headers, up to 64 MiB.
+            let first = h2raw::frame(
+                h2raw::HEADERS,
+                0,
+                1,
+                &h2raw::request_block("/api/v1/events"),
+            );
+            if w.write_all(&first).await.is_err() {
+                return;
+            }
+            let mut field = vec![0x00, 0x05];
+            field.extend_from_slice(b"x-pad");
+            field.push(100);
+            field.extend_from_slice(&[b'a'; 100]);
+            let payload: Vec<u8> = field
+                .iter()
+                .copied()
+                .cycle()
+                .take(field.len() * 150)
+                .collect();
+            let cont = h2raw::frame(h2raw::CONTINUATION, 0, 1, &payload);
+            for _ in 0..(64 << 20) / cont.len() {
+                if w.write_all(&cont).await.is_err() {
+                    return;
+                }
+                counted.fetch_add(cont.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let frames = h2raw::frames_until_closed(&mut r, std::time::Duration::from_secs(20)).await;
+        writing.abort();
+        frames
+    });
+    let (frames, slowest) = served_during(&gw, flood).await;
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let goaway = h2raw::goaway(&frames);
+    println!(
+        "continuation flood: GOAWAY {goaway:?} after {sent} bytes of CONTINUATION written (socket buffers included); slowest normal request {slowest:?}"
+    );
+    assert!(goaway.is_some(), "the connection ends with GOAWAY");
+    // The block is never held whole: the server hung up while the writer still had most
+    // of its 64 MiB to go (what was written includes both sockets' buffers).
+    assert!(sent < 32 << 20, "cut off: {sent} bytes taken");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_header_limits_come_from_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.http1.max_headers = 10;
+    config.server.http1.max_head_size = bytesize::ByteSize::kib(16);
+    let gw = TestGateway::start(config).await;
+    let c = http();
+    let post = |extra: Vec<(String, String)>| {
+        let mut r = c
+            .post(gw.url("/api/v1/events"))
+            .header("content-type", "application/json")
+            .body(SEED_EVENT);
+        for (k, v) in extra {
+            r = r.header(k, v);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    // reqwest sends content-type, content-length, accept and host: 4 of the 10.
+    let headers = |n: usize| {
+        (0..n)
+            .map(|i| (format!("x-h{i}"), "v".to_owned()))
+            .collect()
+    };
+    assert_eq!(post(headers(5)).await, 200);
+    assert_eq!(post(headers(20)).await, 431);
+    assert_eq!(post(vec![("x-big".into(), "a".repeat(20_000))]).await, 431);
+    assert_eq!(post(headers(1)).await, 200);
 }

@@ -1,11 +1,13 @@
 //! Telemetry setup: logs (text or JSON lines, RUST_LOG or `logging.level`), traces through
 //! tracing-opentelemetry with W3C trace context propagation (exported over OTLP when the
 //! standard `OTEL_*` variables ask for it), the metrics registry in [`metrics`] and the shared
-//! instrument conventions in [`instruments`]. The core and the sinks may use [`instruments`],
+//! instrument conventions in [`instruments`], and [`throttle`] for log lines a flood could
+//! multiply. The core and the sinks may use [`instruments`], [`throttle`],
 //! [`current_trace_headers`] and an OpenTelemetry `Meter` handed to them; only `server.rs`
 //! touches [`metrics`].
 pub mod instruments;
 pub mod metrics;
+pub mod throttle;
 
 use opentelemetry::global;
 use opentelemetry::trace::TracerProvider as _;

@@ -12,9 +12,11 @@
 //!    401 / UNAUTHENTICATED; before admission, so that the rate-limit bucket is the
 //!    principal's and nothing an unauthenticated client sends selects one;
 //! 5. admission, on the ingest routes only (health, metrics and reflection stay reachable
-//!    under overload): per-client token bucket, then load shedding at
+//!    under overload): per-client token bucket, then the client's share of the slots
+//!    (`performance.max_concurrent_requests_per_client`), then load shedding at
 //!    `performance.max_concurrent_requests`, then the `performance.request_timeout` deadline.
-//!    Rate limiting comes first so a flooding client cannot take concurrency slots. Streams
+//!    Rate limiting comes first so a flooding client cannot take concurrency slots, and the
+//!    share so that one slow client (headers, no body) cannot take them all. Streams
 //!    (IngestStream, the WebSocket route) take a `performance.max_streams` slot when they
 //!    open, and each of their events then passes the same bucket, the same slots and the
 //!    same deadline, through the [`Admit`] this layer puts on the request.
@@ -22,10 +24,11 @@
 //! Rejections are rendered for the caller's protocol: a gRPC client gets a gRPC status
 //! (RESOURCE_EXHAUSTED with RetryInfo, UNAVAILABLE, DEADLINE_EXCEEDED), never a bare HTTP
 //! status that gRPC would read as UNAVAILABLE.
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -49,7 +52,7 @@ use crate::auth::{Authenticator, Credentials, Principal};
 use crate::config::{PerformanceConfig, RateLimitConfig};
 use crate::error::Error;
 use crate::proto::SERVICE_NAME;
-use crate::stream::{Admit, StreamAdmission};
+use crate::stream::{Admit, Permit, StreamAdmission};
 use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
 use crate::transport::rest::{ROUTES, Rejection};
 use crate::transport::status::{self, is_grpc};
@@ -265,12 +268,12 @@ async fn admit_unary(State(a): State<Arc<Admission>>, mut req: Request, next: Ne
         return refused;
     }
     req.extensions_mut().insert(BodyRead::default());
-    let Some(rl) = &a.rate else {
-        return next.run(req).await;
-    };
     let key = client_key(&req, &a.trusted_proxies);
+    let Some(rl) = &a.rate else {
+        return within_share(&a, key, req, next).await;
+    };
     match take_token(rl, req.extensions().get::<Principal>(), &key) {
-        Ok(()) => next.run(req).await,
+        Ok(()) => within_share(&a, key, req, next).await,
         Err(e) => {
             let wait = match &e {
                 Error::RateLimited { retry_after, .. } => *retry_after,
@@ -294,6 +297,65 @@ async fn admit_unary(State(a): State<Arc<Admission>>, mut req: Request, next: Ne
                 }
             }
             resp
+        }
+    }
+}
+
+/// Runs the rest of the stack holding one of the client's share of the slots, or refuses.
+async fn within_share(a: &Admission, key: String, req: Request, next: Next) -> Response {
+    match a.share.take(key) {
+        Ok(_held) => next.run(req).await,
+        Err(e) => status::respond(is_grpc(req.headers()), e),
+    }
+}
+
+/// `performance.max_concurrent_requests_per_client`: requests (and stream events) in flight
+/// per client key. A map of counts behind a mutex rather than a crate: tower's and
+/// governor's limits are not keyed by client, and an entry lives only while its client has
+/// something in flight, so the map never holds more than `max_concurrent_requests` keys.
+struct Share {
+    max: usize,
+    in_flight: Mutex<HashMap<String, usize>>,
+}
+
+/// One slot of a client's share, given back on drop.
+struct ShareSlot {
+    share: Arc<Share>,
+    key: String,
+}
+
+impl Share {
+    fn take(self: &Arc<Self>, key: String) -> Result<Option<ShareSlot>, Error> {
+        if self.max == 0 {
+            return Ok(None);
+        }
+        let mut in_flight = self.in_flight.lock().expect("share lock");
+        let n = in_flight.entry(key.clone()).or_insert(0);
+        if *n >= self.max {
+            return Err(Error::RateLimited {
+                limit: format!(
+                    "{} requests in flight for one client (performance.max_concurrent_requests_per_client)",
+                    self.max
+                ),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        *n += 1;
+        Ok(Some(ShareSlot {
+            share: self.clone(),
+            key,
+        }))
+    }
+}
+
+impl Drop for ShareSlot {
+    fn drop(&mut self) {
+        let mut in_flight = self.share.in_flight.lock().expect("share lock");
+        if let Some(n) = in_flight.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.key);
+            }
         }
     }
 }
@@ -346,6 +408,8 @@ pub struct Admission {
     slots: Arc<Semaphore>,
     /// `performance.max_streams`: one per open stream.
     streams: Arc<Semaphore>,
+    /// `performance.max_concurrent_requests_per_client`, taken before `slots`.
+    share: Arc<Share>,
     timeout: Duration,
     trusted_proxies: Vec<ipnet::IpNet>,
     auth: Arc<Authenticator>,
@@ -375,6 +439,10 @@ impl Admission {
             rate,
             slots: Arc::new(Semaphore::new(perf.max_concurrent_requests)),
             streams: Arc::new(Semaphore::new(perf.max_streams)),
+            share: Arc::new(Share {
+                max: perf.max_concurrent_requests_per_client,
+                in_flight: Mutex::default(),
+            }),
             timeout: perf.request_timeout,
             trusted_proxies,
             auth,
@@ -433,15 +501,18 @@ impl Admit for StreamAdmit {
         &self.principal
     }
 
-    fn admit(&self) -> Result<OwnedSemaphorePermit, Error> {
+    fn admit(&self) -> Result<Permit, Error> {
         if let Some(rl) = &self.admission.rate {
             take_token(rl, Some(&self.principal), &self.key)?;
         }
-        self.admission
+        let share = self.admission.share.take(self.key.clone())?;
+        let slot = self
+            .admission
             .slots
             .clone()
             .try_acquire_owned()
-            .map_err(|_| overloaded())
+            .map_err(|_| overloaded())?;
+        Ok(Box::new((share, slot)))
     }
 
     fn deadline(&self) -> Duration {
