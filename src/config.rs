@@ -429,6 +429,9 @@ pub struct PerformanceConfig {
     /// Streams (IngestStream calls and WebSockets) open at once; more are refused with
     /// UNAVAILABLE (WebSocket close code 1013).
     pub max_streams: usize,
+    /// Of those, open at once by one client (principal, else address); more get
+    /// RESOURCE_EXHAUSTED (WebSocket close code 1013). 0: no share.
+    pub max_streams_per_client: usize,
 }
 
 impl Default for PerformanceConfig {
@@ -439,6 +442,7 @@ impl Default for PerformanceConfig {
             max_concurrent_requests: 10_000,
             max_concurrent_requests_per_client: 1000,
             max_streams: 1000,
+            max_streams_per_client: 100,
         }
     }
 }

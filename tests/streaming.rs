@@ -35,13 +35,22 @@ struct GrpcStream {
 }
 
 async fn open_stream(gw: &TestGateway) -> Result<GrpcStream, tonic::Status> {
+    open_stream_from(gw, None).await
+}
+
+/// A stream from the client `forwarded_for` names (an X-Forwarded-For address, for a gateway
+/// that trusts the loopback as a proxy), or from the loopback itself.
+async fn open_stream_from(
+    gw: &TestGateway,
+    forwarded_for: Option<&str>,
+) -> Result<GrpcStream, tonic::Status> {
     let (tx, rx) = mpsc::channel(64);
-    let results = gw
-        .grpc()
-        .await
-        .ingest_stream(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(ip) = forwarded_for {
+        req.metadata_mut()
+            .insert("x-forwarded-for", ip.parse().unwrap());
+    }
+    let results = gw.grpc().await.ingest_stream(req).await?.into_inner();
     Ok(GrpcStream { tx, results })
 }
 
@@ -233,6 +242,50 @@ async fn the_stream_cap_refuses_a_second_stream_until_the_first_is_cancelled() {
     end.unwrap();
     assert_eq!(results[0].outcome, Outcome::Stored as i32);
     assert_eq!(gw.log_lines().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_open_every_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.performance.max_streams = 10;
+    config.performance.max_streams_per_client = 1;
+    config.server.trusted_proxies = vec!["127.0.0.1".into()];
+    let gw = TestGateway::start(config).await;
+    let mut first = open_stream(&gw).await.unwrap();
+    first.send(request(None, vec![event("one")])).await;
+    first.take(1).await;
+
+    // The same client (the loopback) has its one stream: refused, naming the share...
+    let refused = open_stream(&gw)
+        .await
+        .err()
+        .expect("over max_streams_per_client");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains("performance.max_streams_per_client"),
+        "{refused:?}"
+    );
+    let (_ws, close) = ws_connect_refused(&gw).await;
+    assert_eq!(close.0, CloseCode::Again, "{close:?}");
+    assert!(close.1.contains("max_streams_per_client"), "{close:?}");
+    // ...while another client (RFC 5737 address, in a header only) opens one.
+    let mut other = open_stream_from(&gw, Some("198.51.100.9")).await.unwrap();
+    other.send(request(None, vec![event("other")])).await;
+    assert_eq!(other.take(1).await[0].outcome, Outcome::Stored as i32);
+
+    // Cancelled, the first stream gives its client's share back.
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_stream(&gw).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no stream for the client after cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

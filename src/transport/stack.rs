@@ -17,8 +17,8 @@
 //!    `performance.max_concurrent_requests`, then the `performance.request_timeout` deadline.
 //!    Rate limiting comes first so a flooding client cannot take concurrency slots, and the
 //!    share so that one slow client (headers, no body) cannot take them all. Streams
-//!    (IngestStream, the WebSocket route) take a `performance.max_streams` slot when they
-//!    open, and each of their events then passes the same bucket, the same slots and the
+//!    (IngestStream, the WebSocket route) take a `performance.max_streams` slot (and one of
+//!    their client's `performance.max_streams_per_client`) when they open, and each of their events then passes the same bucket, the same slots and the
 //!    same deadline, through the [`Admit`] this layer puts on the request.
 //!
 //! Rejections are rendered for the caller's protocol: a gRPC client gets a gRPC status
@@ -309,12 +309,16 @@ async fn within_share(a: &Admission, key: String, req: Request, next: Next) -> R
     }
 }
 
-/// `performance.max_concurrent_requests_per_client`: requests (and stream events) in flight
-/// per client key. A map of counts behind a mutex rather than a crate: tower's and
-/// governor's limits are not keyed by client, and an entry lives only while its client has
-/// something in flight, so the map never holds more than `max_concurrent_requests` keys.
+/// One client's share of a pool: `performance.max_concurrent_requests_per_client` (requests
+/// and stream events in flight) or `performance.max_streams_per_client` (open streams), per
+/// client key. A map of counts behind a mutex rather than a crate: tower's and governor's
+/// limits are not keyed by client, and an entry lives only while its client holds something,
+/// so the map never holds more keys than the pool has slots.
 struct Share {
     max: usize,
+    /// What is counted and the setting that caps it, for the refusal's message.
+    what: &'static str,
+    setting: &'static str,
     in_flight: Mutex<HashMap<String, usize>>,
 }
 
@@ -325,6 +329,15 @@ struct ShareSlot {
 }
 
 impl Share {
+    fn new(max: usize, what: &'static str, setting: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            what,
+            setting,
+            in_flight: Mutex::default(),
+        })
+    }
+
     fn take(self: &Arc<Self>, key: String) -> Result<Option<ShareSlot>, Error> {
         if self.max == 0 {
             return Ok(None);
@@ -334,8 +347,8 @@ impl Share {
         if *n >= self.max {
             return Err(Error::RateLimited {
                 limit: format!(
-                    "{} requests in flight for one client (performance.max_concurrent_requests_per_client)",
-                    self.max
+                    "{} {} for one client ({})",
+                    self.max, self.what, self.setting
                 ),
                 retry_after: Duration::from_secs(1),
             });
@@ -410,6 +423,8 @@ pub struct Admission {
     streams: Arc<Semaphore>,
     /// `performance.max_concurrent_requests_per_client`, taken before `slots`.
     share: Arc<Share>,
+    /// `performance.max_streams_per_client`, taken before `streams`.
+    stream_share: Arc<Share>,
     timeout: Duration,
     trusted_proxies: Vec<ipnet::IpNet>,
     auth: Arc<Authenticator>,
@@ -439,10 +454,16 @@ impl Admission {
             rate,
             slots: Arc::new(Semaphore::new(perf.max_concurrent_requests)),
             streams: Arc::new(Semaphore::new(perf.max_streams)),
-            share: Arc::new(Share {
-                max: perf.max_concurrent_requests_per_client,
-                in_flight: Mutex::default(),
-            }),
+            share: Share::new(
+                perf.max_concurrent_requests_per_client,
+                "requests in flight",
+                "performance.max_concurrent_requests_per_client",
+            ),
+            stream_share: Share::new(
+                perf.max_streams_per_client,
+                "streams open",
+                "performance.max_streams_per_client",
+            ),
             timeout: perf.request_timeout,
             trusted_proxies,
             auth,
@@ -493,7 +514,8 @@ struct StreamAdmit {
     admission: Arc<Admission>,
     principal: Principal,
     key: String,
-    _slot: OwnedSemaphorePermit,
+    /// The stream's `max_streams` slot and its client's `max_streams_per_client` one.
+    _slots: (OwnedSemaphorePermit, Option<ShareSlot>),
 }
 
 impl Admit for StreamAdmit {
@@ -524,21 +546,22 @@ async fn open_stream(State(a): State<Arc<Admission>>, mut req: Request, next: Ne
     if let Some(refused) = authenticate_request(&a.auth, &mut req) {
         return refused;
     }
-    let opened = match (
-        principal(req.extensions().get::<Principal>()),
-        a.streams.clone().try_acquire_owned(),
-    ) {
-        (Err(e), _) => Err(e),
-        (Ok(principal), Ok(slot)) => Ok(Arc::new(StreamAdmit {
-            key: client_key(&req, &a.trusted_proxies),
+    let key = client_key(&req, &a.trusted_proxies);
+    let opened = (|| {
+        let principal = principal(req.extensions().get::<Principal>())?;
+        let client_slot = a.stream_share.take(key.clone())?;
+        let slot = a.streams.clone().try_acquire_owned().map_err(|_| {
+            Error::unavailable(
+                "the gateway is at performance.max_streams open streams; retry shortly",
+            )
+        })?;
+        Ok(Arc::new(StreamAdmit {
+            key,
             principal,
             admission: a.clone(),
-            _slot: slot,
-        }) as Arc<dyn Admit>),
-        (Ok(_), Err(_)) => Err(Error::unavailable(
-            "the gateway is at performance.max_streams open streams; retry shortly",
-        )),
-    };
+            _slots: (slot, client_slot),
+        }) as Arc<dyn Admit>)
+    })();
     req.extensions_mut().insert(StreamAdmission(opened));
     next.run(req).await
 }
