@@ -71,7 +71,8 @@ pub struct ServerConfig {
     /// its replies) closes the connection.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
-    /// An idle keep-alive connection is closed after this long.
+    /// HTTP/2 connections are pinged every half of this and closed when a ping goes
+    /// unanswered as long (an idle HTTP/1 keep-alive connection: `read_timeout`).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Peers (CIDR blocks) whose `Forwarded` / `X-Forwarded-For` headers name the client's
