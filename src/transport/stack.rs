@@ -18,7 +18,8 @@
 //!    Rate limiting comes first so a flooding client cannot take concurrency slots, and the
 //!    share so that one slow client (headers, no body) cannot take them all. Streams
 //!    (IngestStream, the WebSocket route) take a `performance.max_streams` slot (and one of
-//!    their client's `performance.max_streams_per_client`) when they open, and each of their events then passes the same bucket, the same slots and the
+//!    their client's `performance.max_streams_per_client`) when they open, and each of
+//!    their events then passes the same bucket, the same share, the same slots and the
 //!    same deadline, through the [`Admit`] this layer puts on the request.
 //!
 //! Rejections are rendered for the caller's protocol: a gRPC client gets a gRPC status
