@@ -55,6 +55,16 @@ impl Ledger {
         self.0.lock().unwrap().clone()
     }
 
+    /// The ids with at least one attempt that ended as `pred` says.
+    fn ids(&self, pred: impl Fn(&Outcome) -> bool) -> HashSet<String> {
+        let attempts = self.0.lock().unwrap();
+        attempts
+            .iter()
+            .filter(|a| pred(&a.outcome))
+            .map(|a| a.id.clone())
+            .collect()
+    }
+
     /// Attempts sent at or after `t` that ended as `pred` says.
     fn count_since(&self, t: Instant, pred: impl Fn(&Outcome) -> bool) -> usize {
         let attempts = self.0.lock().unwrap();
@@ -102,64 +112,52 @@ struct Tally {
 
 impl Tally {
     fn of(ledger: &Ledger, records: &[Record]) -> Tally {
-        let attempts = ledger.attempts();
         let mut stored: HashMap<String, usize> = HashMap::new();
         for r in records {
             *stored.entry(r.headers["ce_id"].clone()).or_insert(0) += 1;
         }
-        let acked: HashSet<String> = attempts
-            .iter()
-            .filter(|a| a.outcome == Outcome::Acked)
-            .map(|a| a.id.clone())
-            .collect();
-        let mut refused = HashMap::new();
-        for a in &attempts {
-            if let Outcome::Refused(code) = &a.outcome {
-                *refused.entry(code.clone()).or_insert(0) += 1;
+        let mut tally = Tally {
+            requests: 0,
+            acked: 0,
+            refused: HashMap::new(),
+            no_answer: 0,
+            lost: Vec::new(),
+            duplicated: Vec::new(),
+            had_no_answer: HashSet::new(),
+        };
+        let mut acked_ids = HashSet::new();
+        for a in ledger.attempts() {
+            tally.requests += 1;
+            match a.outcome {
+                Outcome::Acked => {
+                    tally.acked += 1;
+                    acked_ids.insert(a.id);
+                }
+                Outcome::Refused(code) => *tally.refused.entry(code).or_insert(0) += 1,
+                Outcome::NoAnswer(_) => {
+                    tally.no_answer += 1;
+                    tally.had_no_answer.insert(a.id);
+                }
             }
         }
-        let mut lost: Vec<String> = acked
-            .iter()
-            .filter(|id| !stored.contains_key(*id))
-            .cloned()
+        tally.lost = acked_ids
+            .into_iter()
+            .filter(|id| !stored.contains_key(id))
             .collect();
-        lost.sort();
-        let mut duplicated: Vec<String> = stored
-            .iter()
-            .filter(|(_, n)| **n > 1)
-            .map(|(id, _)| id.clone())
+        tally.lost.sort();
+        tally.duplicated = stored
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(id, _)| id)
             .collect();
-        duplicated.sort();
-        Tally {
-            requests: attempts.len(),
-            acked: attempts
-                .iter()
-                .filter(|a| a.outcome == Outcome::Acked)
-                .count(),
-            refused,
-            no_answer: attempts
-                .iter()
-                .filter(|a| matches!(a.outcome, Outcome::NoAnswer(_)))
-                .count(),
-            lost,
-            duplicated,
-            had_no_answer: attempts
-                .iter()
-                .filter(|a| matches!(a.outcome, Outcome::NoAnswer(_)))
-                .map(|a| a.id.clone())
-                .collect(),
-        }
+        tally.duplicated.sort();
+        tally
     }
 
     /// Reads the topic back (at least every acknowledged id) and counts.
     fn read_back(ledger: &Ledger, broker: &Broker) -> Tally {
-        let acked: HashSet<String> = ledger
-            .attempts()
-            .into_iter()
-            .filter(|a| a.outcome == Outcome::Acked)
-            .map(|a| a.id)
-            .collect();
-        let records = broker.read_all(TOPIC, acked.len(), Duration::from_secs(30));
+        let acked = ledger.ids(|o| *o == Outcome::Acked).len();
+        let records = broker.read_all(TOPIC, acked, Duration::from_secs(30));
         Tally::of(ledger, &records)
     }
 
@@ -491,13 +489,8 @@ async fn sigkill_under_load_with_retrying_clients_stores_every_acked_id_once() {
         "duplicates whose attempts were all answered: {unexplained:?}"
     );
     // Each client stops on an acknowledged id: none was given up on.
-    let ids: HashSet<String> = ledger.attempts().into_iter().map(|a| a.id).collect();
-    let acked: HashSet<String> = ledger
-        .attempts()
-        .into_iter()
-        .filter(|a| a.outcome == Outcome::Acked)
-        .map(|a| a.id)
-        .collect();
+    let ids = ledger.ids(|_| true);
+    let acked = ledger.ids(|o| *o == Outcome::Acked);
     assert_eq!(ids, acked, "every id was acknowledged in the end");
 }
 

@@ -11,41 +11,18 @@ use std::time::Duration;
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_event-gateway");
 const TOPIC: &str = "events";
 /// The forwarder's window: at most this many records can be in flight to Kafka, so at most
 /// this many can be sent again after a crash.
 const FORWARD_WINDOW: usize = 512;
 
-fn start(dir: &std::path::Path, port: u16, bootstrap: &str) -> tokio::process::Child {
-    tokio::process::Command::new(BIN)
-        .current_dir(dir)
-        .env("GATEWAY_SERVER_ADDRESS", format!("127.0.0.1:{port}"))
-        .env("GATEWAY_KAFKA_BROKERS", bootstrap)
-        .env("GATEWAY_KAFKA_TOPIC", TOPIC)
-        .env("GATEWAY_STORAGE_DATA_DIR", dir.join("data"))
-        .env("GATEWAY_ACK_DEFAULT", "spooled")
-        .env("GATEWAY_RATE_LIMIT_ENABLED", "false")
-        .env("GATEWAY_LOGGING_LEVEL", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_ready(port: u16) {
-    let c = http();
-    let url = format!("http://127.0.0.1:{port}/health/ready");
-    wait_until(
-        Duration::from_secs(30),
-        "the binary to become ready",
-        || {
-            let r = c.get(&url).send();
-            async move { r.await.map(|r| r.status() == 200).unwrap_or(false) }
-        },
-    )
-    .await;
+/// The real binary on `port`, acknowledging `spooled` by default, its data in `dir`.
+async fn start(dir: &std::path::Path, port: u16, bootstrap: &str) -> tokio::process::Child {
+    let yaml = format!(
+        "kafka:\n  brokers: [\"{bootstrap}\"]\n  topic: {TOPIC}\nstorage:\n  data_dir: {}\nack:\n  default: spooled\nrate_limit:\n  enabled: false\nlogging:\n  level: warn\n",
+        dir.join("data").display()
+    );
+    start_binary_on(port, dir, &yaml, Stdio::null()).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,8 +33,7 @@ async fn sigkill_under_spooled_load_loses_no_acknowledged_event() {
     let broker = Broker::start(TOPIC, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = start(dir.path(), port, &broker.bootstrap());
-    wait_ready(port).await;
+    let mut child = start(dir.path(), port, &broker.bootstrap()).await;
 
     let acked_total = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -114,8 +90,7 @@ async fn sigkill_under_spooled_load_loses_no_acknowledged_event() {
     }
 
     // The same spool, a new process: what was not yet forwarded goes out first.
-    let mut child = start(dir.path(), port, &broker.bootstrap());
-    wait_ready(port).await;
+    let mut child = start(dir.path(), port, &broker.bootstrap()).await;
     let records = broker.read_all(TOPIC, acked.len(), Duration::from_secs(60));
     let mut counts: HashMap<String, usize> = HashMap::new();
     for r in &records {
