@@ -16,14 +16,14 @@
 //! segment exists; `forwarded` (a small file, replaced atomically) holds the first position
 //! not yet acknowledged by Kafka, so a restart resumes there.
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Meter};
+use opentelemetry::metrics::{Counter, Histogram, Meter};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::error::Error;
@@ -200,6 +200,8 @@ struct Shared {
     writable: AtomicBool,
     appended: Notify,
     refused: Counter<u64>,
+    /// One group commit: its writes and the fdatasync that makes them durable.
+    commit: Histogram<f64>,
 }
 
 /// What opening found.
@@ -270,6 +272,14 @@ impl Spool {
             refused: meter
                 .u64_counter("spool_refused")
                 .with_description("Appends the spool refused, by reason (full, too_old, io)")
+                .build(),
+            commit: meter
+                .f64_histogram("spool_commit_duration")
+                .with_unit("s")
+                .with_description(
+                    "One group commit: writing the appends waiting at that moment and the fdatasync after them",
+                )
+                .with_boundaries(crate::telemetry::instruments::LATENCY_BUCKETS.to_vec())
                 .build(),
         });
         for reason in ["full", "too_old", "io"] {
@@ -539,18 +549,20 @@ fn recover(dir: &Path) -> std::io::Result<(Vec<Segment>, Recovery)> {
             }
         }
         let valid = end.valid_len();
-        if matches!(end, End::Torn { .. }) {
+        let cut = match end {
             // Only an unacknowledged write is cut; damage is kept for inspection.
+            End::Torn { .. } => true,
+            // The zeroes of a preallocated segment that was not sealed (a crash).
+            End::Clean { .. } => len > valid,
+            End::Unreadable { .. } => false,
+        };
+        if cut {
             OpenOptions::new().write(true).open(&path)?.set_len(valid)?;
         }
         segments.push(Segment {
             first: reader.first,
             path,
-            committed: if matches!(end, End::Torn { .. }) {
-                valid
-            } else {
-                len
-            },
+            committed: if cut { valid } else { len },
             end: reader.position(),
             damaged,
             active: false,
@@ -615,7 +627,7 @@ impl Writer {
             }
             self.commit(&mut jobs);
         }
-        if let Some(open) = self.file.take() {
+        if let Some(open) = &self.file {
             let _ = open.file.sync_data();
         }
         self.seal_active();
@@ -649,7 +661,12 @@ impl Writer {
         if taken.is_empty() {
             return;
         }
-        match self.write(&taken) {
+        let started = std::time::Instant::now();
+        let written = self.write(&taken);
+        self.shared
+            .commit
+            .record(started.elapsed().as_secs_f64(), &[]);
+        match written {
             Ok(first) => {
                 self.shared.writable.store(true, Ordering::Relaxed);
                 let mut position = first;
@@ -687,8 +704,10 @@ impl Writer {
         }
         let open = self.file.as_mut().expect("opened above");
         let attempt = (|| {
+            let mut at = open.committed;
             for job in jobs {
-                open.file.write_all(&job.frames)?;
+                open.file.write_all_at(&job.frames, at)?;
+                at += job.frames.len() as u64;
             }
             open.file.sync_data()
         })();
@@ -724,15 +743,31 @@ impl Writer {
 
     /// A new segment starting at the next position, its header synced and the directory entry
     /// too (so the file survives a crash). A half-created file is removed.
+    ///
+    /// The segment is preallocated (`fallocate`) to `segment_bytes`: appending to a file
+    /// changes its size, and ext4 then writes the inode in the same `fdatasync`, a second I/O
+    /// round trip per commit (seen in a profile of the spooled path at 5,000/s: the inode
+    /// writes fell to an eighth). Best effort: a full disk or a file system without it leaves
+    /// the segment growing by appends. Writes are positional, so they land after the records,
+    /// not after the preallocated zeroes, which the reader takes as the end.
     fn create(&mut self) -> std::io::Result<Open> {
         let first = self.shared.next_position.load(Ordering::Acquire);
         let path = self.settings.dir.join(segment::file_name(first));
         let made = (|| {
-            let mut file = OpenOptions::new()
+            let file = OpenOptions::new()
                 .create_new(true)
-                .append(true)
+                .read(true)
+                .write(true)
                 .open(&path)?;
-            file.write_all(&segment::encode_header(first))?;
+            file.write_all_at(&segment::encode_header(first), 0)?;
+            if let Err(e) = rustix::fs::fallocate(
+                &file,
+                rustix::fs::FallocateFlags::empty(),
+                0,
+                self.settings.segment_bytes,
+            ) {
+                tracing::debug!(error = %e, "spool segment not preallocated; it grows by appends");
+            }
             file.sync_all()?;
             sync_dir(&self.settings.dir)?;
             Ok::<_, std::io::Error>(file)
@@ -767,9 +802,15 @@ impl Writer {
         }
     }
 
-    /// The open segment takes no more writes.
+    /// The open segment takes no more writes; the preallocated zeroes past its committed
+    /// bytes are cut off (a failure leaves them, which reading takes as the end).
     fn seal_active(&mut self) {
         let closed = self.file.take();
+        if let Some(open) = &closed
+            && open.file.set_len(open.committed).is_err()
+        {
+            tracing::warn!("could not cut the preallocated rest off a sealed spool segment");
+        }
         let mut segs = self.shared.segments.lock().expect("segments lock");
         if let Some(s) = segs.last_mut().filter(|s| s.active) {
             debug_assert!(closed.as_ref().is_none_or(|o| o.first == s.first));
@@ -813,6 +854,7 @@ pub fn read_events(dir: &Path) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
 mod tests {
     use super::*;
     use crate::event::Data;
+    use std::io::Write;
 
     fn meter() -> Meter {
         opentelemetry::global::meter("test")
@@ -979,6 +1021,49 @@ mod tests {
         assert!(spool.append(&[record("e")]).await.is_ok());
     }
 
+    /// The length of a segment once the writer has sealed it (its preallocation cut off).
+    async fn sealed_len(path: &Path) -> u64 {
+        let full = settings(Path::new(".")).segment_bytes;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let len = std::fs::metadata(path).unwrap().len();
+            if len < full || std::time::Instant::now() > deadline {
+                return len;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_segment_is_preallocated_while_open_and_cut_to_its_records_when_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = dir.path().join(segment::file_name(0));
+        let spool = Spool::open(settings(dir.path()), &meter()).unwrap();
+        spool.append(&[record("a")]).await.unwrap();
+        // Open: as long as a whole segment, zeroes after the record.
+        assert_eq!(
+            std::fs::metadata(&seg).unwrap().len(),
+            settings(dir.path()).segment_bytes
+        );
+        assert_eq!(read_events(dir.path()).unwrap().len(), 1);
+        let committed = spool.bytes();
+        drop(spool);
+        assert_eq!(sealed_len(&seg).await, committed);
+        // A crash leaves the zeroes: reopening reads them as the end and cuts them off.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(settings(dir.path()).segment_bytes)
+            .unwrap();
+        let spool = Spool::open(settings(dir.path()), &meter()).unwrap();
+        assert_eq!(spool.recovery().torn_tails, 0);
+        assert_eq!(spool.recovery().corrupt_records, 0);
+        assert_eq!(spool.bytes(), committed);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), committed);
+        assert_eq!(spool.append(&[record("b")]).await, Ok(1));
+    }
+
     #[tokio::test]
     async fn reopening_cuts_a_torn_tail_and_writes_a_new_segment() {
         let dir = tempfile::tempdir().unwrap();
@@ -987,7 +1072,10 @@ mod tests {
             spool.append(&[record("a"), record("b")]).await.unwrap();
         }
         let seg = dir.path().join(segment::file_name(0));
-        let good = std::fs::metadata(&seg).unwrap().len();
+        // The writer seals the segment once the spool is dropped, cutting off the zeroes it
+        // was preallocated with.
+        let good = sealed_len(&seg).await;
+        assert!(good < settings(dir.path()).segment_bytes);
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
         drop(f);

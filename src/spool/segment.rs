@@ -100,7 +100,8 @@ pub enum Frame {
 pub enum End {
     /// At the end of the valid data (`at`), with nothing but zeroes or nothing after it.
     Clean { at: u64 },
-    /// A frame that runs past the end of the file: an interrupted write, never acknowledged.
+    /// A frame that runs past the end of the file, or the last frame, failing its checksum
+    /// with only zeroes after it: an interrupted write, never acknowledged.
     Torn { at: u64, len: u64 },
     /// A length field no writer would write: the rest of the segment from `at` is unreadable.
     Unreadable { at: u64, len: u64 },
@@ -231,10 +232,20 @@ impl Reader {
         }
         let mut payload = vec![0u8; len as usize];
         self.file.read_exact(&mut payload)?;
-        let position = self.position;
+        let intact = crc32c::crc32c(&payload) == crc;
         self.at = next;
+        if !intact && self.rest_is_zero(next)? {
+            // A frame that does not match its checksum with nothing but zeroes after it: the
+            // last write, interrupted (a preallocated segment is zeroes past it, so such a
+            // write does not run past the end of the file).
+            self.at = at;
+            self.file.seek(SeekFrom::Start(at))?;
+            self.end = Some(End::Torn { at, len: remaining });
+            return Ok(None);
+        }
+        let position = self.position;
         self.position += 1;
-        if crc32c::crc32c(&payload) == crc {
+        if intact {
             Ok(Some(Frame::Record {
                 position,
                 at,
@@ -366,6 +377,37 @@ mod tests {
         let (frames, end) = read_all(&path);
         assert_eq!(frames.len(), 2);
         assert!(matches!(end, End::Torn { at, .. } if at == good), "{end:?}");
+    }
+
+    #[test]
+    fn a_torn_write_inside_preallocated_zeroes_is_a_torn_tail_not_damage() {
+        // The frame's length landed but only part of its payload did; zeroes follow (the
+        // segment was preallocated), so it does not run past the end of the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment(dir.path(), 0, &[b"one", b"two"]);
+        let good = std::fs::metadata(&path).unwrap().len();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut torn = Vec::new();
+        encode_frame(b"three-and-more", &mut torn);
+        let half = torn.len() - 6;
+        torn[half..].fill(0);
+        bytes.extend_from_slice(&torn);
+        bytes.resize(bytes.len() + 4096, 0);
+        std::fs::write(&path, bytes).unwrap();
+        let (frames, end) = read_all(&path);
+        assert_eq!(positions(&frames), vec![(0, true), (1, true)]);
+        assert!(matches!(end, End::Torn { at, .. } if at == good), "{end:?}");
+        // The same frame with a record after it is damage in the middle: reported, skipped.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(good as usize + torn.len());
+        encode_frame(b"four", &mut bytes);
+        std::fs::write(&path, bytes).unwrap();
+        let (frames, end) = read_all(&path);
+        assert_eq!(
+            positions(&frames),
+            vec![(0, true), (1, true), (2, false), (3, true)]
+        );
+        assert!(matches!(end, End::Clean { .. }), "{end:?}");
     }
 
     #[test]
