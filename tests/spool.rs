@@ -117,6 +117,8 @@ async fn spooled_events_get_202_and_reach_kafka_as_direct_records_do() {
         post_event(&gw, "/api/v1/events?ack=stored", &event("direct"), &[]).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["ack"], "ACK_MODE_STORED");
+    // Position 0 is a real spool position: a stored reply has none at all.
+    assert!(reply.get("spoolPosition").is_none(), "{reply}");
     let (status, _, reply) = post_event(&gw, "/api/v1/events?ack=maybe", &event("x"), &[]).await;
     assert_eq!(status, 400, "{reply}");
     assert!(reply.to_string().contains("ack"), "{reply}");
@@ -132,6 +134,17 @@ async fn spooled_events_get_202_and_reach_kafka_as_direct_records_do() {
         .unwrap()
         .into_inner();
     assert_eq!(r.ack, AckMode::Spooled as i32);
+    assert!(r.spool_position.is_some(), "{r:?}");
+    let stored = client
+        .ingest_event(IngestEventRequest {
+            event: Some(grpc_event("g-stored")),
+            ack: AckMode::Stored as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.ack, AckMode::Stored as i32);
+    assert_eq!(stored.spool_position, None, "{stored:?}");
     let b = client
         .ingest_batch(IngestBatchRequest {
             events: vec![grpc_event("g-2"), grpc_event("g-3")],
@@ -143,13 +156,19 @@ async fn spooled_events_get_202_and_reach_kafka_as_direct_records_do() {
     assert_eq!(b.ack, AckMode::Spooled as i32);
     assert_eq!(b.spooled_count, 2);
     assert_eq!(b.results[0].outcome, Outcome::Spooled as i32);
-    let positions: HashSet<u64> = b.results.iter().map(|r| r.spool_position).collect();
+    let positions: HashSet<Option<u64>> = b.results.iter().map(|r| r.spool_position).collect();
     assert_eq!(positions.len(), 2, "distinct spool positions");
+    assert!(
+        !positions.contains(&None),
+        "every spooled result has one: {positions:?}"
+    );
 
-    let want: HashSet<String> = ["q-1", "p-1", "b-1", "b-2", "direct", "g-1", "g-2", "g-3"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let want: HashSet<String> = [
+        "q-1", "p-1", "b-1", "b-2", "direct", "g-1", "g-stored", "g-2", "g-3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     wait_spool_empty(&gw).await;
     let records = broker.read_all(TOPIC, want.len(), Duration::from_secs(30));
     let counts = ids_in(&records);

@@ -21,11 +21,11 @@ pub fn ack_request(ack: i32) -> AckRequest {
     }
 }
 
-/// (ack, partition, offset, spool position) of a receipt.
-fn placed(r: &Receipt) -> (AckMode, i32, i64, u64) {
+/// (ack, partition, offset, spool position) of a receipt; the position only when spooled.
+fn placed(r: &Receipt) -> (AckMode, i32, i64, Option<u64>) {
     match r.delivery {
-        Delivery::Stored(s) => (AckMode::Stored, s.partition, s.offset, 0),
-        Delivery::Spooled { position } => (AckMode::Spooled, 0, 0, position),
+        Delivery::Stored(s) => (AckMode::Stored, s.partition, s.offset, None),
+        Delivery::Spooled { position } => (AckMode::Spooled, 0, 0, Some(position)),
     }
 }
 
@@ -93,7 +93,7 @@ pub fn batch_reply(items: Vec<BatchItem>) -> IngestBatchResponse {
                 partition: 0,
                 offset: 0,
                 error: Some(item_error(e)),
-                spool_position: 0,
+                spool_position: None,
                 duplicate: false,
             },
         })
