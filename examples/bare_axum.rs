@@ -52,7 +52,8 @@ async fn main() {
     axum::serve(listener, app).await.unwrap();
 }
 
-/// The body kept as the event's data, as it is (no parsing: the floor, not the gateway).
+/// The body kept as the event's data: checked to be JSON (kept raw, as the gateway keeps
+/// `data`), never decoded into an event or validated, since this is the floor, not the gateway.
 async fn spooled(spool: Arc<Spool>, body: Bytes) -> (StatusCode, String) {
     let data = match String::from_utf8(body.to_vec())
         .ok()
