@@ -392,10 +392,40 @@ impl Broker {
     }
 
     /// Starts a broker and creates `topic` with `partitions`, waiting until metadata shows it.
+    /// A free port can be taken between `free_port` and tansu's bind (another test's outgoing
+    /// connection draws from the same ephemeral range), and tansu then exits at once: a broker
+    /// that exits before it listens is started again on another port.
     pub async fn start(topic: &str, partitions: i32) -> Broker {
-        let b = Self::spawn_on(free_port());
-        b.create_topic(topic, partitions).await;
-        b
+        for _ in 0..5 {
+            let mut b = Self::spawn_on(free_port());
+            if b.listening(Duration::from_secs(30)).await {
+                b.create_topic(topic, partitions).await;
+                return b;
+            }
+        }
+        panic!("tansu exited before it listened, five times (ports taken?)");
+    }
+
+    /// Waits until the broker accepts connections (true) or its process has exited (false).
+    async fn listening(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.child.try_wait().expect("tansu's status").is_some() {
+                return false;
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return self.child.try_wait().expect("tansu's status").is_none();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tansu never listened on port {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
