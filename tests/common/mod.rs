@@ -408,24 +408,17 @@ impl Broker {
 
     /// Waits until the broker accepts connections (true) or its process has exited (false).
     async fn listening(&mut self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            if self.child.try_wait().expect("tansu's status").is_some() {
-                return false;
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return self.child.try_wait().expect("tansu's status").is_none();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tansu never listened on port {}",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let port = self.port;
+        let child = &mut self.child;
+        // The check runs before the future is made, so the future borrows nothing; a refused
+        // connect on the loopback returns at once.
+        wait_until(within, &format!("tansu to listen on port {port}"), || {
+            let settled = child.try_wait().expect("tansu's status").is_some()
+                || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            std::future::ready(settled)
+        })
+        .await;
+        self.child.try_wait().expect("tansu's status").is_none()
     }
 
     pub async fn create_topic(&self, topic: &str, partitions: i32) {
