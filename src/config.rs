@@ -520,6 +520,11 @@ pub struct SpoolConfig {
     /// authorized) this long goes to kafka.dead_letter_topic, or is parked.
     #[serde(with = "humantime_serde")]
     pub give_up_after: Duration,
+    /// A spooled record that keeps failing for a reason that passes (a timeout, not enough
+    /// replicas) while a broker is reachable this long goes the same way, so that no record
+    /// holds up the spool for ever.
+    #[serde(with = "humantime_serde")]
+    pub give_up_transient_after: Duration,
 }
 
 impl Default for SpoolConfig {
@@ -532,6 +537,7 @@ impl Default for SpoolConfig {
             max_age: Duration::from_secs(24 * 3600),
             fallback_when_unavailable: false,
             give_up_after: Duration::from_secs(30),
+            give_up_transient_after: Duration::from_secs(600),
         }
     }
 }

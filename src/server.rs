@@ -171,7 +171,8 @@ fn build(config: &Config) -> Result<App, StartupError> {
             let r = spool.recovery();
             tracing::info!(dir = %spool.dir().display(), pending = r.pending, torn_tails = r.torn_tails, corrupt_records = r.corrupt_records, unreadable_segments = r.unreadable_segments, "spool opened; records not yet forwarded are sent first");
             let forwarder =
-                Forwarder::new(spool.clone(), kafka, config.spool.give_up_after, &meter);
+                Forwarder::new(spool.clone(), kafka, config.spool.give_up_after, &meter)
+                    .give_up_transient_after(config.spool.give_up_transient_after);
             (Some(spool), Some(forwarder))
         }
         None => (None, None),
@@ -211,7 +212,7 @@ fn build(config: &Config) -> Result<App, StartupError> {
     let max_request = config.performance.max_request_size.as_u64() as usize;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let readiness = Readiness::new(gateway.clone(), health_reporter);
+    let readiness = Readiness::new(gateway.clone(), health_reporter, forwarder_status.clone());
     let (reflection_v1, reflection_v1alpha) = reflection_services()?;
 
     // Ingest routes, both protocols, behind admission (rate limit, load shed, deadline).
@@ -398,7 +399,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<ServeReport, StartupError> {
-    let mut app = build(&config)?;
+    // Building opens the spool and the local log, which read every segment through: off the
+    // runtime's workers.
+    let mut app = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || build(&config))
+            .await
+            .expect("building the gateway does not panic")?
+    };
     let gateway = app.gateway.clone();
     let forwarding = forward::Control::default();
     let forwarder_task = app

@@ -450,7 +450,7 @@ async fn a_torn_tail_and_a_corrupt_record_are_recovered_and_reported() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "seg"))
         .unwrap();
-    let mut reader = Reader::open(&seg).unwrap().unwrap();
+    let mut reader = Reader::open(&event_gateway::spool::RealFs, &seg).unwrap();
     let mut third = None;
     while let Some(f) = reader.next_frame().unwrap() {
         if let Frame::Record {

@@ -122,6 +122,14 @@ impl ClientContext for GatewayContext {
 
 type GatewayProducer = FutureProducer<GatewayContext>;
 
+/// Why a record of a produce call was not queued.
+enum Held {
+    /// librdkafka refused to queue it.
+    Failed(KafkaError),
+    /// Not tried: an earlier record of the call could not be queued (this error).
+    Back(KafkaError),
+}
+
 pub struct KafkaSink {
     /// Shared with the metrics callbacks, which read the current producer's in-flight count.
     producer: Arc<ArcSwap<GatewayProducer>>,
@@ -146,6 +154,13 @@ pub fn client_config(c: &KafkaConfig) -> ClientConfig {
     cc.set("bootstrap.servers", c.brokers.join(","))
         .set("acks", c.required_acks.as_librdkafka())
         .set("enable.idempotence", idempotent.to_string())
+        // With idempotence, an error that would leave a gap in a partition (a record failed,
+        // a later one stored) is a fatal error instead, and the producer is rebuilt: records
+        // of one key are never stored past an earlier one that failed, which the spool's
+        // order per key relies on. Only a record that timed out (message.timeout.ms) can still
+        // leave a gap; the forwarder gives that one up rather than send it late, unless the
+        // gateway restarts before it has.
+        .set("enable.gapless.guarantee", idempotent.to_string())
         .set("message.send.max.retries", c.retries.to_string())
         .set("batch.num.messages", c.batch_size.to_string())
         .set("linger.ms", c.linger.as_millis().to_string())
@@ -217,21 +232,93 @@ enum Recovery {
     Rebuild,
 }
 
+/// What a librdkafka error code means for a produce, in words the rest of the gateway uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// May succeed if sent again as it is (a broker away, a leader moving, a full queue).
+    Retryable,
+    /// The record can never be stored as it is (too large, invalid, refused by a policy).
+    TooLarge,
+    Refused,
+    /// Every record fails alike until the configuration changes (a codec or version the
+    /// broker does not support): retried, never given up on record by record sooner than a
+    /// passing error would be.
+    Misconfigured,
+    /// The topic is not there (auto-creation is off): the configuration must change.
+    MissingTopic,
+    /// Credentials or ACLs: the configuration must change.
+    NotAuthorized,
+    /// The broker refused the producer's id, epoch or sequence.
+    Fenced,
+    /// The producer is unusable.
+    Fatal,
+}
+
+/// The kind of each code. librdkafka answers `is_retriable` / `is_fatal` only on the
+/// `rd_kafka_error_t` objects of its newer APIs; a delivery report carries a bare code, so
+/// this table follows the classification librdkafka applies to produce errors and Kafka's
+/// protocol (the `RetriableException` codes). A code not named here is retryable: the
+/// forwarder still gives it up after `spool.give_up_after`, so nothing waits on it for ever.
+fn kind_of(code: RDKafkaErrorCode) -> Kind {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize => Kind::TooLarge,
+        C::InvalidRequiredAcks
+        | C::UnsupportedVersion
+        | C::UnsupportedCompressionType
+        | C::InvalidConfig => Kind::Misconfigured,
+        C::InvalidRecord
+        | C::PolicyViolation
+        | C::InvalidTopic
+        | C::InvalidTimestamp
+        | C::UnsupportedForMessageFormat
+        | C::InvalidRequest
+        | C::BadMessage
+        | C::BadCompression
+        | C::InvalidArgument
+        | C::InvalidType
+        | C::InvalidDifferentRecord
+        | C::KeySerialization
+        | C::ValueSerialization => Kind::Refused,
+        C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition | C::UnknownTopicId => {
+            Kind::MissingTopic
+        }
+        C::TopicAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::TransactionalIdAuthorizationFailed
+        | C::SaslAuthenticationFailed
+        | C::UnsupportedSASLMechanism
+        | C::IllegalSASLState
+        | C::Authentication => Kind::NotAuthorized,
+        C::ProducerFenced
+        | C::InvalidProducerEpoch
+        | C::OutOfOrderSequenceNumber
+        | C::UnknownProducerId
+        | C::InvalidProducerIdMapping
+        | C::Fenced => Kind::Fenced,
+        C::Fatal | C::GaplessGuarantee => Kind::Fatal,
+        _ => Kind::Retryable,
+    }
+}
+
 /// The client's answer to a Kafka error and what the sink must do about it. Pure: it reads
 /// and changes no state, so every mapping is testable on its own; [`KafkaSink::failed`] acts.
 fn classify(err: &KafkaError, topic: &str, config: &KafkaConfig) -> (Error, Recovery) {
-    use RDKafkaErrorCode as C;
     let Some(code) = err.rdkafka_error_code() else {
         return (Error::unavailable(format!("kafka: {err}")), Recovery::None);
     };
-    match code {
-        C::QueueFull => (
+    match kind_of(code) {
+        Kind::Retryable if code == RDKafkaErrorCode::QueueFull => (
             Error::unavailable(
                 "the Kafka producer queue is full (kafka.queue_max_messages); retry shortly",
             ),
             Recovery::None,
         ),
-        C::MessageSizeTooLarge => (
+        Kind::Retryable => (
+            Error::unavailable(format!("Kafka did not store the event: {code}")),
+            Recovery::None,
+        ),
+        Kind::TooLarge => (
             Error::TooLarge {
                 what: "the event as a Kafka record".into(),
                 limit: u64::from(config.message_max_bytes),
@@ -239,38 +326,41 @@ fn classify(err: &KafkaError, topic: &str, config: &KafkaConfig) -> (Error, Reco
             },
             Recovery::None,
         ),
-        C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition => (
+        Kind::Refused => (
+            Error::Internal(format!("Kafka refused the record for good: {code}")),
+            Recovery::FixConfig(
+                "Kafka refuses these records for good: check the topic's configuration (policies, compaction needs a key) and kafka.* settings",
+            ),
+        ),
+        Kind::Misconfigured => (
+            Error::unavailable(format!("Kafka refused the producer's settings: {code}")),
+            Recovery::FixConfig(
+                "Kafka refuses every record with these settings: check kafka.compression, kafka.required_acks and kafka.librdkafka against the brokers",
+            ),
+        ),
+        Kind::MissingTopic => (
             Error::Internal(format!("Kafka topic `{topic}` does not exist")),
             Recovery::FixConfig(
                 "Kafka topic does not exist: create it (auto-creation is off) or fix kafka.topic / types.entries[].topic",
             ),
         ),
-        C::TopicAuthorizationFailed
-        | C::ClusterAuthorizationFailed
-        | C::SaslAuthenticationFailed
-        | C::Authentication => (
+        Kind::NotAuthorized => (
             Error::Internal(format!("not authorized to write to Kafka: {code}")),
             Recovery::FixConfig(
                 "the gateway is not allowed to write to Kafka: fix the credentials or ACLs",
             ),
         ),
-        C::ProducerFenced
-        | C::InvalidProducerEpoch
-        | C::OutOfOrderSequenceNumber
-        | C::UnknownProducerId
-        | C::Fatal => (
+        Kind::Fenced => (
             Error::unavailable(format!(
                 "the Kafka producer is being reset after {code}; retry"
             )),
-            if code == C::Fatal {
-                Recovery::Rebuild
-            } else {
-                Recovery::Fenced
-            },
+            Recovery::Fenced,
         ),
-        other => (
-            Error::unavailable(format!("Kafka did not store the event: {other}")),
-            Recovery::None,
+        Kind::Fatal => (
+            Error::unavailable(format!(
+                "the Kafka producer is being reset after {code}; retry"
+            )),
+            Recovery::Rebuild,
         ),
     }
 }
@@ -477,6 +567,10 @@ impl KafkaSink {
                 })
                 .collect();
             let mut pending = Vec::with_capacity(events.len());
+            // After a record that could not be queued for a reason that passes (a full queue),
+            // the rest of the call is not queued either: a later record of the same key must
+            // not reach Kafka before it (the forwarder's order per key, a batch's order).
+            let mut held_back: Option<KafkaError> = None;
             for ((e, trace), body) in events.iter().zip(&structured) {
                 let meant = e.topic.as_deref().unwrap_or(&self.config.topic);
                 let mut headers = self.record_headers(e, trace);
@@ -507,7 +601,23 @@ impl KafkaSink {
                 if let Some(k) = self.record_key(e) {
                     record = record.key(k);
                 }
-                pending.push(producer.send_result(record).map_err(|(err, _)| err));
+                if let Some(first) = &held_back {
+                    // Queued after a record that could not be: it would overtake it.
+                    pending.push(Err(Held::Back(first.clone())));
+                    continue;
+                }
+                match producer.send_result(record) {
+                    Ok(f) => pending.push(Ok(f)),
+                    Err((err, _)) => {
+                        if err
+                            .rdkafka_error_code()
+                            .is_none_or(|c| kind_of(c) == Kind::Retryable)
+                        {
+                            held_back = Some(err.clone());
+                        }
+                        pending.push(Err(Held::Failed(err)));
+                    }
+                }
             }
             let mut out = Vec::with_capacity(events.len());
             // Acknowledged records per topic, added to the counter once per topic rather than
@@ -518,7 +628,10 @@ impl KafkaSink {
                     .map(|(dlq, _)| dlq)
                     .unwrap_or_else(|| e.topic.as_deref().unwrap_or(&self.config.topic));
                 let r = match p {
-                    Err(err) => Err(self.failed(&err, topic)),
+                    Err(Held::Failed(err)) => Err(self.failed(&err, topic)),
+                    Err(Held::Back(first)) => Err(Error::unavailable(format!(
+                        "not sent: an earlier event of the request could not be queued ({first}); retry"
+                    ))),
                     Ok(fut) => match fut.await {
                         Ok(Ok(d)) => {
                             self.fenced_in_a_row.store(0, Ordering::Relaxed);
@@ -699,6 +812,14 @@ impl crate::spool::forward::Destination for KafkaSink {
         )
     }
 
+    /// The topic and the record's key as `kafka.key_strategy` picks it: the partition, and so
+    /// the order Kafka keeps.
+    fn ordering_key(&self, record: &crate::spool::Record) -> Option<String> {
+        let key = self.record_key(&record.event)?;
+        let topic = record.topic.as_deref().unwrap_or(&self.config.topic);
+        Some(format!("{topic}\u{0}{key}"))
+    }
+
     /// A broker is reachable and the topics were checked once (records for a topic found
     /// missing are then refused, retried and finally dead-lettered or parked, not waited
     /// for with the whole spool).
@@ -774,5 +895,43 @@ mod tests {
             classify(&fenced, "t", &config).1,
             classify(&fenced, "t", &config).1
         );
+    }
+
+    /// Errors that can never succeed as they are must not be retryable: they were, so one
+    /// such record stalled the spool until `max_age` refused everything.
+    #[test]
+    fn permanent_kafka_errors_are_not_retryable() {
+        use RDKafkaErrorCode as C;
+        let config = KafkaConfig::default();
+        for code in [
+            C::InvalidRecord,
+            C::PolicyViolation,
+            C::MessageBatchTooLarge,
+            C::MessageSizeTooLarge,
+            C::InvalidTopic,
+            C::UnknownTopic,
+            C::UnknownTopicOrPartition,
+            C::InvalidTimestamp,
+            C::UnsupportedForMessageFormat,
+            C::TopicAuthorizationFailed,
+        ] {
+            let (e, _) = classify(&KafkaError::MessageProduction(code), "t", &config);
+            assert!(!e.is_retryable(), "{code:?} must not be retried for ever");
+        }
+        for code in [
+            C::QueueFull,
+            C::MessageTimedOut,
+            C::NotLeaderForPartition,
+            C::LeaderNotAvailable,
+            C::NotEnoughReplicas,
+            C::NotEnoughReplicasAfterAppend,
+            C::RequestTimedOut,
+            C::NetworkException,
+            C::KafkaStorageError,
+            C::AllBrokersDown,
+        ] {
+            let (e, _) = classify(&KafkaError::MessageProduction(code), "t", &config);
+            assert!(e.is_retryable(), "{code:?} passes and is retried");
+        }
     }
 }

@@ -1,32 +1,44 @@
 //! The spool's on-disk format, and nothing else: segment files, their header, the framing of
-//! each record, and a reader that recovers from whatever bytes it finds. Pure functions over
-//! bytes and files; the writer thread and the forwarder live in `spool/mod.rs` and
-//! `spool/forward.rs`.
+//! each record, and a reader that recovers what it can from whatever bytes it finds. Pure
+//! functions over bytes and a reader over an [`FsFile`]; the writer thread, recovery and the
+//! forwarder live in their own modules.
 //!
 //! A segment is `<first position, 20 digits>.seg`:
 //!
 //! ```text
-//! header  (24 bytes): magic "EGSPOOL\0" | version u16 LE = 1 | reserved u16 = 0
+//! header (24 bytes):  magic "EGSPOOL\0" | version u16 LE | reserved u16 = 0
 //!                     | first position u64 LE | CRC32C of the preceding 20 bytes, u32 LE
-//! record  (repeated): payload length u32 LE (1..=MAX_RECORD) | CRC32C of the payload u32 LE
-//!                     | payload
+//! record, version 2:  payload length u32 LE (1..=MAX_RECORD) | position u64 LE
+//!                     | CRC32C of (payload, length, position) u32 LE | payload
+//! record, version 1:  payload length u32 LE | CRC32C of the payload u32 LE | payload
 //! ```
 //!
-//! Record `i` of a segment (counting from 0) has position `first + i`. The payload itself is
-//! [`crate::spool::record`]'s business. A length of 0 is never written, so zeroes after the
-//! last record (a preallocated or zero-filled tail) read as the end.
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+//! Version 2 (written since the simulator found that version 1 cannot tell a flipped length
+//! bit from a torn write) checksums the length and carries each record's position, so damage
+//! anywhere is skipped by scanning for the next frame that checks out (a resync), with the
+//! positions lost in between known exactly; records after damage are never given up. Version
+//! 1 segments are still read (positions count up from the header's first). The checksum
+//! covers the payload first, so a client thread can checksum its payload before the writer
+//! knows its position ([`frame_payload`], then [`set_position`]). A length of 0 is never
+//! written, so zeroes after the last record (a preallocated tail) read as the end. The payload
+//! itself is [`crate::spool::record`]'s business.
+use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use super::fs::{Fs, FsFile};
+
 pub const MAGIC: &[u8; 8] = b"EGSPOOL\0";
-pub const VERSION: u16 = 1;
+/// The version new segments are written in.
+pub const VERSION: u16 = 2;
 pub const HEADER_LEN: u64 = 24;
-pub const FRAME_HEADER_LEN: u64 = 8;
+pub const FRAME_HEADER_LEN: u64 = 16;
+const FRAME_HEADER_LEN_V1: u64 = 8;
 /// No record is longer than this (an event is at most `limits.max_event_size`, 512 KiB by
 /// default, plus a small envelope); a longer length field can only be damage.
 pub const MAX_RECORD: u32 = 64 << 20;
 pub const EXTENSION: &str = "seg";
+const READ_AHEAD: usize = 64 << 10;
 
 /// The file name of the segment whose first record has `first` as its position.
 pub fn file_name(first: u64) -> String {
@@ -42,18 +54,24 @@ pub fn parse_file_name(path: &Path) -> Option<u64> {
         .flatten()
 }
 
+/// A header of the current version.
 pub fn encode_header(first: u64) -> [u8; HEADER_LEN as usize] {
+    encode_header_version(first, VERSION)
+}
+
+/// A header of any version (tests write version 1 segments with it).
+pub fn encode_header_version(first: u64, version: u16) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
-    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..10].copy_from_slice(&version.to_le_bytes());
     h[12..20].copy_from_slice(&first.to_le_bytes());
     let crc = crc32c::crc32c(&h[..20]);
     h[20..24].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// The first position a header names, or why the header is not one.
-pub fn decode_header(h: &[u8]) -> Result<u64, String> {
+/// The first position and version a header names, or why the header is not one.
+pub fn decode_header(h: &[u8]) -> Result<(u64, u16), String> {
     if h.len() < HEADER_LEN as usize {
         return Err(format!("header is {} bytes, not {HEADER_LEN}", h.len()));
     }
@@ -65,15 +83,45 @@ pub fn decode_header(h: &[u8]) -> Result<u64, String> {
         return Err("header checksum mismatch".into());
     }
     let version = u16::from_le_bytes([h[8], h[9]]);
-    if version != VERSION {
+    if version != 1 && version != VERSION {
         return Err(format!("unknown segment version {version}"));
     }
-    Ok(u64::from_le_bytes(h[12..20].try_into().expect("8 bytes")))
+    Ok((
+        u64::from_le_bytes(h[12..20].try_into().expect("8 bytes")),
+        version,
+    ))
 }
 
-/// Appends one framed record to `out`.
-pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
+/// Appends a version 2 frame for `payload` to `out` whose position is not known yet: its
+/// checksum field holds the payload's own checksum until [`set_position`] finishes it.
+pub fn frame_payload(payload: &[u8], out: &mut Vec<u8>) {
     debug_assert!(!payload.is_empty() && payload.len() <= MAX_RECORD as usize);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Gives the frame [`frame_payload`] put at `at` in `buf` its position and final checksum;
+/// returns where the next frame starts.
+pub fn set_position(buf: &mut [u8], at: usize, position: u64) -> usize {
+    let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
+    buf[at + 4..at + 12].copy_from_slice(&position.to_le_bytes());
+    let payload_crc = u32::from_le_bytes(buf[at + 12..at + 16].try_into().expect("4 bytes"));
+    let crc = crc32c::crc32c_append(payload_crc, &buf[at..at + 12]);
+    buf[at + 12..at + 16].copy_from_slice(&crc.to_le_bytes());
+    at + FRAME_HEADER_LEN as usize + len
+}
+
+/// Appends one complete version 2 frame.
+pub fn encode_frame(payload: &[u8], position: u64, out: &mut Vec<u8>) {
+    let at = out.len();
+    frame_payload(payload, out);
+    set_position(out, at, position);
+}
+
+/// Appends one version 1 frame (what earlier releases wrote; tests build legacy segments).
+pub fn encode_frame_v1(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     out.extend_from_slice(payload);
@@ -90,90 +138,124 @@ pub enum Frame {
         next: u64,
         payload: Vec<u8>,
     },
-    /// A frame with a plausible length whose payload does not match its checksum: skipped,
-    /// its position is not reused, and reading goes on after it.
-    Corrupt { position: u64, at: u64, next: u64 },
+    /// Bytes from `at` to `next` that hold no readable frame, with readable frames after
+    /// them: damage, skipped. `lost` are the positions that were in it, where known (empty
+    /// when nothing tells: a damaged version 1 length).
+    Damaged {
+        at: u64,
+        next: u64,
+        lost: Range<u64>,
+    },
 }
 
 /// How a scan of a segment ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
-    /// At the end of the valid data (`at`), with nothing but zeroes or nothing after it.
+    /// At `at`, with nothing or only zeroes after it.
     Clean { at: u64 },
-    /// A frame that runs past the end of the file, or the last frame, failing its checksum
-    /// with only zeroes after it: an interrupted write, never acknowledged.
-    Torn { at: u64, len: u64 },
-    /// A length field no writer would write: the rest of the segment from `at` is unreadable.
-    Unreadable { at: u64, len: u64 },
+    /// At `at`, after the last readable frame, with `len` bytes that are not all zeroes and
+    /// hold no readable frame: in the segment that was being written, an interrupted write
+    /// (never acknowledged); anywhere else, damage.
+    Garbage { at: u64, len: u64 },
 }
 
 impl End {
+    /// Where the readable data ends.
     pub fn valid_len(&self) -> u64 {
         match self {
-            End::Clean { at } | End::Torn { at, .. } | End::Unreadable { at, .. } => *at,
+            End::Clean { at } | End::Garbage { at, .. } => *at,
         }
     }
 }
 
-/// Reads frames of one segment from byte offset `from` (the position `first_position` of the
-/// frame there), never past `limit` bytes (the writer's committed length; `None`: the file's).
+/// What one attempt to read a frame at an offset found.
+enum Parsed {
+    Valid {
+        position: u64,
+        next: u64,
+        payload: Vec<u8>,
+    },
+    /// A frame header of zeroes (or fewer bytes than a header, all zero).
+    Zero,
+    Bad,
+}
+
+/// Reads the frames of one segment, never past `limit` bytes (the writer's committed length;
+/// at open, the file's).
 pub struct Reader {
-    file: io::BufReader<File>,
+    file: Box<dyn FsFile>,
     pub path: PathBuf,
     pub first: u64,
+    version: u16,
+    header_damage: Option<String>,
     at: u64,
+    /// The lowest position the next record may have: the last record's + 1.
     position: u64,
     limit: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
     end: Option<End>,
 }
 
 impl Reader {
-    /// Opens a segment and checks its header. `Err` when the file cannot be read or its header
-    /// is damaged (the whole segment is then unreadable).
-    pub fn open(path: &Path) -> io::Result<Result<Self, String>> {
-        let mut file = File::open(path)?;
-        let len = file.metadata()?.len();
+    /// Opens a segment for reading. A header that does not check out is not an error: the
+    /// frames are read as version 2 from the header's end (they carry their positions), the
+    /// segment's first position taken from its name; [`Reader::header_damage`] says why.
+    pub fn open(fs: &dyn Fs, path: &Path) -> io::Result<Self> {
+        let file = fs.open_read(path)?;
+        let len = file.len()?;
         let mut h = [0u8; HEADER_LEN as usize];
-        let got = read_up_to(&mut file, &mut h)?;
-        let first = match decode_header(&h[..got]) {
-            Ok(f) => f,
-            Err(why) => return Ok(Err(why)),
+        let got = file.read_at(&mut h, 0)?;
+        let (first, version, header_damage) = match decode_header(&h[..got]) {
+            Ok((first, version)) => (first, version, None),
+            Err(why) => (parse_file_name(path).unwrap_or(0), VERSION, Some(why)),
         };
-        Ok(Ok(Self {
-            file: io::BufReader::with_capacity(1 << 16, file),
+        Ok(Self {
+            file,
             path: path.to_path_buf(),
             first,
-            at: HEADER_LEN,
+            version,
+            header_damage,
+            at: HEADER_LEN.min(len),
             position: first,
             limit: len,
+            buf: Vec::new(),
+            buf_start: 0,
             end: None,
-        }))
+        })
+    }
+
+    /// Why the header did not check out, if it did not.
+    pub fn header_damage(&self) -> Option<&str> {
+        self.header_damage.as_deref()
+    }
+
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     /// Moves to byte offset `at`, which holds the frame of `position` (a place an earlier
     /// [`Frame`] named as `next`).
-    pub fn seek(&mut self, at: u64, position: u64) -> io::Result<()> {
-        self.file.seek(SeekFrom::Start(at))?;
+    pub fn seek(&mut self, at: u64, position: u64) {
         self.at = at;
         self.position = position;
         self.end = None;
-        Ok(())
     }
 
     /// Reads no further than `limit` bytes into the file. Raising it (the writer committed
-    /// more) lets a reader that reached the old limit go on. The read buffer is dropped then:
-    /// it may hold bytes past the old limit from before they were committed (a write the
-    /// writer later cut back and wrote again).
-    pub fn set_limit(&mut self, limit: u64) -> io::Result<()> {
+    /// more) lets a reader that reached the old limit go on. The read buffer never holds bytes
+    /// past the limit it was filled under, and committed bytes never change, so it stays good.
+    pub fn set_limit(&mut self, limit: u64) {
         if limit != self.limit {
             self.end = None;
-            self.file.seek(SeekFrom::Start(self.at))?;
+            if limit < self.limit {
+                self.buf.clear();
+            }
         }
         self.limit = limit;
-        Ok(())
     }
 
-    /// The position the next record read will have.
+    /// The lowest position the next record read can have.
     pub fn position(&self) -> u64 {
         self.position
     }
@@ -187,130 +269,241 @@ impl Reader {
         self.end.as_ref()
     }
 
+    /// `len` bytes at `at` (fewer at the limit), through the read buffer.
+    fn bytes(&mut self, at: u64, len: usize) -> io::Result<&[u8]> {
+        let len = len.min(self.limit.saturating_sub(at) as usize);
+        let have =
+            at >= self.buf_start && at + len as u64 <= self.buf_start + self.buf.len() as u64;
+        if !have {
+            let want = len
+                .max(READ_AHEAD)
+                .min(self.limit.saturating_sub(at) as usize);
+            self.buf.resize(want, 0);
+            let got = self.file.read_at(&mut self.buf, at)?;
+            self.buf.truncate(got);
+            self.buf_start = at;
+        }
+        let from = (at - self.buf_start) as usize;
+        let to = (from + len).min(self.buf.len());
+        Ok(&self.buf[from..to])
+    }
+
     /// The next frame, or `None` at the end of what can be read (see [`Reader::end`]).
     pub fn next_frame(&mut self) -> io::Result<Option<Frame>> {
         if self.end.is_some() {
             return Ok(None);
         }
         let at = self.at;
-        let remaining = self.limit.saturating_sub(at);
-        if remaining == 0 {
+        if at >= self.limit {
             self.end = Some(End::Clean { at });
             return Ok(None);
         }
-        let mut fh = [0u8; FRAME_HEADER_LEN as usize];
-        let got = read_up_to(&mut self.file, &mut fh[..remaining.min(8) as usize])?;
-        if (got as u64) < FRAME_HEADER_LEN {
-            self.end = Some(if fh[..got].iter().all(|b| *b == 0) {
+        if self.version == 1 {
+            return self.next_frame_v1(at);
+        }
+        match self.parse_v2(at)? {
+            Parsed::Valid {
+                position,
+                next,
+                payload,
+            } => Ok(Some(self.take(position, at, next, payload))),
+            Parsed::Zero if self.rest_is_zero(at)? => {
+                self.end = Some(End::Clean { at });
+                Ok(None)
+            }
+            Parsed::Zero | Parsed::Bad => self.resync(at),
+        }
+    }
+
+    fn take(&mut self, position: u64, at: u64, next: u64, payload: Vec<u8>) -> Frame {
+        self.at = next;
+        self.position = position + 1;
+        Frame::Record {
+            position,
+            at,
+            next,
+            payload,
+        }
+    }
+
+    fn parse_v2(&mut self, at: u64) -> io::Result<Parsed> {
+        let lowest = self.position;
+        let limit = self.limit;
+        let h: [u8; FRAME_HEADER_LEN as usize] =
+            match self.bytes(at, FRAME_HEADER_LEN as usize)?.try_into() {
+                Ok(h) => h,
+                Err(_) => {
+                    let rest = self.bytes(at, FRAME_HEADER_LEN as usize)?;
+                    return Ok(if rest.iter().all(|b| *b == 0) {
+                        Parsed::Zero
+                    } else {
+                        Parsed::Bad
+                    });
+                }
+            };
+        if h.iter().all(|b| *b == 0) {
+            return Ok(Parsed::Zero);
+        }
+        match check_header_v2(&h, at, limit, lowest) {
+            None => Ok(Parsed::Bad),
+            Some((len, position)) => {
+                let payload = self.bytes(at + FRAME_HEADER_LEN, len as usize)?.to_vec();
+                if payload.len() != len as usize || !crc_matches(&h, &payload) {
+                    return Ok(Parsed::Bad);
+                }
+                Ok(Parsed::Valid {
+                    position,
+                    next: at + FRAME_HEADER_LEN + u64::from(len),
+                    payload,
+                })
+            }
+        }
+    }
+
+    /// Looks for the next frame that checks out after damage at `at`: a Damaged frame up to
+    /// it, or the end (garbage) when there is none. Scans through the read buffer, so a
+    /// segment of any size is searched to its end in bounded memory.
+    fn resync(&mut self, at: u64) -> io::Result<Option<Frame>> {
+        let lowest = self.position;
+        let limit = self.limit;
+        let mut found = None;
+        let mut o = at + 1;
+        while o + FRAME_HEADER_LEN < limit {
+            let h: [u8; FRAME_HEADER_LEN as usize] =
+                match self.bytes(o, FRAME_HEADER_LEN as usize)?.try_into() {
+                    Ok(h) => h,
+                    Err(_) => break,
+                };
+            if let Some((len, position)) = check_header_v2(&h, o, limit, lowest) {
+                let payload = self.bytes(o + FRAME_HEADER_LEN, len as usize)?;
+                if payload.len() == len as usize && crc_matches(&h, payload) {
+                    found = Some((o, position));
+                    break;
+                }
+            }
+            o += 1;
+        }
+        match found {
+            Some((next, position)) => {
+                let lost = self.position..position;
+                self.at = next;
+                Ok(Some(Frame::Damaged { at, next, lost }))
+            }
+            None => {
+                self.end = Some(if self.rest_is_zero(at)? {
+                    End::Clean { at }
+                } else {
+                    End::Garbage {
+                        at,
+                        len: limit - at,
+                    }
+                });
+                Ok(None)
+            }
+        }
+    }
+
+    /// Version 1: no positions in frames, so damage to a length cannot be skipped; a frame
+    /// whose payload fails its checksum with frames after it is skipped, one position.
+    fn next_frame_v1(&mut self, at: u64) -> io::Result<Option<Frame>> {
+        let remaining = self.limit - at;
+        let fh = self.bytes(at, FRAME_HEADER_LEN_V1 as usize)?.to_vec();
+        let garbage = End::Garbage { at, len: remaining };
+        if (fh.len() as u64) < FRAME_HEADER_LEN_V1 {
+            self.end = Some(if fh.iter().all(|b| *b == 0) {
                 End::Clean { at }
             } else {
-                End::Torn { at, len: remaining }
+                garbage
             });
             return Ok(None);
         }
         let len = u32::from_le_bytes(fh[..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(fh[4..].try_into().expect("4 bytes"));
+        let next = at + FRAME_HEADER_LEN_V1 + u64::from(len);
         if len == 0 {
-            // Zeroes: the end of what was written (a zero-filled tail), unless more than
-            // zeroes follow, which is damage.
-            let rest_zero = crc == 0 && self.rest_is_zero(at + FRAME_HEADER_LEN)?;
-            self.end = Some(if rest_zero {
+            self.end = Some(if crc == 0 && self.rest_is_zero(at)? {
                 End::Clean { at }
             } else {
-                End::Unreadable { at, len: remaining }
+                garbage
             });
             return Ok(None);
         }
-        if len > MAX_RECORD {
-            self.end = Some(End::Unreadable { at, len: remaining });
+        if len > MAX_RECORD || next > self.limit {
+            self.end = Some(garbage);
             return Ok(None);
         }
-        let next = at + FRAME_HEADER_LEN + u64::from(len);
-        if next > self.limit {
-            self.end = Some(End::Torn { at, len: remaining });
+        let payload = self.bytes(at + FRAME_HEADER_LEN_V1, len as usize)?.to_vec();
+        if crc32c::crc32c(&payload) == crc {
+            let position = self.position;
+            return Ok(Some(self.take(position, at, next, payload)));
+        }
+        if self.rest_is_zero(next)? {
+            // The last frame, failing its checksum: an interrupted write.
+            self.end = Some(garbage);
             return Ok(None);
         }
-        let mut payload = vec![0u8; len as usize];
-        self.file.read_exact(&mut payload)?;
-        let intact = crc32c::crc32c(&payload) == crc;
-        self.at = next;
-        if !intact && self.rest_is_zero(next)? {
-            // A frame that does not match its checksum with nothing but zeroes after it: the
-            // last write, interrupted (a preallocated segment is zeroes past it, so such a
-            // write does not run past the end of the file).
-            self.at = at;
-            self.file.seek(SeekFrom::Start(at))?;
-            self.end = Some(End::Torn { at, len: remaining });
-            return Ok(None);
-        }
-        let position = self.position;
+        let lost = self.position..self.position + 1;
         self.position += 1;
-        if intact {
-            Ok(Some(Frame::Record {
-                position,
-                at,
-                next,
-                payload,
-            }))
-        } else {
-            Ok(Some(Frame::Corrupt { position, at, next }))
-        }
+        self.at = next;
+        Ok(Some(Frame::Damaged { at, next, lost }))
     }
 
-    /// True when every byte from `from` to the limit is zero (restores the read position).
+    /// True when every byte from `from` to the limit is zero.
     fn rest_is_zero(&mut self, from: u64) -> io::Result<bool> {
-        let mut buf = [0u8; 4096];
         let mut pos = from;
-        self.file.seek(SeekFrom::Start(from))?;
-        let mut zero = true;
         while pos < self.limit {
-            let want = (self.limit - pos).min(buf.len() as u64) as usize;
-            let got = read_up_to(&mut self.file, &mut buf[..want])?;
-            if got == 0 {
+            let chunk = self.bytes(pos, READ_AHEAD)?;
+            if chunk.is_empty() {
                 break;
             }
-            if buf[..got].iter().any(|b| *b != 0) {
-                zero = false;
-                break;
+            if chunk.iter().any(|b| *b != 0) {
+                return Ok(false);
             }
-            pos += got as u64;
+            pos += chunk.len() as u64;
         }
-        self.file.seek(SeekFrom::Start(self.at))?;
-        Ok(zero)
+        Ok(true)
     }
 }
 
-/// `read` until `buf` is full or the file ends; the count read.
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
+/// The length and position of a version 2 frame header at `at` if they are plausible: a length
+/// a writer writes, a frame that ends by `limit`, a position not below `lowest`.
+fn check_header_v2(
+    h: &[u8; FRAME_HEADER_LEN as usize],
+    at: u64,
+    limit: u64,
+    lowest: u64,
+) -> Option<(u32, u64)> {
+    let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes"));
+    let position = u64::from_le_bytes(h[4..12].try_into().expect("8 bytes"));
+    let plausible = len != 0
+        && len <= MAX_RECORD
+        && at + FRAME_HEADER_LEN + u64::from(len) <= limit
+        && position >= lowest;
+    plausible.then_some((len, position))
+}
+
+fn crc_matches(h: &[u8; FRAME_HEADER_LEN as usize], payload: &[u8]) -> bool {
+    let crc = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+    crc32c::crc32c_append(crc32c::crc32c(payload), &h[..12]) == crc
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use crate::spool::fs::RealFs;
 
     fn segment(dir: &Path, first: u64, payloads: &[&[u8]]) -> PathBuf {
         let path = dir.join(file_name(first));
         let mut bytes = encode_header(first).to_vec();
-        for p in payloads {
-            encode_frame(p, &mut bytes);
+        for (i, p) in payloads.iter().enumerate() {
+            encode_frame(p, first + i as u64, &mut bytes);
         }
         std::fs::write(&path, bytes).unwrap();
         path
     }
 
     fn read_all(path: &Path) -> (Vec<Frame>, End) {
-        let mut r = Reader::open(path).unwrap().unwrap();
+        let mut r = Reader::open(&RealFs, path).unwrap();
         let mut frames = Vec::new();
         while let Some(f) = r.next_frame().unwrap() {
             frames.push(f);
@@ -321,9 +514,9 @@ mod tests {
     fn positions(frames: &[Frame]) -> Vec<(u64, bool)> {
         frames
             .iter()
-            .map(|f| match f {
-                Frame::Record { position, .. } => (*position, true),
-                Frame::Corrupt { position, .. } => (*position, false),
+            .flat_map(|f| match f {
+                Frame::Record { position, .. } => vec![(*position, true)],
+                Frame::Damaged { lost, .. } => lost.clone().map(|p| (p, false)).collect(),
             })
             .collect()
     }
@@ -363,85 +556,96 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_tail_ends_the_segment_and_is_reported() {
+    fn a_torn_tail_ends_the_segment_as_garbage_after_the_last_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = segment(dir.path(), 0, &[b"one", b"two"]);
         let good = std::fs::metadata(&path).unwrap().len();
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
         let mut torn = Vec::new();
-        encode_frame(b"three-and-more", &mut torn);
-        f.write_all(&torn[..torn.len() - 4]).unwrap();
+        encode_frame(b"three-and-more", 2, &mut torn);
+        bytes.extend_from_slice(&torn[..torn.len() - 4]);
+        std::fs::write(&path, &bytes).unwrap();
         let (frames, end) = read_all(&path);
         assert_eq!(frames.len(), 2);
-        assert!(matches!(end, End::Torn { at, .. } if at == good), "{end:?}");
+        assert!(
+            matches!(end, End::Garbage { at, .. } if at == good),
+            "{end:?}"
+        );
+        // The same torn frame inside preallocated zeroes: the same end.
+        bytes.resize(bytes.len() + 4096, 0);
+        std::fs::write(&path, &bytes).unwrap();
+        let (frames, end) = read_all(&path);
+        assert_eq!(frames.len(), 2);
+        assert!(
+            matches!(end, End::Garbage { at, .. } if at == good),
+            "{end:?}"
+        );
     }
 
     #[test]
-    fn a_torn_write_inside_preallocated_zeroes_is_a_torn_tail_not_damage() {
-        // The frame's length landed but only part of its payload did; zeroes follow (the
-        // segment was preallocated), so it does not run past the end of the file.
+    fn a_flipped_length_bit_skips_one_record_and_keeps_the_rest() {
+        // Version 1 took this for a frame running past the end: a torn tail, cut off with
+        // every record after it. The length is checksummed now, and positions resync.
         let dir = tempfile::tempdir().unwrap();
-        let path = segment(dir.path(), 0, &[b"one", b"two"]);
-        let good = std::fs::metadata(&path).unwrap().len();
+        let path = segment(dir.path(), 10, &[b"first", b"second", b"third", b"fourth"]);
         let mut bytes = std::fs::read(&path).unwrap();
-        let mut torn = Vec::new();
-        encode_frame(b"three-and-more", &mut torn);
-        let half = torn.len() - 6;
-        torn[half..].fill(0);
-        bytes.extend_from_slice(&torn);
-        bytes.resize(bytes.len() + 4096, 0);
-        std::fs::write(&path, bytes).unwrap();
-        let (frames, end) = read_all(&path);
-        assert_eq!(positions(&frames), vec![(0, true), (1, true)]);
-        assert!(matches!(end, End::Torn { at, .. } if at == good), "{end:?}");
-        // The same frame with a record after it is damage in the middle: reported, skipped.
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes.truncate(good as usize + torn.len());
-        encode_frame(b"four", &mut bytes);
-        std::fs::write(&path, bytes).unwrap();
+        let second = HEADER_LEN as usize + FRAME_HEADER_LEN as usize + 5;
+        bytes[second + 2] ^= 0x10; // the length's third byte: a frame of a megabyte
+        std::fs::write(&path, &bytes).unwrap();
         let (frames, end) = read_all(&path);
         assert_eq!(
             positions(&frames),
-            vec![(0, true), (1, true), (2, false), (3, true)]
+            vec![(10, true), (11, false), (12, true), (13, true)]
         );
         assert!(matches!(end, End::Clean { .. }), "{end:?}");
     }
 
     #[test]
-    fn a_flipped_payload_byte_skips_one_record_only() {
+    fn a_flipped_payload_or_position_bit_skips_that_record_only() {
         let dir = tempfile::tempdir().unwrap();
-        let path = segment(dir.path(), 10, &[b"first", b"second", b"third"]);
-        let mut bytes = std::fs::read(&path).unwrap();
-        // The second record's payload starts after the header, frame 1 (8 + 5) and its own
-        // frame header.
-        let at = HEADER_LEN as usize + 13 + 8;
-        bytes[at] ^= 0xff;
-        std::fs::write(&path, bytes).unwrap();
-        let (frames, end) = read_all(&path);
-        assert_eq!(
-            positions(&frames),
-            vec![(10, true), (11, false), (12, true)]
-        );
-        assert!(matches!(end, End::Clean { .. }));
+        for offset in [FRAME_HEADER_LEN as usize, 5, 13] {
+            let path = segment(dir.path(), 10, &[b"first", b"second", b"third"]);
+            let mut bytes = std::fs::read(&path).unwrap();
+            let at = HEADER_LEN as usize + FRAME_HEADER_LEN as usize + 5 + offset;
+            bytes[at] ^= 0x01;
+            std::fs::write(&path, bytes).unwrap();
+            let (frames, end) = read_all(&path);
+            assert_eq!(
+                positions(&frames),
+                vec![(10, true), (11, false), (12, true)],
+                "flip at {offset}"
+            );
+            assert!(matches!(end, End::Clean { .. }));
+        }
     }
 
     #[test]
-    fn a_damaged_length_makes_the_rest_unreadable_not_a_panic() {
+    fn a_damaged_header_still_reads_version_2_frames_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
-        let path = segment(dir.path(), 0, &[b"first", b"second"]);
+        let path = segment(dir.path(), 5, &[b"x", b"y"]);
         let mut bytes = std::fs::read(&path).unwrap();
-        let at = HEADER_LEN as usize + 13;
-        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
-        std::fs::write(&path, bytes).unwrap();
+        bytes[13] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let r = Reader::open(&RealFs, &path).unwrap();
+        assert!(r.header_damage().unwrap().contains("checksum"));
+        let (frames, _) = read_all(&path);
+        assert_eq!(positions(&frames), vec![(5, true), (6, true)]);
+    }
+
+    #[test]
+    fn version_1_segments_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(3));
+        let mut bytes = encode_header_version(3, 1).to_vec();
+        for p in [b"a".as_slice(), b"bb", b"ccc"] {
+            encode_frame_v1(p, &mut bytes);
+        }
+        // The middle payload damaged: skipped, its position not reused.
+        bytes[HEADER_LEN as usize + 9 + 8] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
         let (frames, end) = read_all(&path);
-        assert_eq!(positions(&frames), vec![(0, true)]);
-        assert!(
-            matches!(end, End::Unreadable { at: a, .. } if a == at as u64),
-            "{end:?}"
-        );
+        assert_eq!(positions(&frames), vec![(3, true), (4, false), (5, true)]);
+        assert!(matches!(end, End::Clean { .. }));
     }
 
     #[test]
@@ -449,71 +653,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = segment(dir.path(), 0, &[b"x"]);
         let good = std::fs::metadata(&path).unwrap().len();
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        f.write_all(&[0u8; 100]).unwrap();
-        assert_eq!(read_all(&path).1, End::Clean { at: good });
-        f.write_all(&[1u8]).unwrap();
-        assert!(matches!(read_all(&path).1, End::Unreadable { .. }));
-    }
-
-    #[test]
-    fn a_damaged_header_is_an_error_naming_why() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = segment(dir.path(), 5, &[b"x"]);
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[13] ^= 1;
+        bytes.extend_from_slice(&[0u8; 100]);
         std::fs::write(&path, &bytes).unwrap();
-        let why = Reader::open(&path).unwrap().err().unwrap();
-        assert!(why.contains("checksum"), "{why}");
-        std::fs::write(&path, b"short").unwrap();
-        assert!(Reader::open(&path).unwrap().is_err());
+        assert_eq!(read_all(&path).1, End::Clean { at: good });
+        bytes.push(1);
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(read_all(&path).1, End::Garbage { at, .. } if at == good));
     }
 
     #[test]
-    fn a_raised_limit_reads_what_was_committed_not_a_stale_buffer() {
+    fn a_raised_limit_reads_what_was_committed() {
         let dir = tempfile::tempdir().unwrap();
         let path = segment(dir.path(), 0, &[b"a", b"b"]);
         let committed = std::fs::metadata(&path).unwrap().len();
-        // An uncommitted write after b (its group will fail and be cut back).
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        let mut stale = Vec::new();
-        encode_frame(b"never-acknowledged", &mut stale);
-        f.write_all(&stale).unwrap();
-        let mut r = Reader::open(&path).unwrap().unwrap();
-        r.set_limit(committed).unwrap();
-        // The reader takes one record and stops (a full window), its buffer holding the rest.
+        let mut r = Reader::open(&RealFs, &path).unwrap();
         assert!(matches!(
             r.next_frame().unwrap(),
             Some(Frame::Record { position: 0, .. })
         ));
-        // The writer cuts the failed write back and commits another record in its place.
-        f.set_len(committed).unwrap();
-        let mut good = Vec::new();
-        encode_frame(b"c", &mut good);
-        f.write_all(&good).unwrap();
-        r.set_limit(committed + good.len() as u64).unwrap();
-        let mut payloads = Vec::new();
-        while let Some(frame) = r.next_frame().unwrap() {
-            match frame {
-                Frame::Record { payload, .. } => payloads.push(payload),
-                Frame::Corrupt { position, .. } => {
-                    panic!("record {position} read from a stale buffer")
-                }
-            }
-        }
-        assert_eq!(payloads, [b"b".to_vec(), b"c".to_vec()]);
+        let mut more = std::fs::read(&path).unwrap();
+        encode_frame(b"c", 2, &mut more);
+        std::fs::write(&path, &more).unwrap();
+        r.set_limit(committed);
+        assert!(matches!(
+            r.next_frame().unwrap(),
+            Some(Frame::Record { position: 1, .. })
+        ));
+        assert!(r.next_frame().unwrap().is_none());
+        r.set_limit(more.len() as u64);
+        assert!(matches!(
+            r.next_frame().unwrap(),
+            Some(Frame::Record { position: 2, .. })
+        ));
     }
 
     #[test]
     fn arbitrary_bytes_never_panic() {
-        // A small deterministic sweep in place of the fuzzer: every prefix of a valid segment,
-        // and the same with each byte flipped, reads to some end without panicking.
+        // A small deterministic sweep beside the fuzzer: every prefix of a valid segment, and
+        // the same with each byte flipped, reads to some end without panicking.
         let dir = tempfile::tempdir().unwrap();
         let path = segment(dir.path(), 3, &[b"alpha", b"beta", b"gamma"]);
         let good = std::fs::read(&path).unwrap();
@@ -526,10 +704,9 @@ mod tests {
                     bytes[i] ^= 0x5a;
                 }
                 std::fs::write(&path, &bytes).unwrap();
-                if let Ok(Ok(mut r)) = Reader::open(&path) {
-                    while r.next_frame().unwrap().is_some() {}
-                    assert!(r.end().is_some());
-                }
+                let mut r = Reader::open(&RealFs, &path).unwrap();
+                while r.next_frame().unwrap().is_some() {}
+                assert!(r.end().is_some());
             }
         }
     }

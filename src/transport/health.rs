@@ -50,6 +50,8 @@ struct Ready {
 /// The one readiness state both protocols report.
 pub struct Readiness {
     gateway: Arc<Gateway>,
+    /// The spool forwarder's status: a stalled forwarder is named in the reason.
+    forwarder: Option<Arc<forward::Status>>,
     reporter: HealthReporter,
     published: watch::Sender<Ready>,
     /// What gRPC health last said (None: nothing yet). Held from evaluation to publication, so
@@ -59,13 +61,18 @@ pub struct Readiness {
 
 impl Readiness {
     /// Not ready ("starting") until the first [`Readiness::refresh`].
-    pub fn new(gateway: Arc<Gateway>, reporter: HealthReporter) -> Arc<Self> {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        reporter: HealthReporter,
+        forwarder: Option<Arc<forward::Status>>,
+    ) -> Arc<Self> {
         let (published, _) = watch::channel(Ready {
             ready: false,
             reason: "starting".into(),
         });
         Arc::new(Self {
             gateway,
+            forwarder,
             reporter,
             published,
             grpc_serving: Mutex::new(None),
@@ -79,7 +86,11 @@ impl Readiness {
     /// Evaluates readiness and publishes a change: gRPC health first, then the REST state.
     pub async fn refresh(&self) {
         let mut grpc_serving = self.grpc_serving.lock().await;
-        let (ready, reason) = readiness(&self.gateway);
+        let (ready, mut reason) = readiness(&self.gateway);
+        if let Some(why) = self.forwarder.as_ref().and_then(|f| f.stalled()) {
+            // Events are still taken (and kept); what waits is their way to Kafka.
+            reason = format!("{reason} (the spool's forwarder is stalled: {why})");
+        }
         if *grpc_serving != Some(ready) {
             let status = if ready {
                 ServingStatus::Serving
