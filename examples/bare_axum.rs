@@ -42,6 +42,7 @@ async fn main() {
                 segment_bytes: 64 << 20,
                 max_bytes: 1 << 30,
                 max_age: None,
+                min_room: 0,
             };
             let meter = opentelemetry::global::meter("bare_axum");
             let spool = Spool::open(settings, &meter).expect("open the spool");

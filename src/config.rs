@@ -39,6 +39,37 @@ const SECTIONS: &[(&str, &str)] = &[
 /// The environment variable prefix.
 pub const ENV_PREFIX: &str = "GATEWAY_";
 
+/// Settings whose value is text. A `GATEWAY_*` variable for one of them is taken byte for byte:
+/// figment would read `123456` as a number, `true` as a boolean and `[abc]` as a list, and a
+/// generated password or a numeric topic name would be refused. Every other variable is parsed
+/// (numbers, booleans, lists; durations and sizes are text to their own parsers anyway). The
+/// settings matrix (`tests/settings.rs`) sets each of these to text that looks like a number.
+pub const TEXT_KEYS: &[&str] = &[
+    "server.address",
+    "kafka.topic",
+    "kafka.compression",
+    "kafka.dead_letter_topic",
+    "kafka.security.ca_file",
+    "kafka.security.cert_file",
+    "kafka.security.key_file",
+    "kafka.security.username",
+    "kafka.security.password",
+    "kafka.security.password_file",
+    "metrics.path",
+    "storage.data_dir",
+    "spool.dir",
+    "logging.level",
+    "types.file",
+    "auth.api_keys_file",
+    "auth.jwt.jwks_file",
+    "auth.jwt.issuer",
+    "auth.jwt.audience",
+    "auth.jwt.types_claim",
+    "tls.cert_file",
+    "tls.key_file",
+    "tls.client_ca_file",
+];
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -259,12 +290,15 @@ pub struct KafkaConfig {
     pub dead_letter_topic: Option<String>,
     /// TLS and SASL towards the brokers.
     pub security: KafkaSecurity,
-    /// Any other librdkafka property, passed through verbatim (set last, so it wins).
+    /// Any other librdkafka property, passed through verbatim (set last, so it wins). Values
+    /// may be strings, numbers or booleans, as librdkafka's CONFIGURATION.md writes them.
+    #[serde(deserialize_with = "scalar_map")]
     pub librdkafka: BTreeMap<String, String>,
 }
 
-/// `kafka.security.protocol`: librdkafka's `security.protocol`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `kafka.security.protocol`: librdkafka's `security.protocol`. Read in any case (`SSL`,
+/// `SASL_SSL`, as Kafka's documentation and every managed provider's snippet write them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SecurityProtocol {
     #[default]
@@ -296,8 +330,45 @@ impl SecurityProtocol {
     }
 }
 
-/// `kafka.security.sasl_mechanism`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Deserializes an enum from a name matched without regard to case or `-`/`_`.
+fn named<'de, D: Deserializer<'de>, T: Copy>(
+    d: D,
+    names: &'static [&'static str],
+    values: &[T],
+) -> Result<T, D::Error> {
+    let text = String::deserialize(d)?;
+    let norm = |s: &str| s.to_ascii_lowercase().replace('-', "_");
+    names
+        .iter()
+        .position(|n| norm(n) == norm(&text))
+        .map(|i| values[i])
+        .ok_or_else(|| serde::de::Error::unknown_variant(&text, names))
+}
+
+impl<'de> Deserialize<'de> for SecurityProtocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use SecurityProtocol as P;
+        named(
+            d,
+            &["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"],
+            &[P::Plaintext, P::Ssl, P::SaslPlaintext, P::SaslSsl],
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for SaslMechanism {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use SaslMechanism as M;
+        named(
+            d,
+            &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"],
+            &[M::Plain, M::ScramSha256, M::ScramSha512],
+        )
+    }
+}
+
+/// `kafka.security.sasl_mechanism`, in any case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum SaslMechanism {
     #[serde(rename = "PLAIN")]
     Plain,
@@ -766,6 +837,46 @@ pub enum ClientAuth {
     Optional,
 }
 
+/// A map of librdkafka properties whose values may be any scalar (`linger.ms: 5`,
+/// `enable.ssl.certificate.verification: false`), kept as their text.
+fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Text(String);
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Text;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a string, a number or a boolean")
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Text, E> {
+                    Ok(Text(v.to_owned()))
+                }
+                fn visit_bool<E>(self, v: bool) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_i64<E>(self, v: i64) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_u64<E>(self, v: u64) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_f64<E>(self, v: f64) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+                fn visit_char<E>(self, v: char) -> Result<Text, E> {
+                    Ok(Text(v.to_string()))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    Ok(BTreeMap::<String, Text>::deserialize(d)?
+        .into_iter()
+        .map(|(k, Text(v))| (k, v))
+        .collect())
+}
+
 /// `GATEWAY_KAFKA_BROKERS=a:9092,b:9092` or a YAML list.
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -826,8 +937,62 @@ impl figment::Provider for GatewayEnv {
     fn data(
         &self,
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
-        self.0.data()
+        use figment::value::{Dict, Value};
+        /// Puts `value` at the dotted `path` in `dict`, making the dictionaries on the way.
+        fn insert(dict: &mut Dict, path: &str, value: Value) {
+            match path.split_once('.') {
+                None => {
+                    dict.insert(path.to_owned(), value);
+                }
+                Some((head, rest)) => {
+                    let entry = dict
+                        .entry(head.to_owned())
+                        .or_insert_with(|| Value::from(Dict::new()));
+                    if let Value::Dict(_, inner) = entry {
+                        insert(inner, rest, value);
+                    }
+                }
+            }
+        }
+        let mut dict = Dict::new();
+        for (key, raw) in self.0.iter() {
+            let path = key.as_str();
+            let value = if TEXT_KEYS.contains(&path) {
+                Value::from(raw)
+            } else {
+                raw.parse().expect("parsing a value is infallible")
+            };
+            insert(&mut dict, path, value);
+        }
+        Ok(figment::Profile::Default.collect(dict))
     }
+}
+
+/// Every key of the configuration, as its dotted path (`kafka.security.password`): the leaves
+/// of the defaults, maps and lists counted as one key each.
+pub fn keys() -> Vec<String> {
+    fn walk(path: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) if !m.is_empty() => {
+                for (k, x) in m {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(&p, x, out);
+                }
+            }
+            _ => out.push(path.to_owned()),
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        "",
+        &serde_json::to_value(Config::default()).expect("config serializes"),
+        &mut out,
+    );
+    out
 }
 
 impl Config {
@@ -1285,5 +1450,100 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/c.yaml"), "{err}");
+    }
+
+    /// #30: text settings take a variable's text byte for byte, whatever it looks like
+    /// (`123456` was read as a number and refused: "found unsigned int, expected a string").
+    #[test]
+    fn text_settings_take_the_variables_text_as_it_is() {
+        let c = load_with(
+            None,
+            &[
+                ("GATEWAY_KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+                ("GATEWAY_KAFKA_SECURITY_SASL_MECHANISM", "plain"),
+                ("GATEWAY_KAFKA_SECURITY_PASSWORD", "007123456"),
+                ("GATEWAY_KAFKA_SECURITY_USERNAME", "1234"),
+                ("GATEWAY_KAFKA_TOPIC", "2024"),
+                ("GATEWAY_AUTH_JWT_AUDIENCE", "12345"),
+                ("GATEWAY_AUTH_JWT_ISSUER", "true"),
+                ("GATEWAY_KAFKA_DEAD_LETTER_TOPIC", "[abc]"),
+                ("GATEWAY_LOGGING_LEVEL", "1e3"),
+            ],
+        )
+        .unwrap();
+        let sec = &c.kafka.security;
+        assert_eq!(sec.password.as_ref().unwrap().0, "007123456");
+        assert_eq!(sec.username.as_deref(), Some("1234"));
+        assert_eq!(c.kafka.topic, "2024");
+        assert_eq!(c.auth.jwt.audience.as_deref(), Some("12345"));
+        assert_eq!(c.auth.jwt.issuer.as_deref(), Some("true"));
+        assert_eq!(c.kafka.dead_letter_topic.as_deref(), Some("[abc]"));
+        assert_eq!(c.logging.level, "1e3");
+        // Every text key names a real key.
+        let keys = keys();
+        for k in TEXT_KEYS {
+            assert!(keys.iter().any(|x| x == k), "{k} is not a key");
+        }
+    }
+
+    /// #30: librdkafka properties as librdkafka's CONFIGURATION.md writes them, unquoted.
+    #[test]
+    fn librdkafka_properties_take_numbers_and_booleans() {
+        let c = load_with(
+            Some((
+                "c.yaml",
+                "kafka:\n  librdkafka:\n    linger.ms: 5\n    enable.ssl.certificate.verification: false\n    batch.size: 1000000\n    sticky.partitioning.linger.ms: 0.5\n    client.id: gw\n",
+            )),
+            &[],
+        )
+        .unwrap();
+        let l = &c.kafka.librdkafka;
+        assert_eq!(l["linger.ms"], "5");
+        assert_eq!(l["enable.ssl.certificate.verification"], "false");
+        assert_eq!(l["batch.size"], "1000000");
+        assert_eq!(l["sticky.partitioning.linger.ms"], "0.5");
+        assert_eq!(l["client.id"], "gw");
+        let e = load_with(
+            Some(("c.yaml", "kafka:\n  librdkafka:\n    linger.ms: [1, 2]\n")),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("a string, a number or a boolean"), "{e}");
+    }
+
+    /// #24: Kafka's own spelling of the protocol and mechanism names, in any case.
+    #[test]
+    fn kafka_security_names_are_read_in_any_case() {
+        for (proto, mech, want) in [
+            ("SSL", "PLAIN", SecurityProtocol::Ssl),
+            ("SASL_SSL", "scram-sha-512", SecurityProtocol::SaslSsl),
+            (
+                "sasl_plaintext",
+                "SCRAM_SHA_256",
+                SecurityProtocol::SaslPlaintext,
+            ),
+            ("PLAINTEXT", "Plain", SecurityProtocol::Plaintext),
+        ] {
+            let c = load_with(
+                None,
+                &[
+                    ("GATEWAY_KAFKA_SECURITY_PROTOCOL", proto),
+                    ("GATEWAY_KAFKA_SECURITY_SASL_MECHANISM", mech),
+                    ("GATEWAY_KAFKA_SECURITY_USERNAME", "u"),
+                    ("GATEWAY_KAFKA_SECURITY_PASSWORD", "p"),
+                ],
+            );
+            // A mechanism with a protocol that has no SASL is refused by the checks, which
+            // is not about spelling; the protocol was read either way.
+            match c {
+                Ok(c) => assert_eq!(c.kafka.security.protocol, want, "{proto}"),
+                Err(e) => assert!(!e.to_string().contains("unknown variant"), "{proto}: {e}"),
+            }
+        }
+        let e = load_with(None, &[("GATEWAY_KAFKA_SECURITY_PROTOCOL", "tls")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tls") && e.contains("sasl_ssl"), "{e}");
     }
 }

@@ -30,6 +30,10 @@ enum Command {
         /// The directory; `<storage.data_dir>/spool` for the spool.
         dir: Option<PathBuf>,
     },
+    /// Loads and checks the whole configuration, the files it names included (types,
+    /// schemas, API keys, JWKS, certificates), without binding or connecting; prints the
+    /// effective configuration without secrets. Exits 0, or 2 with start-up's message.
+    Check,
 }
 
 /// jemalloc rather than glibc's malloc: after a burst of hostile requests (tests/memory.rs),
@@ -46,6 +50,25 @@ fn return_freed_memory() {
     #[cfg(feature = "jemalloc")]
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         eprintln!("event-gateway: jemalloc background threads not started: {e}");
+    }
+}
+
+/// `event-gateway check`: like `nginx -t`, for a change to be checked before it rolls out.
+fn check(config: &Config) -> ExitCode {
+    if let Err(e) = event_gateway::server::check(config) {
+        eprintln!("event-gateway: {e}");
+        return ExitCode::from(2);
+    }
+    match serde_yaml::to_string(&config.redacted()) {
+        Ok(text) => {
+            print!("{text}");
+            eprintln!("event-gateway: the configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("event-gateway: cannot print the configuration: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -66,8 +89,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Log { dir }) = cli.command {
-        return print_log(&dir.unwrap_or(config.storage.data_dir));
+    match cli.command {
+        Some(Command::Log { dir }) => return print_log(&dir.unwrap_or(config.storage.data_dir)),
+        Some(Command::Check) => return check(&config),
+        None => {}
     }
     let tracer_provider = event_gateway::telemetry::init(&config.logging);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -104,7 +129,12 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 tracing::error!(error = %e, "event gateway failed");
-                ExitCode::FAILURE
+                if e.is_configuration() {
+                    eprintln!("event-gateway: {e}");
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         }
     });

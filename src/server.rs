@@ -58,6 +58,18 @@ pub enum StartupError {
     Tls(#[from] tls::TlsError),
 }
 
+impl StartupError {
+    /// Whether the configuration (or a file it names) is at fault: exit code 2, as for a
+    /// setting that does not parse, and what `event-gateway check` finds.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            StartupError::Contracts(_) | StartupError::Auth(_) | StartupError::Tls(_) => true,
+            StartupError::Sink(e) => matches!(e, sink::OpenError::Kafka(_)),
+            StartupError::Reflection(_) | StartupError::Listener(_) => false,
+        }
+    }
+}
+
 /// What a finished `serve` reports.
 #[derive(Debug, Default)]
 pub struct ServeReport {
@@ -140,6 +152,25 @@ fn reflection_services() -> Result<
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     Ok((v1, v1alpha))
+}
+
+/// What `event-gateway check` verifies beyond the configuration's own checks (which
+/// `Config::load` ran): every file the configuration names is read and checked as start-up
+/// reads it (types and their schemas, API keys, the JWKS, certificates and keys), and the
+/// Kafka settings are handed to librdkafka's own validation. Nothing is bound, nothing
+/// connected, nothing created on disk.
+pub fn check(config: &Config) -> Result<(), StartupError> {
+    let quiet = opentelemetry::metrics::noop::NoopMeterProvider::new();
+    let meter = opentelemetry::metrics::MeterProvider::meter(&quiet, "check");
+    Contracts::load(&config.types)?;
+    tls::Tls::load(&config.tls)?;
+    Authenticator::new(&config.auth, &meter)?;
+    if !config.kafka.brokers.is_empty() {
+        sink::kafka::client_config(&config.kafka)
+            .create_native_config()
+            .map_err(sink::OpenError::Kafka)?;
+    }
+    Ok(())
 }
 
 /// Builds the sink, the core service and the router, wrapped in the shared stack.

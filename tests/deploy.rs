@@ -339,3 +339,183 @@ fn alert_rules_pass_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The final stage's `ENTRYPOINT` and `CMD` of the Dockerfile (exec form), as (entrypoint,
+/// cmd), and its `ENV` assignments.
+fn image_exec() -> (Vec<String>, Vec<String>, Vec<(String, String)>) {
+    let text = std::fs::read_to_string("Dockerfile").unwrap();
+    // Continuation lines joined, so an ENV over several lines is one statement.
+    let joined = text.replace("\\\n", " ");
+    let last_stage = joined.rsplit("\nFROM ").next().unwrap();
+    let exec = |kw: &str| -> Vec<String> {
+        last_stage
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix(kw))
+            .map(|json| serde_json::from_str(json.trim()).expect("exec form"))
+            .unwrap_or_default()
+    };
+    let mut env = Vec::new();
+    for l in last_stage.lines() {
+        if let Some(rest) = l.trim().strip_prefix("ENV ") {
+            for kv in rest.split_whitespace() {
+                let (k, v) = kv.split_once('=').expect("ENV key=value");
+                env.push((k.to_owned(), v.to_owned()));
+            }
+        }
+    }
+    (exec("ENTRYPOINT "), exec("CMD "), env)
+}
+
+fn strings(v: &Value) -> Option<Vec<String>> {
+    v.as_array().map(|a| {
+        a.iter()
+            .map(|x| x.as_str().expect("a string").to_owned())
+            .collect()
+    })
+}
+
+/// A pod's filesystem for `event-gateway check`: the container paths the command line, the
+/// config and the environment name, under a temporary root.
+struct Rooted {
+    root: tempfile::TempDir,
+    pki: TestPki,
+}
+
+impl Rooted {
+    fn new() -> Self {
+        let r = Self {
+            root: tempfile::tempdir().unwrap(),
+            pki: TestPki::new(),
+        };
+        // The TLS Secret (cert-manager's keys: tls.crt, tls.key, ca.crt).
+        let tls = r.path("/etc/event-gateway/tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        std::fs::copy(r.pki.path("server.pem"), tls.join("tls.crt")).unwrap();
+        std::fs::copy(r.pki.path("server.key"), tls.join("tls.key")).unwrap();
+        std::fs::copy(r.pki.path("ca.pem"), tls.join("ca.crt")).unwrap();
+        std::fs::create_dir_all(r.path("/var/lib/event-gateway")).unwrap();
+        r
+    }
+
+    fn path(&self, container_path: &str) -> std::path::PathBuf {
+        self.root
+            .path()
+            .join(container_path.trim_start_matches('/'))
+    }
+
+    /// `text` with every container path under the root.
+    fn rewrite(&self, text: &str) -> String {
+        let root = self.root.path().display().to_string();
+        text.replace("/etc/event-gateway", &format!("{root}/etc/event-gateway"))
+            .replace(
+                "/var/lib/event-gateway",
+                &format!("{root}/var/lib/event-gateway"),
+            )
+    }
+
+    fn write(&self, container_path: &str, text: &str) {
+        let p = self.path(container_path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, self.rewrite(text)).unwrap();
+    }
+
+    /// Runs the composed command line with `check` appended: (exit code, stderr).
+    fn check(&self, argv: &[String], env: &[(String, String)]) -> (Option<i32>, String) {
+        assert_eq!(
+            argv.first().map(String::as_str),
+            Some("/usr/local/bin/event-gateway"),
+            "the command runs the gateway: {argv:?}"
+        );
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_event-gateway"));
+        cmd.env_clear()
+            .args(argv[1..].iter().map(|a| self.rewrite(a)))
+            .arg("check")
+            .current_dir(self.root.path());
+        for (k, v) in env {
+            cmd.env(k, self.rewrite(v));
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// #30: the StatefulSet's pod ran `event-gateway --config X --config X` (the image's
+/// ENTRYPOINT plus the manifest's `args`) and exited 2 on every replica. The command line is
+/// composed here as Kubernetes composes it (`command` replaces ENTRYPOINT, `args` replaces
+/// CMD) and run with `check` against the ConfigMap's config, the mounted Secrets and the
+/// container's environment: a manifest that cannot start fails the suite.
+#[test]
+fn the_statefulset_pod_command_line_starts() {
+    let (entrypoint, cmd, image_env) = image_exec();
+    let sts = yaml("deploy/kubernetes/statefulset.yaml");
+    let c = &sts["spec"]["template"]["spec"]["containers"][0];
+    let argv = match (strings(&c["command"]), strings(&c["args"])) {
+        (Some(command), Some(args)) => [command, args].concat(),
+        (Some(command), None) => command,
+        (None, Some(args)) => [entrypoint, args].concat(),
+        (None, None) => [entrypoint, cmd].concat(),
+    };
+    let r = Rooted::new();
+    // Volumes as the pod mounts them: the ConfigMap's files and the API keys Secret.
+    let configmap = yaml("deploy/kubernetes/configmap.yaml");
+    let keys = yaml("deploy/kubernetes/api-keys.yaml");
+    for m in c["volumeMounts"].as_array().unwrap() {
+        let mount = m["mountPath"].as_str().unwrap();
+        let volume = sts["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == m["name"]);
+        let data = match volume {
+            Some(v) if v["configMap"]["name"] == configmap["metadata"]["name"] => {
+                &configmap["data"]
+            }
+            Some(v) if v["secret"]["secretName"] == keys["metadata"]["name"] => &keys["stringData"],
+            _ => continue,
+        };
+        for (file, text) in data.as_object().unwrap() {
+            r.write(&format!("{mount}/{file}"), text.as_str().unwrap());
+        }
+    }
+    let mut env = image_env;
+    for e in c["env"].as_array().into_iter().flatten() {
+        if let Some(v) = e["value"].as_str() {
+            env.push((e["name"].as_str().unwrap().to_owned(), v.to_owned()));
+        }
+    }
+    let (code, stderr) = r.check(&argv, &env);
+    assert_eq!(code, Some(0), "the pod would not start: {argv:?}\n{stderr}");
+}
+
+/// The same for the Compose file's gateway service (`entrypoint` replaces ENTRYPOINT and
+/// drops CMD, `command` replaces CMD), with the image's own config.yaml.
+#[test]
+fn the_compose_gateway_command_line_starts() {
+    let (entrypoint, cmd, image_env) = image_exec();
+    let compose = yaml("deploy/docker-compose.yaml");
+    let svc = &compose["services"]["gateway"];
+    let argv = match (strings(&svc["entrypoint"]), strings(&svc["command"])) {
+        (Some(e), c) => [e, c.unwrap_or_default()].concat(),
+        (None, Some(c)) => [entrypoint, c].concat(),
+        (None, None) => [entrypoint, cmd].concat(),
+    };
+    let r = Rooted::new();
+    r.write(
+        "/etc/event-gateway/config.yaml",
+        &std::fs::read_to_string("config.yaml").unwrap(),
+    );
+    let mut env = image_env;
+    for (k, v) in svc["environment"].as_object().unwrap() {
+        env.push((k.clone(), v.as_str().unwrap().to_owned()));
+    }
+    let (code, stderr) = r.check(&argv, &env);
+    assert_eq!(
+        code,
+        Some(0),
+        "the container would not start: {argv:?}\n{stderr}"
+    );
+}

@@ -651,6 +651,7 @@ async fn a_full_disk_is_a_503_corrupts_nothing_and_recovers_when_space_returns()
             segment_bytes: 1 << 20,
             max_bytes: 1 << 30,
             max_age: None,
+            min_room: 0,
         },
         &opentelemetry::global::meter("test"),
     )

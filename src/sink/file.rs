@@ -143,6 +143,7 @@ mod tests {
             segment_bytes: 4096,
             max_bytes: 1 << 30,
             max_age: None,
+            min_room: 0,
         }
     }
 

@@ -80,6 +80,10 @@ pub struct Built {
     pub kafka: Option<Arc<kafka::KafkaSink>>,
 }
 
+/// What a spooled record holds besides the event itself, at most (frame header, payload
+/// header, topic, trace headers), for readiness's room check.
+const ENVELOPE_ROOM: u64 = 4096;
+
 /// The spool settings of `spool.*`, in `dir`.
 pub fn spool_settings(config: &Config, dir: PathBuf, max_age: bool) -> crate::spool::Settings {
     crate::spool::Settings {
@@ -87,6 +91,9 @@ pub fn spool_settings(config: &Config, dir: PathBuf, max_age: bool) -> crate::sp
         segment_bytes: config.spool.segment_bytes.as_u64(),
         max_bytes: config.spool.max_bytes.as_u64(),
         max_age: max_age.then_some(config.spool.max_age),
+        // Ready means an event of the largest size taken would fit, with room for what the
+        // spool keeps beside it (framing, topic, trace headers).
+        min_room: config.limits.max_event_size.as_u64() + ENVELOPE_ROOM,
     }
 }
 

@@ -73,6 +73,8 @@ pub fn read_all(fs: &dyn Fs, path: &Path) -> io::Result<Vec<u8>> {
 pub fn ensure_dir(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
     fs.create_dir_all(dir)?;
     match dir.parent() {
+        // A relative path's parent may be empty: the working directory.
+        Some(parent) if parent.as_os_str().is_empty() => fs.sync_dir(Path::new(".")),
         Some(parent) => fs.sync_dir(parent),
         None => Ok(()),
     }
@@ -86,6 +88,24 @@ pub fn write_synced(fs: &dyn Fs, dir: &Path, path: &Path, bytes: &[u8]) -> io::R
     file.write_all_at(bytes, 0)?;
     file.sync_all()?;
     fs.sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default `storage.data_dir` is relative (`data`): its parent is the working
+    /// directory, named by an empty path.
+    #[test]
+    fn a_relative_directory_is_made_and_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let back = std::env::current_dir().unwrap();
+        std::env::set_current_dir(dir.path()).unwrap();
+        let made = ensure_dir(&RealFs, Path::new("data"));
+        std::env::set_current_dir(back).unwrap();
+        made.unwrap();
+        assert!(dir.path().join("data").is_dir());
+    }
 }
 
 /// The operating system's file system.

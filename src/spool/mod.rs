@@ -69,6 +69,9 @@ pub struct Settings {
     pub max_bytes: u64,
     /// None: records may wait for ever (the local log, which is never forwarded).
     pub max_age: Option<Duration>,
+    /// The room readiness asks for: with less than this left under `max_bytes`, the spool
+    /// says it has no room (an event of `limits.max_event_size` would not fit).
+    pub min_room: u64,
 }
 
 /// Why an append was refused. Nothing of a refused append is acknowledged.
@@ -368,11 +371,16 @@ impl Spool {
         result
     }
 
-    /// Whether an append would be taken now as far as the bounds go (room and age), and the
-    /// disk took the last write.
+    /// Whether an ordinary append would be taken now as far as the bounds go (room for
+    /// `min_room` bytes, age), and the disk took the last write.
     pub fn has_room(&self) -> bool {
         self.shared.writable.load(Ordering::Relaxed)
-            && self.shared.bytes.load(Ordering::Relaxed) < self.settings.max_bytes
+            && self
+                .shared
+                .bytes
+                .load(Ordering::Relaxed)
+                .saturating_add(self.settings.min_room.max(1))
+                <= self.settings.max_bytes
             && self
                 .settings
                 .max_age

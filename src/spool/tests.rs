@@ -34,6 +34,7 @@ fn settings(dir: &Path) -> Settings {
         segment_bytes: 1 << 20,
         max_bytes: 1 << 30,
         max_age: None,
+        min_room: 0,
     }
 }
 

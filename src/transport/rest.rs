@@ -174,7 +174,46 @@ struct RestBatch<'a> {
     #[serde(borrow)]
     events: Option<&'a RawValue>,
     /// `IngestBatchRequest.ack`: the body is the whole request (`body: "*"`).
-    ack: Option<crate::proto::AckMode>,
+    ack: Option<AckField>,
+}
+
+/// The body's `ack`: the proto3 JSON enum names (`ACK_MODE_SPOOLED`) or numbers, and the short
+/// forms the query parameter takes (`spooled`, `stored`, `default`), in any case, so that a
+/// body and a query string say the same thing the same way.
+struct AckField(crate::proto::AckMode);
+
+impl<'de> Deserialize<'de> for AckField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use crate::proto::AckMode;
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = AckField;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an `ack`: stored, spooled or default (or ACK_MODE_STORED, ACK_MODE_SPOOLED, ACK_MODE_UNSPECIFIED)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AckField, E> {
+                match v.to_ascii_lowercase().as_str() {
+                    "stored" | "ack_mode_stored" => Ok(AckField(AckMode::Stored)),
+                    "spooled" | "ack_mode_spooled" => Ok(AckField(AckMode::Spooled)),
+                    "" | "default" | "ack_mode_unspecified" => Ok(AckField(AckMode::Unspecified)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(v), &self)),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<AckField, E> {
+                i32::try_from(v)
+                    .ok()
+                    .and_then(|n| AckMode::try_from(n).ok())
+                    .map(AckField)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<AckField, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+                    .and_then(|v| self.visit_u64(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The acknowledgement a REST request asks for: the `ack` query parameter (`stored`,
@@ -304,8 +343,8 @@ async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Respon
         Mode::Json => {
             let body = json_body(req, s.max_body).await?;
             let batch: RestBatch = parse_json(&body)?;
-            if batch.ack.is_some() {
-                ack = ack_of(&headers, query.as_deref(), batch.ack)?.0;
+            if let Some(AckField(a)) = batch.ack {
+                ack = ack_of(&headers, query.as_deref(), Some(a))?.0;
             }
             match batch.events {
                 None => Vec::new(),

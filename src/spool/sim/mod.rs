@@ -202,6 +202,7 @@ impl Sim {
             segment_bytes: 300 + rng.below(3000),
             max_bytes: 4_000 + rng.below(60_000),
             max_age: forwarding.then(|| Duration::from_millis(5_000 + rng.below(60_000))),
+            min_room: 0,
         };
         let give_up_ms = 500 + rng.below(20_000);
         let mut sim = Sim {
