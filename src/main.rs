@@ -94,11 +94,16 @@ fn main() -> ExitCode {
         Some(Command::Check) => return check(&config),
         None => {}
     }
-    let tracer_provider = event_gateway::telemetry::init(&config.logging);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
+    // Inside the runtime: the OTLP exporters and their export queue live on it (before this,
+    // turning on export crashed the gateway at start: "there is no reactor running").
+    let tracer_provider = {
+        let _runtime = runtime.enter();
+        event_gateway::telemetry::init(&config.logging)
+    };
     let code = runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(&config.server.address).await {
             Ok(l) => l,
@@ -138,8 +143,11 @@ fn main() -> ExitCode {
             }
         }
     });
-    // Export the spans still buffered before the process ends.
-    let _ = tracer_provider.shutdown();
+    // Export the spans still queued before the process ends: the export task runs on the
+    // runtime, so the runtime runs while the provider waits for it.
+    runtime.block_on(async move {
+        let _ = tokio::task::spawn_blocking(move || tracer_provider.shutdown()).await;
+    });
     code
 }
 

@@ -179,6 +179,7 @@ fn build(config: &Config) -> Result<App, StartupError> {
     let meter = registry.meter();
     let contracts = Contracts::load(&config.types)?;
     contracts.register_instruments(&meter);
+    crate::telemetry::register_instruments(&meter);
     let types_watcher = contracts.watch(FILE_POLL);
     let topics: sink::kafka::TopicSource = {
         let contracts = contracts.clone();

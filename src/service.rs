@@ -448,7 +448,21 @@ impl Gateway {
             ));
         }
         let now = spool::now_ms();
-        let trace = crate::telemetry::current_trace_headers();
+        // The `create` span of the messaging conventions, a child of the request's span: the
+        // records keep its context, so a consumer continues the request's trace, and the
+        // forwarder's `send` span links to it (one span per request, not per event).
+        let topic = events.first().and_then(|e| e.topic.as_deref());
+        let create = tracing::info_span!(
+            "create",
+            otel.name = %topic.map_or_else(|| "create".to_owned(), |t| format!("create {t}")),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.destination.name = topic,
+            messaging.operation.type = "create",
+            messaging.operation.name = "create",
+            messaging.batch.message_count = events.len(),
+        );
+        let trace = crate::telemetry::trace_headers_of(&create);
         let records: Vec<Record> = events
             .iter()
             .map(|e| Record {

@@ -122,6 +122,83 @@ impl ClientContext for GatewayContext {
 
 type GatewayProducer = FutureProducer<GatewayContext>;
 
+/// Where the records of a produce call come from, for their trace: a request being served
+/// (the send span is a child of its span, and the records carry the send span's context), or
+/// the spool (the send span starts a trace of its own, linked to the `create` span each record
+/// was spooled under, whose context the record keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Request,
+    Spool,
+}
+
+/// A destination topic's send span, and its context as record headers.
+type SendSpan = (String, tracing::Span, Vec<(String, String)>);
+
+/// Links a send span keeps at most (a window of spooled records may name many).
+const MAX_LINKS: usize = 128;
+
+/// One `send {topic}` span per destination topic of a call, with the messaging conventions'
+/// attributes: (topic, span, the span's context as record headers).
+fn send_spans(
+    items: &[(&Event, &[(String, String)])],
+    destination: &dyn Fn(&Event) -> String,
+    origin: Origin,
+) -> Vec<SendSpan> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let mut out: Vec<SendSpan> = Vec::new();
+    let mut linked: Vec<opentelemetry::trace::SpanContext> = Vec::new();
+    for (e, trace) in items {
+        let topic = destination(e);
+        let i = match out.iter().position(|s| s.0 == topic) {
+            Some(i) => i,
+            None => {
+                let count = items
+                    .iter()
+                    .filter(|(x, _)| destination(x) == topic)
+                    .count();
+                let span = match origin {
+                    Origin::Request => tracing::info_span!(
+                        "send",
+                        otel.name = %format!("send {topic}"),
+                        otel.kind = "producer",
+                        otel.status_code = tracing::field::Empty,
+                        messaging.system = "kafka",
+                        messaging.destination.name = %topic,
+                        messaging.operation.type = "send",
+                        messaging.operation.name = "send",
+                        messaging.batch.message_count = count,
+                    ),
+                    Origin::Spool => tracing::info_span!(
+                        parent: None,
+                        "send",
+                        otel.name = %format!("send {topic}"),
+                        otel.kind = "producer",
+                        otel.status_code = tracing::field::Empty,
+                        messaging.system = "kafka",
+                        messaging.destination.name = %topic,
+                        messaging.operation.type = "send",
+                        messaging.operation.name = "send",
+                        messaging.batch.message_count = count,
+                    ),
+                };
+                let headers = crate::telemetry::trace_headers_of(&span);
+                out.push((topic, span, headers));
+                out.len() - 1
+            }
+        };
+        if origin == Origin::Spool
+            && let Some(sc) = crate::telemetry::span_context_of(trace)
+            && linked.len() < MAX_LINKS
+            && !linked.contains(&sc)
+        {
+            out[i].1.add_link(sc.clone());
+            linked.push(sc);
+        }
+    }
+    out
+}
+
 /// Why a record of a produce call was not queued.
 enum Held {
     /// librdkafka refused to queue it.
@@ -540,6 +617,7 @@ impl KafkaSink {
         &self,
         items: &[(&Event, &[(String, String)])],
         dead_letter: Option<(&str, &str)>,
+        origin: Origin,
     ) -> Vec<Result<Stored, Error>> {
         {
             let events = items;
@@ -571,8 +649,28 @@ impl KafkaSink {
             // the rest of the call is not queued either: a later record of the same key must
             // not reach Kafka before it (the forwarder's order per key, a batch's order).
             let mut held_back: Option<KafkaError> = None;
+            let destination = |e: &Event| -> String {
+                match dead_letter {
+                    Some((dlq, _)) => dlq.to_owned(),
+                    None => e.topic.as_deref().unwrap_or(&self.config.topic).to_owned(),
+                }
+            };
+            let spans = send_spans(events, &destination, origin);
             for ((e, trace), body) in events.iter().zip(&structured) {
                 let meant = e.topic.as_deref().unwrap_or(&self.config.topic);
+                let trace = match origin {
+                    // The send span's context, so a consumer continues the request's trace.
+                    Origin::Request => {
+                        let to = destination(e);
+                        spans
+                            .iter()
+                            .find(|s| s.0 == to)
+                            .map(|s| s.2.as_slice())
+                            .unwrap_or(trace)
+                    }
+                    // The context stored when it was spooled (its `create` span).
+                    Origin::Spool => trace,
+                };
                 let mut headers = self.record_headers(e, trace);
                 let topic = match dead_letter {
                     None => meant,
@@ -650,6 +748,11 @@ impl KafkaSink {
                         )),
                     },
                 };
+                if r.is_err()
+                    && let Some(s) = spans.iter().find(|s| s.0 == topic)
+                {
+                    s.1.record("otel.status_code", "error");
+                }
                 out.push(r);
             }
             for (topic, n) in produced {
@@ -708,7 +811,7 @@ impl EventSink for KafkaSink {
             let trace = crate::telemetry::current_trace_headers();
             let items: Vec<(&Event, &[(String, String)])> =
                 events.iter().map(|e| (e, trace.as_slice())).collect();
-            self.produce(&items, None).await
+            self.produce(&items, None, Origin::Request).await
         }
         .boxed()
     }
@@ -787,7 +890,7 @@ impl crate::spool::forward::Destination for KafkaSink {
                 .iter()
                 .map(|r| (&r.event, r.trace.as_slice()))
                 .collect();
-            self.produce(&items, None).await
+            self.produce(&items, None, Origin::Spool).await
         }
         .boxed()
     }
@@ -803,6 +906,7 @@ impl crate::spool::forward::Destination for KafkaSink {
                 self.produce(
                     &[(&record.event, record.trace.as_slice())],
                     Some((dlq, why)),
+                    Origin::Spool,
                 )
                 .await
                 .pop()

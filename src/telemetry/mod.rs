@@ -5,16 +5,21 @@
 //! multiply. The core and the sinks may use [`instruments`], [`throttle`],
 //! [`current_trace_headers`] and an OpenTelemetry `Meter` handed to them; only `server.rs`
 //! touches [`metrics`].
+pub mod export;
 pub mod instruments;
 pub mod metrics;
 pub mod throttle;
 
-use opentelemetry::global;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Key, KeyValue, global};
+use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
+
+/// `service.name` unless the environment names another.
+pub const SERVICE_NAME: &str = "event-gateway";
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -23,29 +28,83 @@ use crate::config::{LogFormat, LoggingConfig};
 /// True when the environment asks for OTLP trace export.
 fn otlp_requested() -> bool {
     let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
-    set("OTEL_EXPORTER_OTLP_ENDPOINT")
+    (set("OTEL_EXPORTER_OTLP_ENDPOINT")
         || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v == "otlp")
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v == "otlp"))
+        && !std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v == "none")
+        && !std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+/// The resource spans are reported under: `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`
+/// as the specification says, `service.name` defaulting to `event-gateway` (not the SDK's
+/// `unknown_service`) and `service.version` to this build's version.
+fn resource() -> Resource {
+    let from_env = Resource::builder().build();
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|v| {
+            v.split(',')
+                .any(|kv| kv.trim_start().starts_with("service.name="))
+        });
+    let mut b = Resource::builder();
+    if !named {
+        b = b.with_service_name(SERVICE_NAME);
+    }
+    if from_env.get(&Key::new("service.version")).is_none() {
+        b = b.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    }
+    b.build()
+}
+
+/// The OTLP exporter `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` asks for (`grpc`, the default,
+/// or `http/protobuf`); it reads the endpoint, headers and timeout variables itself.
+fn exporter(resource: &Resource) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    use opentelemetry_sdk::trace::SpanExporter as _;
+    let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|_| "grpc".into());
+    let built = match protocol.trim() {
+        "grpc" => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build(),
+        "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .build(),
+        other => {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other} is not supported: use grpc or http/protobuf"
+            ));
+        }
+    };
+    let mut exporter = built.map_err(|e| e.to_string())?;
+    exporter.set_resource(resource);
+    Ok(exporter)
 }
 
 /// Installs the global subscriber and tracer provider; a second call (tests) changes nothing.
 /// Spans get real trace ids even without an exporter, so trace context still reaches Kafka
-/// record headers. Returns the provider so `main` can flush it at exit.
+/// record headers and log lines. Must run inside the tokio runtime: the OTLP exporters and
+/// the export queue (`export.rs`) live on it. Returns the provider so `main` can flush it at
+/// exit.
 pub fn init(config: &LoggingConfig) -> SdkTracerProvider {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let mut builder = SdkTracerProvider::builder();
+    let resource = resource();
+    // The sampler: OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, read by the SDK's builder.
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
     if otlp_requested() {
-        // The exporter reads OTEL_EXPORTER_OTLP_* (endpoint, headers, timeout) itself.
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-        {
-            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+        match exporter(&resource) {
+            Ok(exporter) => {
+                builder = builder.with_span_processor(export::QueueProcessor::start(
+                    exporter,
+                    export::QueueConfig::from_env(),
+                ));
+            }
             Err(e) => eprintln!("event-gateway: OTLP trace export disabled: {e}"),
         }
     }
     let provider = builder.build();
-    let tracer = provider.tracer("event-gateway");
+    let tracer = provider.tracer(SERVICE_NAME);
     global::set_tracer_provider(provider.clone());
 
     let filter =
@@ -54,20 +113,70 @@ pub fn init(config: &LoggingConfig) -> SdkTracerProvider {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
     };
+    // Filters per layer: the log level chooses log lines only; spans for traces are the
+    // gateway's own at INFO and above whatever the log level says.
+    let spans = tracing_subscriber::filter::Targets::new()
+        .with_target("event_gateway", tracing::Level::INFO)
+        .with_target("tower_http", tracing::Level::INFO);
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(fmt.with_filter(filter))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(spans),
+        )
         .try_init();
     provider
+}
+
+/// Registers the `otel_spans_*` counters of the export pipeline on `meter`.
+pub fn register_instruments(meter: &opentelemetry::metrics::Meter) {
+    use std::sync::atomic::Ordering;
+    let s = &export::STATS;
+    meter
+        .u64_observable_counter("otel_spans_exported")
+        .with_description("Sampled spans the OTLP exporter delivered")
+        .with_callback(move |o| o.observe(s.exported.load(Ordering::Relaxed), &[]))
+        .build();
+    meter
+        .u64_observable_counter("otel_spans_dropped")
+        .with_description(
+            "Sampled spans dropped, by reason: queue_full (the collector is slow or away), export_failed, export_timeout",
+        )
+        .with_callback(move |o| {
+            for (reason, n) in [
+                ("queue_full", &s.dropped_queue_full),
+                ("export_failed", &s.dropped_export_failed),
+                ("export_timeout", &s.dropped_export_timeout),
+            ] {
+                o.observe(n.load(Ordering::Relaxed), &[KeyValue::new("reason", reason)]);
+            }
+        })
+        .build();
+}
+
+/// The W3C trace context of `span` as `traceparent` (and `tracestate`) pairs.
+pub fn trace_headers_of(span: &tracing::Span) -> Vec<(String, String)> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let cx = span.context();
+    let mut out = std::collections::HashMap::new();
+    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut out));
+    let mut out: Vec<(String, String)> = out.into_iter().collect();
+    out.sort();
+    out
+}
+
+/// The span context a `traceparent` (as stored with a spooled record) names, for a link.
+pub fn span_context_of(headers: &[(String, String)]) -> Option<opentelemetry::trace::SpanContext> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let map: std::collections::HashMap<String, String> = headers.iter().cloned().collect();
+    let cx = global::get_text_map_propagator(|p| p.extract(&map));
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
 }
 
 /// The W3C trace context of the current span as `traceparent` (and `tracestate`) pairs, for
 /// the Kafka record headers, so consumers continue the request's trace.
 pub fn current_trace_headers() -> Vec<(String, String)> {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let cx = tracing::Span::current().context();
-    let mut out = std::collections::HashMap::new();
-    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut out));
-    out.into_iter().collect()
+    trace_headers_of(&tracing::Span::current())
 }

@@ -666,6 +666,7 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) ->
     // gRPC routes match `/{service}/{*rest}`: the method path (capped) is the endpoint, and
     // methods nobody serves (UNIMPLEMENTED) are one value, so made-up paths take no place in
     // the cap.
+    record_outcome(resp.status(), grpc_code);
     let grpc = grpc_path.map(|path| match grpc_code {
         Some(tonic::Code::Unimplemented) => "unmatched".to_owned(),
         _ => o.grpc_methods.label(&path),
@@ -693,23 +694,97 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) ->
     resp
 }
 
+/// The server span of a request, named and attributed by OpenTelemetry's semantic
+/// conventions (HTTP: `{method} {route}`, `http.request.method`, `http.route`, `url.path`,
+/// `http.response.status_code`; gRPC: `{service}/{method}`, `rpc.system`, `rpc.service`,
+/// `rpc.method`, `rpc.grpc.status_code`), parented on the caller's W3C `traceparent`, and
+/// carrying its own `trace_id` and `span_id` for the log lines written inside it.
 fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt as _;
     let request_id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let span = tracing::info_span!(
-        "request",
-        method = %req.method(),
-        path = %req.uri().path(),
-        request_id,
-    );
+    let path = req.uri().path();
+    let empty = tracing::field::Empty;
+    let span = if is_grpc(req.headers()) {
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
+        tracing::info_span!(
+            "request",
+            otel.name = %format!("{service}/{method}"),
+            otel.kind = "server",
+            otel.status_code = empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = empty,
+            request_id,
+            trace_id = empty,
+            span_id = empty,
+        )
+    } else {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str())
+            .unwrap_or(path);
+        tracing::info_span!(
+            "request",
+            otel.name = %format!("{} {route}", req.method()),
+            otel.kind = "server",
+            otel.status_code = empty,
+            http.request.method = %req.method(),
+            http.route = route,
+            url.path = path,
+            http.response.status_code = empty,
+            request_id,
+            trace_id = empty,
+            span_id = empty,
+        )
+    };
     let parent = opentelemetry::global::get_text_map_propagator(|p| {
         p.extract(&HeaderExtractor(req.headers()))
     });
     let _ = span.set_parent(parent);
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.record("trace_id", tracing::field::display(sc.trace_id()));
+        span.record("span_id", tracing::field::display(sc.span_id()));
+    }
     span
+}
+
+/// The outcome on the request's server span: the status code, and the span's status set to
+/// error where the conventions say so (HTTP 5xx; the gRPC codes a server is at fault for).
+fn record_outcome(status: http::StatusCode, grpc: Option<tonic::Code>) {
+    let span = tracing::Span::current();
+    use tonic::Code as C;
+    let failed = match grpc {
+        Some(code) => {
+            span.record("rpc.grpc.status_code", code as i32);
+            matches!(
+                code,
+                C::Unknown
+                    | C::DeadlineExceeded
+                    | C::Unimplemented
+                    | C::Internal
+                    | C::Unavailable
+                    | C::DataLoss
+            )
+        }
+        None => {
+            span.record("http.response.status_code", status.as_u16());
+            status.is_server_error()
+        }
+    };
+    if failed {
+        span.record("otel.status_code", "error");
+    }
 }
 
 /// Wraps every route (ingest, health, metrics, reflection) in id, trace and metrics layers.

@@ -828,7 +828,7 @@ impl Sim {
 fn run(seed: u64) -> Result<(Counts, FaultCounts), String> {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut sim = Sim::new(seed);
-        let steps = 40 + sim.rng.below(120);
+        let steps = 30 + sim.rng.below(70);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for _ in 0..steps {
                 sim.step();
