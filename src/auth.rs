@@ -54,6 +54,21 @@ pub struct Principal {
     pub id: String,
     pub authtype: &'static str,
     pub grants: Arc<Grants>,
+    /// What the principal was proven by, to check again later (an open stream).
+    pub credential: Credential,
+}
+
+/// The credential a principal was proven by, as far as it can go stale: an API key can be
+/// revoked, a token expires or its signing key is withdrawn.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Credential {
+    /// Nothing that can go stale (anonymous, a client certificate).
+    #[default]
+    None,
+    /// The SHA-256 of the API key.
+    ApiKey([u8; 32]),
+    /// A token's `exp` and the `kid` of the key that signed it.
+    Jwt { exp: u64, kid: Option<String> },
 }
 
 impl Principal {
@@ -70,6 +85,7 @@ impl Principal {
             id: String::new(),
             authtype: AUTHTYPE_NONE,
             grants: ANY.clone(),
+            credential: Credential::None,
         }
     }
 
@@ -114,6 +130,8 @@ pub struct Grants {
     types: Option<Patterns>,
     sources: Option<Patterns>,
     pub rate_limit: Option<OwnLimit>,
+    /// May send nothing, and why (a client certificate with no entry).
+    nothing: Option<String>,
 }
 
 /// One entry of `auth.api_keys_file`.
@@ -138,6 +156,82 @@ struct KeyRate {
 }
 
 type KeyRing = HashMap<[u8; 32], Principal>;
+
+/// The grants an entry of the keys or certificates file describes.
+fn grants_of(
+    types: &[String],
+    sources: &[String],
+    rate: Option<KeyRate>,
+) -> Result<Grants, String> {
+    let rate_limit = match rate {
+        None => None,
+        Some(r) => {
+            let (Some(rps), Some(burst)) = (
+                std::num::NonZeroU32::new(r.requests_per_second),
+                std::num::NonZeroU32::new(r.burst_size),
+            ) else {
+                return Err("rate_limit values must be above 0".into());
+            };
+            Some(OwnLimit {
+                limiter: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
+                requests_per_second: rps.get(),
+                burst_size: burst.get(),
+            })
+        }
+    };
+    Ok(Grants {
+        types: Patterns::new(types, "allowed_types")?,
+        sources: Patterns::new(sources, "allowed_sources")?,
+        rate_limit,
+        nothing: None,
+    })
+}
+
+/// One entry of `auth.certificates_file`: what the client certificate whose identity (its
+/// URI SAN, else DNS SAN, else CN, as the TLS layer reads it) is `san` may send.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateEntry {
+    san: String,
+    #[serde(default)]
+    allowed_types: Vec<String>,
+    #[serde(default)]
+    allowed_sources: Vec<String>,
+    rate_limit: Option<KeyRate>,
+}
+
+/// Certificate principals by identity.
+type CertificateGrants = HashMap<String, Principal>;
+
+/// Reads and checks a certificates file: every entry valid, identities unique.
+fn load_certificates(path: &Path) -> Result<CertificateGrants, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read auth.certificates_file {}: {e}", path.display()))?;
+    let entries: Vec<CertificateEntry> = serde_yaml::from_str(&text)
+        .map_err(|e| format!("auth.certificates_file {}: {e}", path.display()))?;
+    let mut out = CertificateGrants::new();
+    for (i, e) in entries.into_iter().enumerate() {
+        let at = |what: String| {
+            format!(
+                "auth.certificates_file {} [{i}] ({}): {what}",
+                path.display(),
+                e.san
+            )
+        };
+        if e.san.is_empty() || out.contains_key(&e.san) {
+            return Err(at("`san` must be present and unique".into()));
+        }
+        let grants = grants_of(&e.allowed_types, &e.allowed_sources, e.rate_limit).map_err(at)?;
+        let principal = Principal {
+            id: e.san.clone(),
+            authtype: AUTHTYPE_SERVICE,
+            grants: Arc::new(grants),
+            credential: Credential::None,
+        };
+        out.insert(e.san, principal);
+    }
+    Ok(out)
+}
 
 /// Reads and checks an API keys file: every entry valid, ids and keys unique.
 fn load_keys(path: &Path) -> Result<KeyRing, String> {
@@ -164,31 +258,12 @@ fn load_keys(path: &Path) -> Result<KeyRing, String> {
             .ok()
             .and_then(|d| d.try_into().ok())
             .ok_or_else(|| at("`sha256` must be 64 hex digits (the SHA-256 of the key)".into()))?;
-        let rate_limit = match e.rate_limit {
-            None => None,
-            Some(r) => {
-                let (Some(rps), Some(burst)) = (
-                    std::num::NonZeroU32::new(r.requests_per_second),
-                    std::num::NonZeroU32::new(r.burst_size),
-                ) else {
-                    return Err(at("rate_limit values must be above 0".into()));
-                };
-                Some(OwnLimit {
-                    limiter: RateLimiter::direct(Quota::per_second(rps).allow_burst(burst)),
-                    requests_per_second: rps.get(),
-                    burst_size: burst.get(),
-                })
-            }
-        };
-        let grants = Grants {
-            types: Patterns::new(&e.allowed_types, "allowed_types").map_err(at)?,
-            sources: Patterns::new(&e.allowed_sources, "allowed_sources").map_err(at)?,
-            rate_limit,
-        };
+        let grants = grants_of(&e.allowed_types, &e.allowed_sources, e.rate_limit).map_err(at)?;
         let principal = Principal {
             id: e.id.clone(),
             authtype: AUTHTYPE_API_KEY,
             grants: Arc::new(grants),
+            credential: Credential::ApiKey(digest),
         };
         if ring.insert(digest, principal).is_some() {
             return Err(at("the same key (sha256) is listed twice".into()));
@@ -203,6 +278,9 @@ struct Jwt {
     file: PathBuf,
     config: JwtConfig,
     verified: Verified,
+    /// Bumped (before the cache is cleared) whenever the key set is replaced: a verification
+    /// that began under an older key set must not be remembered under the new one.
+    generation: AtomicU64,
 }
 
 /// Tokens already verified, by SHA-256 of the token, with the principal and the token's
@@ -216,7 +294,7 @@ struct Jwt {
 /// clearing at a size cap bounds memory (only tokens that verified get in, so the size is
 /// set by legitimate clients, not by a flood).
 #[derive(Default)]
-struct Verified(std::sync::Mutex<HashMap<[u8; 32], (Principal, u64)>>);
+struct Verified(std::sync::Mutex<HashMap<[u8; 32], (Principal, u64, u64)>>);
 
 const VERIFIED_MAX: usize = 10_000;
 
@@ -225,6 +303,21 @@ fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Caches a verification that began under key set `generation`, unless the key set was
+/// replaced meanwhile: a verification racing a reload must not outlive it (the cache was
+/// cleared at the reload, and an insert after the clear would bring the old key set's word
+/// back until the token's `exp`).
+fn remember(jwt: &Jwt, digest: [u8; 32], principal: &Principal, exp: u64, generation: u64) {
+    let mut verified = jwt.verified.0.lock().expect("not poisoned");
+    if jwt.generation.load(Ordering::Acquire) != generation {
+        return;
+    }
+    if verified.len() >= VERIFIED_MAX {
+        verified.clear();
+    }
+    verified.insert(digest, (principal.clone(), exp, generation));
 }
 
 /// Signature algorithms accepted: RSA, ECDSA P-256 and Ed25519; never `none` or HMAC (a
@@ -264,6 +357,8 @@ const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10
 pub struct Authenticator {
     required: bool,
     keys: Option<(ArcSwap<KeyRing>, PathBuf)>,
+    /// `auth.certificates_file`: what each client certificate may send.
+    certificates: Option<(ArcSwap<CertificateGrants>, PathBuf)>,
     jwt: Option<Jwt>,
     failures: Counter<u64>,
     reload_failures: AtomicU64,
@@ -305,7 +400,15 @@ impl Authenticator {
                 file: p.clone(),
                 config: config.jwt.clone(),
                 verified: Verified::default(),
+                generation: AtomicU64::new(0),
             }),
+            None => None,
+        };
+        let certificates = match &config.certificates_file {
+            Some(p) => Some((
+                ArcSwap::from_pointee(load_certificates(p).map_err(AuthError)?),
+                p.clone(),
+            )),
             None => None,
         };
         let failures = meter
@@ -318,6 +421,7 @@ impl Authenticator {
         let this = Arc::new(Self {
             required: config.required,
             keys,
+            certificates,
             jwt,
             failures,
             reload_failures: AtomicU64::new(0),
@@ -344,6 +448,7 @@ impl Authenticator {
             .keys
             .iter()
             .map(|(_, p)| p.clone())
+            .chain(self.certificates.iter().map(|(_, p)| p.clone()))
             .chain(self.jwt.iter().map(|j| j.file.clone()))
             .collect();
         let this = Arc::downgrade(self);
@@ -367,10 +472,23 @@ impl Authenticator {
                 }
             }
         }
+        if let Some((grants, path)) = &self.certificates {
+            match load_certificates(path) {
+                Ok(new) => {
+                    tracing::info!(certificates = new.len(), file = %path.display(), "certificate grants reloaded");
+                    grants.store(Arc::new(new));
+                }
+                Err(e) => {
+                    self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "certificate grants not reloaded; the previous ones stay");
+                }
+            }
+        }
         if let Some(jwt) = &self.jwt {
             match load_jwks(&jwt.file) {
                 Ok(new) => {
                     jwt.keys.store(Arc::new(new));
+                    jwt.generation.fetch_add(1, Ordering::AcqRel);
                     jwt.verified.0.lock().expect("not poisoned").clear();
                 }
                 Err(e) => {
@@ -401,11 +519,7 @@ impl Authenticator {
                 self.verify_jwt(t)
             }
             (Some(t), _) => self.check_key(t),
-            (None, Some(subject)) => Ok(Principal {
-                id: subject.to_owned(),
-                authtype: AUTHTYPE_SERVICE,
-                grants: Arc::new(Grants::default()),
-            }),
+            (None, Some(subject)) => Ok(self.certificate_principal(subject)),
             (None, None) if self.required => Err((
                 AuthFailure::Missing,
                 "credentials are required: send `Authorization: Bearer <API key or token>` or `x-api-key: <key>`"
@@ -421,6 +535,75 @@ impl Authenticator {
             }
             Error::Unauthenticated { reason, message }
         })
+    }
+
+    /// The principal of a client certificate: its entry's grants in `auth.certificates_file`,
+    /// or, with no entry (or no file), none at all: a certificate the CA signed proves who is
+    /// calling, not what it may send.
+    fn certificate_principal(&self, subject: &str) -> Principal {
+        if let Some(p) = self
+            .certificates
+            .as_ref()
+            .and_then(|(g, _)| g.load().get(subject).cloned())
+        {
+            return p;
+        }
+        Principal {
+            id: subject.to_owned(),
+            authtype: AUTHTYPE_SERVICE,
+            grants: Arc::new(Grants {
+                nothing: Some(format!(
+                    "client certificate `{subject}` has no entry in auth.certificates_file: it may send nothing"
+                )),
+                ..Grants::default()
+            }),
+            credential: Credential::None,
+        }
+    }
+
+    /// Whether the credential `p` was proven by still holds: its API key is still listed, its
+    /// token has not expired and its signing key is still in the key set. For open streams,
+    /// which authenticate once.
+    pub fn still_valid(&self, p: &Principal) -> Result<(), Error> {
+        let refused = |reason, message: &str| {
+            self.failures
+                .add(1, &[KeyValue::new("reason", AuthFailure::as_str(reason))]);
+            Err(Error::Unauthenticated {
+                reason,
+                message: message.to_owned(),
+            })
+        };
+        match &p.credential {
+            Credential::None => Ok(()),
+            Credential::ApiKey(digest) => {
+                let listed = self
+                    .keys
+                    .as_ref()
+                    .is_some_and(|(ring, _)| ring.load().contains_key(digest));
+                if listed {
+                    Ok(())
+                } else {
+                    refused(AuthFailure::Invalid, "the API key was revoked")
+                }
+            }
+            Credential::Jwt { exp, kid } => {
+                let Some(jwt) = &self.jwt else {
+                    return refused(AuthFailure::Invalid, "tokens are no longer accepted");
+                };
+                if unix_now() > exp.saturating_add(jwt.config.leeway.as_secs()) {
+                    return refused(AuthFailure::Expired, "token expired");
+                }
+                if let Some(kid) = kid
+                    && jwt.keys.load().find(kid).is_none()
+                {
+                    return refused(
+                        AuthFailure::Invalid,
+                        "the token's signing key was withdrawn from auth.jwt.jwks_file",
+                    );
+                }
+                Ok(())
+            }
+        }
     }
 
     fn check_key(&self, key: &str) -> Result<Principal, (AuthFailure, String)> {
@@ -442,17 +625,15 @@ impl Authenticator {
         let jwt = self.jwt.as_ref().expect("checked by the caller");
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = unix_now();
-        if let Some((p, exp)) = jwt.verified.0.lock().expect("not poisoned").get(&digest)
+        let generation = jwt.generation.load(Ordering::Acquire);
+        if let Some((p, exp, g)) = jwt.verified.0.lock().expect("not poisoned").get(&digest)
+            && *g == generation
             && now <= exp.saturating_add(jwt.config.leeway.as_secs())
         {
             return Ok(p.clone());
         }
         let (principal, exp) = self.verify_jwt_signature(jwt, token)?;
-        let mut verified = jwt.verified.0.lock().expect("not poisoned");
-        if verified.len() >= VERIFIED_MAX {
-            verified.clear();
-        }
-        verified.insert(digest, (principal.clone(), exp));
+        remember(jwt, digest, &principal, exp, generation);
         Ok(principal)
     }
 
@@ -546,9 +727,12 @@ impl Authenticator {
             authtype: AUTHTYPE_SERVICE,
             grants: Arc::new(Grants {
                 types,
-                sources: None,
-                rate_limit: None,
+                ..Grants::default()
             }),
+            credential: Credential::Jwt {
+                exp,
+                kid: header.kid.clone(),
+            },
         };
         Ok((principal, exp))
     }
@@ -562,6 +746,15 @@ impl Authenticator {
         name: impl Fn(usize) -> String,
     ) -> Result<(), Error> {
         let g = &principal.grants;
+        if let Some(why) = &g.nothing {
+            self.failures
+                .add(1, &[KeyValue::new("reason", "forbidden_type")]);
+            return Err(Error::PermissionDenied(
+                (0..events.len())
+                    .map(|i| FieldViolation::new(name(i), why.clone()))
+                    .collect(),
+            ));
+        }
         if g.types.is_none() && g.sources.is_none() {
             return Ok(());
         }
@@ -627,5 +820,44 @@ pub fn stamp(principal: &Principal, event: &mut Event) {
         event
             .extensions
             .insert("authid".into(), principal.id.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt() -> Jwt {
+        Jwt {
+            keys: ArcSwap::from_pointee(jsonwebtoken::jwk::JwkSet { keys: Vec::new() }),
+            file: PathBuf::from("unused.json"),
+            config: JwtConfig::default(),
+            verified: Verified::default(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Issue #24 item 6, the interleaving forced: a verification reads the generation, the
+    /// key set is replaced (generation bumped, cache cleared) while its signature check
+    /// runs, then it tries to remember its result. It must not land in the cleared cache.
+    #[test]
+    fn a_verification_that_raced_a_reload_is_not_remembered() {
+        let jwt = jwt();
+        let digest = [7u8; 32];
+        let exp = unix_now() + 3600;
+        let began_under = jwt.generation.load(Ordering::Acquire);
+        // The reload, exactly as `Authenticator::reload` does it.
+        jwt.generation.fetch_add(1, Ordering::AcqRel);
+        jwt.verified.0.lock().unwrap().clear();
+        remember(&jwt, digest, &Principal::anonymous(), exp, began_under);
+        assert!(
+            jwt.verified.0.lock().unwrap().get(&digest).is_none(),
+            "a verification under the old key set was cached after the reload"
+        );
+        // A verification that began under the current key set is remembered.
+        let now_under = jwt.generation.load(Ordering::Acquire);
+        remember(&jwt, digest, &Principal::anonymous(), exp, now_under);
+        let cached = jwt.verified.0.lock().unwrap().get(&digest).map(|e| e.2);
+        assert_eq!(cached, Some(now_under));
     }
 }

@@ -61,6 +61,7 @@ pub const TEXT_KEYS: &[&str] = &[
     "logging.level",
     "types.file",
     "auth.api_keys_file",
+    "auth.certificates_file",
     "auth.jwt.jwks_file",
     "auth.jwt.issuer",
     "auth.jwt.audience",
@@ -504,6 +505,11 @@ pub struct PerformanceConfig {
     /// Of those, open at once by one client (principal, else address); more get
     /// RESOURCE_EXHAUSTED (WebSocket close code 1013). 0: no share.
     pub max_streams_per_client: usize,
+    /// How long one stream (IngestStream call or WebSocket) may stay open; then it is closed
+    /// (UNAVAILABLE / close code 1001) and the client opens a new one, authenticating again,
+    /// so no credential outlives its rotation through one connection. 0: no limit.
+    #[serde(with = "humantime_serde")]
+    pub max_stream_lifetime: Duration,
 }
 
 impl Default for PerformanceConfig {
@@ -515,6 +521,7 @@ impl Default for PerformanceConfig {
             max_concurrent_requests_per_client: 1000,
             max_streams: 1000,
             max_streams_per_client: 100,
+            max_stream_lifetime: Duration::from_secs(3600),
         }
     }
 }
@@ -764,12 +771,22 @@ pub struct AuthConfig {
     /// A YAML list of API keys (`id`, `sha256`, `allowed_types`, `allowed_sources`,
     /// `rate_limit`), reloaded when it changes.
     pub api_keys_file: Option<PathBuf>,
+    /// A YAML list of client certificates (`san`, `allowed_types`, `allowed_sources`,
+    /// `rate_limit`), reloaded when it changes. A certificate with no entry may send nothing.
+    pub certificates_file: Option<PathBuf>,
     pub jwt: JwtConfig,
     /// Put `metrics.path` behind the same authentication.
     pub protect_metrics: bool,
     /// Who sees all of `/health/detailed` (broker addresses, the configuration, internal
     /// errors); everyone else gets its status lines only.
     pub health_details: HealthDetails,
+    /// With `health_details: local_or_authenticated`, the client addresses (CIDR blocks or
+    /// addresses) that see the details without credentials; the client's address is the
+    /// rate limiter's (through `server.trusted_proxies`, the forwarded client). Unset:
+    /// loopback when `server.trusted_proxies` is empty, no address otherwise (a local proxy
+    /// or sidecar would make every remote caller look local). `[]`: credentials only.
+    #[serde(default, deserialize_with = "some_list_or_csv")]
+    pub health_details_from: Option<Vec<String>>,
 }
 
 /// `auth.health_details`.
@@ -879,21 +896,35 @@ fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String
 
 /// `GATEWAY_KAFKA_BROKERS=a:9092,b:9092` or a YAML list.
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        List(Vec<String>),
-        Csv(String),
+    ListOrCsv::deserialize(d).map(ListOrCsv::items)
+}
+
+/// A list as YAML writes it, or as one comma-separated string (how a variable carries it).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListOrCsv {
+    List(Vec<String>),
+    Csv(String),
+}
+
+impl ListOrCsv {
+    fn items(self) -> Vec<String> {
+        let items = match self {
+            ListOrCsv::List(v) => v,
+            ListOrCsv::Csv(s) => s.split(',').map(str::to_owned).collect(),
+        };
+        items
+            .into_iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
     }
-    let items = match Raw::deserialize(d)? {
-        Raw::List(v) => v,
-        Raw::Csv(s) => s.split(',').map(str::to_owned).collect(),
-    };
-    Ok(items
-        .into_iter()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect())
+}
+
+/// [`list_or_csv`] for a list whose absence means something else than an empty list; unset
+/// (null, as the defaults serialize it) stays `None`.
+fn some_list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    Ok(Option::<ListOrCsv>::deserialize(d)?.map(ListOrCsv::items))
 }
 
 /// Why the configuration was refused; the message names the key.
@@ -996,6 +1027,19 @@ pub fn keys() -> Vec<String> {
 }
 
 impl Config {
+    /// The addresses that see `/health/detailed` in full without credentials: as set, else
+    /// loopback when no proxy is trusted and none otherwise (see `auth.health_details_from`).
+    pub fn health_details_from(&self) -> Vec<ipnet::IpNet> {
+        match &self.auth.health_details_from {
+            Some(list) => list.iter().filter_map(|c| parse_cidr(c)).collect(),
+            None if self.server.trusted_proxies.is_empty() => ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|c| parse_cidr(c))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
     /// Layers defaults < the YAML file (when given; it must exist) < `GATEWAY_*` variables,
     /// then checks the values that types alone cannot.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -1180,9 +1224,16 @@ impl Config {
             errors.push("tls.client_ca_file (mTLS) needs tls.cert_file and tls.key_file".into());
         }
         for (i, cidr) in self.server.trusted_proxies.iter().enumerate() {
-            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+            if parse_cidr(cidr).is_none() {
                 errors.push(format!(
                     "server.trusted_proxies[{i}] `{cidr}` is not a CIDR block or an address"
+                ));
+            }
+        }
+        for (i, cidr) in self.auth.health_details_from.iter().flatten().enumerate() {
+            if parse_cidr(cidr).is_none() {
+                errors.push(format!(
+                    "auth.health_details_from[{i}] `{cidr}` is not a CIDR block or an address"
                 ));
             }
         }
@@ -1253,6 +1304,15 @@ impl Config {
         }
         serde_json::to_value(&c).expect("config serializes")
     }
+}
+
+/// A CIDR block, or one address as a block of one (`192.0.2.7`, `::1`).
+pub fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 #[cfg(test)]

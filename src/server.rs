@@ -281,7 +281,8 @@ fn build(config: &Config) -> Result<App, StartupError> {
         forwarder_status,
         config.redacted(),
         config.auth.health_details,
-        auth.clone(),
+        config.health_details_from(),
+        admission.clone(),
     )
     .merge(docs::router());
     ops = grpc_route(ops, health_service);

@@ -36,7 +36,16 @@ pub trait Admit: Send + Sync {
     fn deadline(&self) -> Duration;
     /// Who opened the stream: authenticated once, when it opened.
     fn principal(&self) -> &Principal;
+    /// Whether the stream may still take events: the credential it opened with still holds
+    /// (the API key is still listed, the token has not expired) and it has not outlived
+    /// `performance.max_stream_lifetime`. Asked before every submission and every
+    /// [`RECHECK_EVERY`], so one connection cannot outlive a revocation or a rotation.
+    fn still_admitted(&self) -> Result<(), Error>;
 }
+
+/// How often an open stream's admission is checked again while no submission arrives: the
+/// key files' own poll interval, so a revoked key ends a quiet stream within two of them.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The slots one event holds (the shared pool's, the client's share), released on drop.
 pub type Permit = Box<dyn Send + Sync>;
@@ -83,6 +92,10 @@ pub enum End<E> {
     Broken(E),
     /// The client stopped taking results (cancelled, disconnected).
     Gone,
+    /// The stream may take no more events ([`Admit::still_admitted`] said why: its
+    /// credential was revoked or expired, or it reached `performance.max_stream_lifetime`).
+    /// The submission that found this was refused event by event with the same error.
+    Refused(Error),
 }
 
 /// Runs one stream to its end: reads `input` while fewer than `max_in_flight` events are
@@ -101,6 +114,9 @@ where
 {
     let mut input = std::pin::pin!(input);
     let mut stopping = std::pin::pin!(gateway.streams_stopping());
+    let mut recheck =
+        tokio::time::interval_at(tokio::time::Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Report>> = FuturesUnordered::new();
     let mut next_sequence = 0u64;
     let mut end = None;
@@ -119,13 +135,25 @@ where
                 }
             }
             () = &mut stopping, if end.is_none() => end = Some(End::Draining),
+            _ = recheck.tick(), if end.is_none() => {
+                if let Err(e) = admit.still_admitted() {
+                    end = Some(End::Refused(e));
+                }
+            }
             item = input.next(), if end.is_none() && in_flight.len() < max_in_flight => {
                 match item {
                     None => end = Some(End::Closed),
                     Some(Err(e)) => end = Some(End::Broken(e)),
                     Some(Ok(submission)) => {
                         let first = submission.sequence.unwrap_or(next_sequence);
-                        let taken = take(&gateway, &admit, first, submission.events);
+                        let taken = match admit.still_admitted() {
+                            Ok(()) => take(&gateway, &admit, first, submission.events),
+                            Err(e) => {
+                                let refused = refuse(&gateway, first, submission.events, &e);
+                                end = Some(End::Refused(e));
+                                refused
+                            }
+                        };
                         next_sequence = first.saturating_add(taken.len().max(1) as u64);
                         in_flight.extend(taken);
                     }
@@ -133,6 +161,31 @@ where
             }
         }
     }
+}
+
+/// One failed report per event of a submission the stream may no longer take (one when it
+/// carried none).
+fn refuse(
+    gateway: &Gateway,
+    first: u64,
+    events: Vec<Result<Incoming, Error>>,
+    e: &Error,
+) -> Vec<BoxFuture<'static, Report>> {
+    let n = events.len().max(1);
+    let mut ids = events
+        .into_iter()
+        .map(|i| i.map(|i| i.event.id).unwrap_or_default());
+    (first..first.saturating_add(n as u64))
+        .map(|sequence| {
+            gateway.count_refused(e);
+            futures::future::ready(Report {
+                sequence,
+                id: ids.next().unwrap_or_default(),
+                result: Err(e.clone()),
+            })
+            .boxed()
+        })
+        .collect()
 }
 
 /// The futures of one submission's events, numbered from `first`. An empty or oversized

@@ -785,3 +785,376 @@ async fn health_details_are_for_local_or_authenticated_callers_only() {
         assert!(authed["config"].is_object(), "{authed}");
     }
 }
+
+// --- The edge: forwarded lines, open streams, /metrics, health details ------------------
+
+/// Twelve requests through a trusted proxy that adds its own `X-Forwarded-For` line (as
+/// HAProxy's `option forwardfor` does) after the client's forged, rotating one: all twelve
+/// are the same client and share its bucket of five. An entry that does not parse ends the
+/// walk at the proxy, so a client cannot hide behind garbage either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_forwarded_line_does_not_choose_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.rate_limit.enabled = true;
+    c.rate_limit.requests_per_second = 5;
+    c.rate_limit.burst_size = 5;
+    c.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+    let gw = TestGateway::start(c).await;
+    let send = |lines: Vec<String>| {
+        let mut r = http()
+            .post(gw.url("/api/v1/events"))
+            .header("content-type", "application/json")
+            .body(SEED_EVENT);
+        for l in lines {
+            r = r.header("x-forwarded-for", l);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    for (what, lines) in [
+        (
+            "a forged line before the proxy's",
+            (0..12)
+                .map(|i| vec![format!("198.51.100.{i}"), "203.0.113.7".into()])
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "an unreadable entry after a forged one",
+            (0..12)
+                .map(|i| vec![format!("198.51.100.{i}, 203.0.113.8:5555")])
+                .collect(),
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let mut ok = 0;
+        for l in lines {
+            ok += u32::from(send(l).await == 200);
+        }
+        // A bucket of five refilled at 5/s: what the time taken lets through, plus one.
+        let most = 5 + (started.elapsed().as_secs_f64() * 5.0).ceil() as u32 + 1;
+        assert!(ok <= most.min(11), "{what}: {ok} of 12 let through");
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket and a gRPC stream, opened with `credential` (an API key, or `Bearer <token>`).
+async fn streams_with_key(
+    gw: &TestGateway,
+    key: &str,
+) -> (
+    Ws,
+    tokio::sync::mpsc::Sender<event_gateway::proto::IngestStreamRequest>,
+    tonic::Streaming<event_gateway::proto::IngestStreamResponse>,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = format!("ws://{}/api/v1/events/ws", gw.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert(credential_header(key), key.parse().unwrap());
+    let ws = tokio_tungstenite::connect_async(req).await.unwrap().0;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert(credential_header(key), key.parse().unwrap());
+    let results = gw
+        .grpc()
+        .await
+        .ingest_stream(req)
+        .await
+        .unwrap()
+        .into_inner();
+    (ws, tx, results)
+}
+
+/// `authorization` for a `Bearer …` credential, else `x-api-key`.
+fn credential_header(credential: &str) -> &'static str {
+    if credential.starts_with("Bearer ") {
+        "authorization"
+    } else {
+        "x-api-key"
+    }
+}
+
+/// What became of an open stream fed one event every 200 ms until it ends: the events it
+/// reported stored, and how it ended (the WebSocket's close code and reason, the gRPC final
+/// status), with the time from `since`.
+struct StreamEnd {
+    stored: usize,
+    how: String,
+    after: Duration,
+}
+
+async fn feed_ws_until_closed(mut ws: Ws, since: std::time::Instant) -> StreamEnd {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut stored = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                // Once the gateway has closed, sending fails; the close frame is still read.
+                let _ = ws.send(Message::Text(WS_EVENT.into())).await;
+            }
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                    stored += usize::from(v["outcome"] == "OUTCOME_STORED");
+                }
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return StreamEnd { stored, how: format!("{} {}", u16::from(f.code), f.reason), after: since.elapsed() };
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the WebSocket ended without a close frame: {other:?}"),
+            },
+            () = tokio::time::sleep_until(deadline) => panic!("still open after 20 s"),
+        }
+    }
+}
+
+async fn feed_grpc_until_closed(
+    tx: tokio::sync::mpsc::Sender<event_gateway::proto::IngestStreamRequest>,
+    mut results: tonic::Streaming<event_gateway::proto::IngestStreamResponse>,
+    since: std::time::Instant,
+) -> StreamEnd {
+    use event_gateway::proto::{IngestStreamRequest, Outcome};
+    let event: CloudEvent = serde_json::from_str(WS_EVENT).unwrap();
+    let mut stored = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let _ = tx.try_send(IngestStreamRequest { sequence: None, events: vec![event.clone()] });
+            }
+            r = results.message() => match r {
+                Ok(Some(r)) => stored += usize::from(r.outcome == Outcome::Stored as i32),
+                Ok(None) => panic!("the stream ended OK"),
+                Err(status) => {
+                    return StreamEnd { stored, how: format!("{:?} {}", status.code(), status.message()), after: since.elapsed() };
+                }
+            },
+            () = tokio::time::sleep_until(deadline) => panic!("still open after 20 s"),
+        }
+    }
+}
+
+const WS_EVENT: &str = r#"{"specversion":"1.0","id":"s1","type":"user.created","source":"stream-test","data":{"user_id":"1"}}"#;
+
+/// An API key removed from the keys file ends the streams opened with it within 5 s (the
+/// WebSocket with close 1008, gRPC with UNAUTHENTICATED), and nothing it sends after that
+/// is stored: every stored event is one the stream reported stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_end_within_5_s_of_their_key_being_revoked() {
+    let s = secured(|_, _| {}).await;
+    let (ws, tx, results) = streams_with_key(&s.gw, KEY_A).await;
+    let (ws_b, tx_b, results_b) = streams_with_key(&s.gw, KEY_B).await;
+    // Both stream for a while, then team-a's key is revoked.
+    let start = std::time::Instant::now();
+    let ws_end = tokio::spawn(feed_ws_until_closed(ws, start));
+    let grpc_end = tokio::spawn(feed_grpc_until_closed(tx, results, start));
+    wait_until(Duration::from_secs(10), "events stored on both", || async {
+        s.gw.log_lines().len() >= 4
+    })
+    .await;
+    write_keys(&s.keys, &[KEY_B, KEY_BILLING]);
+    let revoked = std::time::Instant::now();
+    let (ws_end, grpc_end) = (ws_end.await.unwrap(), grpc_end.await.unwrap());
+    for (what, end, want) in [
+        (
+            "WebSocket",
+            &ws_end,
+            "1008 unauthenticated: the API key was revoked",
+        ),
+        (
+            "gRPC",
+            &grpc_end,
+            "Unauthenticated unauthenticated: the API key was revoked",
+        ),
+    ] {
+        assert_eq!(end.how, want, "{what}");
+        assert!(
+            end.after < revoked - start + Duration::from_secs(5),
+            "{what} ended {:?} after the revocation",
+            end.after - (revoked - start)
+        );
+        assert!(end.stored >= 1, "{what}");
+    }
+    // Nothing was stored that was not reported: the stream took nothing after it ended.
+    let stored = s.gw.log_lines().len();
+    assert_eq!(stored, ws_end.stored + grpc_end.stored);
+    // team-b's streams are untouched.
+    let b = tokio::spawn(feed_ws_until_closed(ws_b, start));
+    drop((tx_b, results_b));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!b.is_finished(), "team-b's WebSocket was closed");
+    b.abort();
+}
+
+/// A token that expires while its stream is open ends the stream (leeway 0 here), so does one
+/// whose signing key leaves the JWKS, and `performance.max_stream_lifetime` ends any stream, credentials or not, asking the client to
+/// reconnect (1001 / UNAVAILABLE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_when_their_token_expires_or_their_lifetime_is_up() {
+    let es = signer(jsonwebtoken::Algorithm::ES256, "es-1");
+    let jwks = serde_json::json!({"keys": [es.jwk]});
+    let s = secured(|c, dir| {
+        let path = dir.join("jwks.json");
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        c.auth.jwt.jwks_file = Some(path);
+        c.auth.jwt.issuer = Some("https://idp.example".into());
+        c.auth.jwt.audience = Some("event-gateway".into());
+        c.auth.jwt.leeway = Duration::ZERO;
+        c.performance.max_stream_lifetime = Duration::from_secs(6);
+    })
+    .await;
+    let exp = now() + 3;
+    let token = es.token(serde_json::json!({"sub": "svc", "exp": exp,
+        "iss": "https://idp.example", "aud": "event-gateway"}));
+    let start = std::time::Instant::now();
+    let (ws, tx, results) = streams_with_key(&s.gw, &format!("Bearer {token}")).await;
+    let ws_end = tokio::spawn(feed_ws_until_closed(ws, start));
+    let grpc_end = tokio::spawn(feed_grpc_until_closed(tx, results, start));
+    let (ws_end, grpc_end) = (ws_end.await.unwrap(), grpc_end.await.unwrap());
+    assert_eq!(ws_end.how, "1008 unauthenticated: token expired");
+    assert_eq!(
+        grpc_end.how,
+        "Unauthenticated unauthenticated: token expired"
+    );
+    for end in [&ws_end, &grpc_end] {
+        assert!(end.stored >= 1);
+        assert!(end.after < Duration::from_secs(6), "{:?}", end.after);
+    }
+    // The key that signed a token leaves the JWKS: its streams end though the token is valid.
+    let token = es.token(serde_json::json!({"sub": "svc", "exp": now() + 3600,
+        "iss": "https://idp.example", "aud": "event-gateway"}));
+    let before = s.gw.log_lines().len();
+    let start = std::time::Instant::now();
+    let (ws, tx, results) = streams_with_key(&s.gw, &format!("Bearer {token}")).await;
+    let ws_end = tokio::spawn(feed_ws_until_closed(ws, start));
+    let grpc_end = tokio::spawn(feed_grpc_until_closed(tx, results, start));
+    wait_until(Duration::from_secs(5), "events stored on both", || async {
+        s.gw.log_lines().len() >= before + 2
+    })
+    .await;
+    let other = signer(jsonwebtoken::Algorithm::EdDSA, "ed-1");
+    let jwks_file = s.keys.with_file_name("jwks.json");
+    let tmp = s.keys.with_file_name("jwks.json.tmp");
+    std::fs::write(&tmp, serde_json::json!({"keys": [other.jwk]}).to_string()).unwrap();
+    std::fs::rename(&tmp, &jwks_file).unwrap();
+    let withdrawn = start.elapsed();
+    let (ws_end, grpc_end) = (ws_end.await.unwrap(), grpc_end.await.unwrap());
+    let why = "unauthenticated: the token's signing key was withdrawn from auth.jwt.jwks_file";
+    assert_eq!(ws_end.how, format!("1008 {why}"));
+    assert_eq!(grpc_end.how, format!("Unauthenticated {why}"));
+    for end in [&ws_end, &grpc_end] {
+        assert!(end.stored >= 1);
+        assert!(
+            end.after < withdrawn + Duration::from_secs(5),
+            "{:?}",
+            end.after - withdrawn
+        );
+    }
+    // The lifetime: a key that stays valid, streams that end anyway.
+    let (ws, tx, results) = streams_with_key(&s.gw, KEY_A).await;
+    let start = std::time::Instant::now();
+    let ws_end = tokio::spawn(feed_ws_until_closed(ws, start));
+    let grpc_end = tokio::spawn(feed_grpc_until_closed(tx, results, start));
+    let (ws_end, grpc_end) = (ws_end.await.unwrap(), grpc_end.await.unwrap());
+    assert!(ws_end.how.starts_with("1001 "), "{}", ws_end.how);
+    assert!(grpc_end.how.starts_with("Unavailable "), "{}", grpc_end.how);
+    for end in [&ws_end, &grpc_end] {
+        assert!(
+            end.how.contains("performance.max_stream_lifetime (6s)"),
+            "{}",
+            end.how
+        );
+        assert!(
+            end.after >= Duration::from_secs(5) && end.after < Duration::from_secs(9),
+            "{:?}",
+            end.after
+        );
+        assert!(end.stored >= 10, "{}", end.stored);
+    }
+}
+
+/// `auth.protect_metrics` refuses an anonymous scrape even where anonymous events are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_metrics_refuse_anonymous_scrapes_even_when_auth_is_optional() {
+    let s = secured(|c, _| {
+        c.auth.required = false;
+        c.auth.protect_metrics = true;
+    })
+    .await;
+    assert_eq!(
+        post_with(&s.gw, "/api/v1/events", None, SEED_EVENT)
+            .await
+            .status(),
+        200
+    );
+    let r = http().get(s.gw.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("auth.protect_metrics"));
+    let r = http()
+        .get(s.gw.url("/metrics"))
+        .header("x-api-key", KEY_A)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Who sees `/health/detailed` in full is `auth.health_details_from` (through trusted
+/// proxies, the forwarded client), or a credential checked behind the rate limit. With a
+/// proxy trusted, loopback is not listed by default: a local sidecar is not the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_details_follow_the_listed_addresses_and_credentials_pay_the_rate_limit() {
+    let full = |v: &serde_json::Value| v.get("config").is_some();
+    let get = |gw: &TestGateway, headers: &[(&str, &str)]| {
+        let mut r = http().get(gw.url("/health/detailed"));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // A local proxy trusted, nothing listed: neither it nor whom it forwards sees details.
+    let s = secured(|c, _| {
+        c.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+        c.rate_limit.enabled = true;
+        c.rate_limit.requests_per_second = 1;
+        c.rate_limit.burst_size = 3;
+    })
+    .await;
+    let (status, body) = get(&s.gw, &[]).await;
+    assert!(status == 200 && !full(&body), "{body}");
+    let (_, body) = get(&s.gw, &[("x-forwarded-for", "203.0.113.9")]).await;
+    assert!(!full(&body), "{body}");
+    // A credential shows them; each check takes a token of the caller's bucket, so bad
+    // ones run out: the fourth try is 429, not a fourth signature check.
+    let (_, body) = get(&s.gw, &[("x-api-key", KEY_A)]).await;
+    assert!(full(&body), "{body}");
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(get(&s.gw, &[("x-api-key", "not-a-key")]).await.0);
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    // Listed: the forwarded client counts, the proxy does not.
+    let s = secured(|c, _| {
+        c.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+        c.auth.health_details_from = Some(vec!["203.0.113.0/24".into()]);
+    })
+    .await;
+    let (_, body) = get(&s.gw, &[("x-forwarded-for", "203.0.113.9")]).await;
+    assert!(full(&body), "{body}");
+    let (_, body) = get(&s.gw, &[("x-forwarded-for", "198.51.100.1")]).await;
+    assert!(!full(&body), "{body}");
+    let (_, body) = get(&s.gw, &[]).await;
+    assert!(!full(&body), "{body}");
+}

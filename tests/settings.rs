@@ -108,11 +108,13 @@ fn matrix() -> Vec<Row> {
         row("server.max_connections", "500", "500"),
         row("server.max_connections_per_peer", "50", "50"),
         row("server.read_timeout", "20s", r#""20s""#),
-        row(
-            "server.trusted_proxies",
-            "10.0.0.0/8,127.0.0.1/32",
-            r#"["10.0.0.0/8", "127.0.0.1/32"]"#,
-        ),
+        // With a proxy trusted, loopback sees the details only when listed.
+        Row {
+            key: "server.trusted_proxies",
+            value: "10.0.0.0/8,127.0.0.1/32",
+            with: &[("auth.health_details_from", "127.0.0.1/32")],
+            shows: Some(r#"["10.0.0.0/8", "127.0.0.1/32"]"#),
+        },
         row("server.write_timeout", "20s", r#""20s""#),
         row("kafka.batch_size", "500", "500"),
         row(
@@ -205,6 +207,7 @@ fn matrix() -> Vec<Row> {
         row("performance.max_request_size", "1MiB", r#""1.0 MiB""#),
         row("performance.max_streams", "10", "10"),
         row("performance.max_streams_per_client", "5", "5"),
+        row("performance.max_stream_lifetime", "10m", r#""10m""#),
         row("performance.request_timeout", "40s", r#""40s""#),
         row("rate_limit.burst_size", "40", "40"),
         row("rate_limit.enabled", "false", "false"),
@@ -248,7 +251,13 @@ fn matrix() -> Vec<Row> {
         text("types.policy", "registered"),
         text("ack.default", "spooled"),
         text("auth.api_keys_file", "{dir}/keys.yaml"),
+        text("auth.certificates_file", "{dir}/certs.yaml"),
         text("auth.health_details", "everyone"),
+        row(
+            "auth.health_details_from",
+            "127.0.0.0/8,192.0.2.0/24",
+            r#"["127.0.0.0/8", "192.0.2.0/24"]"#,
+        ),
         Row {
             key: "auth.jwt.audience",
             value: "12345",
@@ -298,6 +307,11 @@ fn fixtures(dir: &std::path::Path) {
     }
     std::fs::write(dir.join("password"), "s3cret\n").unwrap();
     std::fs::write(dir.join("types.yaml"), "entries:\n  - type: user.created\n").unwrap();
+    std::fs::write(
+        dir.join("certs.yaml"),
+        "- san: spiffe://matrix/client\n  allowed_types: [\"user.*\"]\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("keys.yaml"),
         format!("- id: matrix\n  sha256: {}\n", "00".repeat(32)),

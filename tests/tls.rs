@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient;
 use event_gateway::proto::{CloudEvent, IngestEventRequest};
+use futures::FutureExt as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 async fn tls_gateway(pki: &TestPki, mtls: bool) -> TestGateway {
@@ -18,8 +19,20 @@ async fn tls_gateway(pki: &TestPki, mtls: bool) -> TestGateway {
     config.tls.key_file = Some(pki.path("server.key"));
     if mtls {
         config.tls.client_ca_file = Some(pki.path("ca.pem"));
+        write_certificates(pki, &["spiffe://test/orders"]);
+        config.auth.certificates_file = Some(pki.path("certs.yaml"));
     }
     TestGateway::start(config).await
+}
+
+/// `auth.certificates_file` in the PKI's folder: each of `sans` may send `user.*` events.
+fn write_certificates(pki: &TestPki, sans: &[&str]) {
+    let yaml: String = sans
+        .iter()
+        .map(|san| format!("- san: \"{san}\"\n  allowed_types: [\"user.*\"]\n"))
+        .collect();
+    let yaml = if yaml.is_empty() { "[]\n".into() } else { yaml };
+    std::fs::write(pki.path("certs.yaml"), yaml).unwrap();
 }
 
 fn https(pki: &TestPki, client: Option<&str>, http1: bool) -> reqwest::Client {
@@ -169,6 +182,7 @@ async fn mutual_tls_refuses_a_client_without_a_certificate_and_names_the_one_wit
     config.tls.key_file = Some(pki.path("server.key"));
     config.tls.client_ca_file = Some(pki.path("ca.pem"));
     config.tls.client_auth = event_gateway::config::ClientAuth::Optional;
+    config.auth.certificates_file = Some(pki.path("certs.yaml"));
     let gw = TestGateway::start(config).await;
     let url = format!("https://localhost:{}/api/v1/events", gw.addr.port());
     for client in [None, Some("client")] {
@@ -181,6 +195,54 @@ async fn mutual_tls_refuses_a_client_without_a_certificate_and_names_the_one_wit
         .map(|l| l["authtype"].clone())
         .collect();
     assert_eq!(who, ["unauthenticated", "service_account"]);
+}
+
+/// A client certificate's principal gets its entry's grants in `auth.certificates_file`; a
+/// certificate the CA signed but the file does not list may send nothing (403 naming the
+/// setting), on both protocols; an entry added to the file lets it in without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_principals_send_only_what_their_entry_grants() {
+    let pki = TestPki::new();
+    pki.write_client("orders", "spiffe://test/orders");
+    pki.write_client("stranger", "spiffe://test/stranger");
+    let gw = tls_gateway(&pki, true).await;
+    let url = format!("https://localhost:{}/api/v1/events", gw.addr.port());
+    let post = |client: &'static str, body: String| {
+        let c = https(&pki, Some(client), false);
+        let url = url.clone();
+        async move {
+            let r = post_raw(&c, &url, &body).await;
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    // Listed: its own types only.
+    assert_eq!(post("orders", SEED_EVENT.into()).await.0, 200);
+    let other = SEED_EVENT.replace("user.created", "billing.charged");
+    let (status, body) = post("orders", other).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("event.type") && body.contains("spiffe://test/orders"),
+        "{body}"
+    );
+    // Not listed: nothing, on both protocols, and the reply says why.
+    let (status, body) = post("stranger", SEED_EVENT.into()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("auth.certificates_file"), "{body}");
+    let ch = tls_channel(&gw, &pki, Some("stranger")).await.unwrap();
+    let refused = EventGatewayServiceClient::new(ch)
+        .ingest_event(seed())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // Listed later: let in once the file is reloaded.
+    write_certificates(&pki, &["spiffe://test/orders", "spiffe://test/stranger"]);
+    wait_until(Duration::from_secs(5), "the new entry to be read", || {
+        post("stranger", SEED_EVENT.into()).map(|(s, _)| s == 200)
+    })
+    .await;
+    let who: Vec<_> = gw.log_lines().iter().map(|l| l["authid"].clone()).collect();
+    assert_eq!(who, ["spiffe://test/orders", "spiffe://test/stranger"]);
 }
 
 /// The certificate a fresh TLS connection is shown.

@@ -65,6 +65,8 @@ fn final_status(end: End<Status>) -> Option<Status> {
             .into(),
         ),
         End::Broken(status) => Some(status),
+        // UNAUTHENTICATED for a revoked or expired credential, UNAVAILABLE at the lifetime.
+        End::Refused(e) => Some(e.into()),
     }
 }
 

@@ -6,11 +6,10 @@
 //! Readiness is evaluated in one place, [`Readiness::refresh`], and published in one step:
 //! gRPC health first, then the state the REST endpoints read. So once `/health/ready` says 200
 //! a gRPC check already says SERVING, and once it says 503 gRPC already says NOT_SERVING.
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -20,12 +19,13 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::auth::Authenticator;
 use crate::config::HealthDetails;
+use crate::error::Error;
 use crate::proto::SERVICE_NAME;
 use crate::service::Gateway;
 use crate::spool::forward;
-use crate::transport::stack;
+use crate::transport::stack::{self, Admission};
+use crate::transport::status;
 
 pub const ROUTE_HEALTH: &str = "/health";
 pub const ROUTE_LIVE: &str = "/health/live";
@@ -125,7 +125,9 @@ struct HealthState {
     forwarder: Option<Arc<forward::Status>>,
     config: Arc<serde_json::Value>,
     access: HealthDetails,
-    auth: Arc<Authenticator>,
+    /// `auth.health_details_from`, as [`crate::Config::health_details_from`] resolved it.
+    details_from: Arc<Vec<ipnet::IpNet>>,
+    admission: Arc<Admission>,
 }
 
 pub fn router(
@@ -134,7 +136,8 @@ pub fn router(
     forwarder: Option<Arc<forward::Status>>,
     redacted_config: serde_json::Value,
     access: HealthDetails,
-    auth: Arc<Authenticator>,
+    details_from: Vec<ipnet::IpNet>,
+    admission: Arc<Admission>,
 ) -> Router {
     Router::new()
         .route(ROUTE_HEALTH, get(summary))
@@ -148,7 +151,8 @@ pub fn router(
             forwarder,
             config: Arc::new(redacted_config),
             access,
-            auth,
+            details_from: Arc::new(details_from),
+            admission,
         })
 }
 
@@ -194,33 +198,49 @@ async fn ready(State(s): State<HealthState>) -> Response {
     (status_of(ready), Json(body)).into_response()
 }
 
-/// May this caller see everything? See `auth.health_details`.
-fn sees_details(s: &HealthState, req: &axum::extract::Request) -> bool {
-    match s.access {
-        HealthDetails::Everyone => true,
-        HealthDetails::LocalOrAuthenticated => {
-            let relayed = req.headers().contains_key("x-forwarded-for")
-                || req.headers().contains_key(http::header::FORWARDED);
-            let local = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .is_some_and(|c| c.0.ip().is_loopback());
-            (local && !relayed)
-                || stack::principal_of(&s.auth, req).is_ok_and(|p| !p.is_anonymous())
-        }
+/// May this caller see everything? See `auth.health_details` and
+/// `auth.health_details_from`. Credentials are checked behind the rate limit, like an ingest
+/// request's: a refusal there is the answer (429).
+fn sees_details(s: &HealthState, req: &axum::extract::Request) -> Result<bool, Error> {
+    if s.access == HealthDetails::Everyone {
+        return Ok(true);
+    }
+    let from_listed = s
+        .admission
+        .caller_ip(req)
+        .is_some_and(|ip| s.details_from.iter().any(|n| n.contains(&ip)));
+    if from_listed {
+        return Ok(true);
+    }
+    let h = req.headers();
+    let has_credentials = h.contains_key(http::header::AUTHORIZATION)
+        || h.contains_key(&stack::API_KEY_HEADER)
+        || req.extensions().get::<stack::PeerIdentity>().is_some();
+    if !has_credentials {
+        return Ok(false);
+    }
+    match s.admission.authenticate_limited(req) {
+        Ok(p) => Ok(p.is_authenticated()),
+        Err(e @ Error::RateLimited { .. }) => Err(e),
+        // Credentials that do not check out see what anyone sees.
+        Err(_) => Ok(false),
     }
 }
 
 async fn detailed(State(s): State<HealthState>, req: axum::extract::Request) -> Response {
     let Ready { ready, reason } = s.readiness.current();
-    if !sees_details(&s, &req) {
+    let sees = match sees_details(&s, &req) {
+        Ok(sees) => sees,
+        Err(e) => return status::respond(false, e),
+    };
+    if !sees {
         // Nothing that names a host, a file or an internal error.
         return Json(serde_json::json!({
             "status": if ready { "ok" } else { "unavailable" },
             "ready": ready,
             "draining": s.gateway.is_draining(),
             "uptime_seconds": s.started.elapsed().as_secs(),
-            "details": "shown to local callers and to callers with valid credentials (auth.health_details)",
+            "details": "shown to callers from auth.health_details_from and to callers with valid credentials (auth.health_details)",
         }))
         .into_response();
     }

@@ -109,18 +109,33 @@ fn authenticate_request(a: &Authenticator, req: &mut Request) -> Option<Response
     }
 }
 
+/// Lets through only requests with credentials that check out, whatever `auth.required`
+/// says: `auth.protect_metrics` means an anonymous scrape is refused even on a gateway that
+/// takes anonymous events.
 async fn authenticate(
     State(a): State<Arc<Authenticator>>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    match authenticate_request(&a, &mut req) {
-        None => next.run(req).await,
-        Some(refused) => refused,
+    if let Some(refused) = authenticate_request(&a, &mut req) {
+        return refused;
     }
+    if req
+        .extensions()
+        .get::<Principal>()
+        .is_some_and(Principal::is_authenticated)
+    {
+        return next.run(req).await;
+    }
+    let missing = Error::Unauthenticated {
+        reason: crate::error::AuthFailure::Missing,
+        message: "credentials are required here (auth.protect_metrics): send `Authorization: Bearer <API key or token>` or `x-api-key: <key>`".into(),
+    };
+    status::respond(is_grpc(req.headers()), missing)
 }
 
-/// Wraps `router` in authentication alone: `/metrics` with `auth.protect_metrics`. The
+/// Wraps `router` in authentication that must succeed (an anonymous caller is refused even
+/// when `auth.required` is false): `/metrics` with `auth.protect_metrics`. The
 /// ingest routes authenticate in their admission middleware ([`Admission::unary`],
 /// [`Admission::streaming`]): one middleware rather than two, since each axum `from_fn`
 /// layer clones and boxes the service below it on every request (measured: two extra
@@ -185,52 +200,68 @@ impl RateLimit {
     }
 }
 
-/// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest
-/// untrusted address its `X-Forwarded-For` (else `Forwarded: for=`) names. Read right to
-/// left, since only the entries our own proxies appended can be believed.
+/// The client's address: the peer's, or, when the peer is a trusted proxy, what the chain of
+/// trusted proxies says. Every `X-Forwarded-For` line is read, joined in order (proxies such
+/// as HAProxy append a line of their own rather than extend the client's), else every
+/// `Forwarded` line's `for=`; the list is walked from the right, since only what our own
+/// proxies appended can be believed: a trusted address is one more of ours (keep walking), the
+/// first untrusted one is the client. An entry that does not parse (a port, `unknown`, an
+/// obfuscated name, garbage) ends the walk at the last trusted hop: skipping it would let
+/// whatever the client wrote to its left choose the answer.
 fn client_ip(req: &Request, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(&ip.to_canonical()));
     if !is_trusted(&peer) {
         return Some(peer);
     }
     let headers = req.headers();
-    let listed: Vec<IpAddr> = if let Some(xff) = headers.get(&X_FORWARDED_FOR) {
-        xff.to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
+    let hops: Vec<Option<IpAddr>> = if headers.contains_key(&X_FORWARDED_FOR) {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .flat_map(|line| match line.to_str() {
+                Ok(line) => line.split(',').map(|e| e.trim().parse().ok()).collect(),
+                Err(_) => vec![None],
+            })
             .collect()
     } else {
         // RFC 7239: `for=192.0.2.60;proto=http, for="[2001:db8::1]:4711"`. A small reader
-        // rather than a crate: only `for` is used, and an unreadable element is skipped.
+        // rather than a crate: only `for` is used, and an element without a readable
+        // address ends the walk like any unreadable entry.
         headers
             .get_all(http::header::FORWARDED)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|element| {
-                let value = element.split(';').find_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    k.trim()
-                        .eq_ignore_ascii_case("for")
-                        .then(|| v.trim().trim_matches('"'))
-                })?;
-                let host = match value.strip_prefix('[') {
-                    Some(v6) => v6.split(']').next()?,
-                    None => value.split(':').next()?,
-                };
-                host.parse().ok()
+            .flat_map(|line| match line.to_str() {
+                Ok(line) => line.split(',').map(forwarded_for).collect(),
+                Err(_) => vec![None],
             })
             .collect()
     };
-    Some(
-        listed
-            .into_iter()
-            .rev()
-            .find(|ip| !is_trusted(ip))
-            .unwrap_or(peer),
-    )
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        match hop {
+            Some(ip) if is_trusted(&ip) => client = ip,
+            Some(ip) => return Some(ip),
+            None => return Some(client),
+        }
+    }
+    Some(client)
+}
+
+/// The address in one `Forwarded` element's `for=` (a port after it is allowed there), or
+/// `None` when it has none or it is not an address.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let value = element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| v.trim().trim_matches('"'))
+    })?;
+    let host = match value.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => value.split(':').next()?,
+    };
+    host.parse().ok()
 }
 
 /// The bucket's key: the authenticated principal, else the client's address. Nothing an
@@ -427,6 +458,8 @@ pub struct Admission {
     /// `performance.max_streams_per_client`, taken before `streams`.
     stream_share: Arc<Share>,
     timeout: Duration,
+    /// `performance.max_stream_lifetime`; `None` for no limit.
+    stream_lifetime: Option<Duration>,
     trusted_proxies: Vec<ipnet::IpNet>,
     auth: Arc<Authenticator>,
 }
@@ -440,11 +473,7 @@ impl Admission {
     ) -> Arc<Self> {
         let trusted_proxies = trusted_proxies
             .iter()
-            .filter_map(|c| {
-                c.parse::<ipnet::IpNet>()
-                    .ok()
-                    .or_else(|| c.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
-            })
+            .filter_map(|c| crate::config::parse_cidr(c))
             .collect();
         let rate = rate.enabled.then(|| {
             let rps = NonZeroU32::new(rate.requests_per_second).expect("checked by config");
@@ -466,6 +495,8 @@ impl Admission {
                 "performance.max_streams_per_client",
             ),
             timeout: perf.request_timeout,
+            stream_lifetime: (!perf.max_stream_lifetime.is_zero())
+                .then_some(perf.max_stream_lifetime),
             trusted_proxies,
             auth,
         });
@@ -483,6 +514,37 @@ impl Admission {
             });
         }
         a
+    }
+
+    /// The caller's address when it can be believed: [`client_ip`]'s answer, except for a
+    /// request relayed (it carries `X-Forwarded-For` or `Forwarded`) by a peer that is not
+    /// a trusted proxy: that peer is a proxy whose word is not taken, so neither its own
+    /// address nor the one it names is the caller's.
+    pub fn caller_ip(&self, req: &Request) -> Option<IpAddr> {
+        let ip = client_ip(req, &self.trusted_proxies)?;
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+        let relayed = req.headers().contains_key(&X_FORWARDED_FOR)
+            || req.headers().contains_key(http::header::FORWARDED);
+        let peer_trusted = self
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer.to_canonical()));
+        (!relayed || peer_trusted).then_some(ip.to_canonical())
+    }
+
+    /// Checks a request's credentials for a route outside the ingest admission
+    /// (`/health/detailed`) the way ingest routes are: a token from the client address's
+    /// bucket first, so a caller cannot spend the gateway's CPU on signature checks faster
+    /// than the rate limit lets it send.
+    pub fn authenticate_limited(&self, req: &Request) -> Result<Principal, Error> {
+        if let Some(rl) = &self.rate {
+            let key = match client_ip(req, &self.trusted_proxies) {
+                Some(ip) => format!("ip:{ip}"),
+                None => "ip:unknown".into(),
+            };
+            rl.check(&key)?;
+        }
+        principal_of(&self.auth, req)
     }
 
     /// Wraps the unary ingest routes (REST ingest routes and the gRPC gateway service):
@@ -515,6 +577,8 @@ struct StreamAdmit {
     admission: Arc<Admission>,
     principal: Principal,
     key: String,
+    /// When `performance.max_stream_lifetime` runs out, if it is set.
+    closes_at: Option<std::time::Instant>,
     /// The stream's `max_streams` slot and its client's `max_streams_per_client` one.
     _slots: (OwnedSemaphorePermit, Option<ShareSlot>),
 }
@@ -541,6 +605,19 @@ impl Admit for StreamAdmit {
     fn deadline(&self) -> Duration {
         self.admission.timeout
     }
+
+    fn still_admitted(&self) -> Result<(), Error> {
+        self.admission.auth.still_valid(&self.principal)?;
+        match self.closes_at {
+            Some(at) if std::time::Instant::now() >= at => Err(Error::unavailable(format!(
+                "the stream reached performance.max_stream_lifetime ({}); open a new one",
+                humantime_serde::re::humantime::format_duration(
+                    self.admission.stream_lifetime.unwrap_or_default()
+                )
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 async fn open_stream(State(a): State<Arc<Admission>>, mut req: Request, next: Next) -> Response {
@@ -559,6 +636,7 @@ async fn open_stream(State(a): State<Arc<Admission>>, mut req: Request, next: Ne
         Ok(Arc::new(StreamAdmit {
             key,
             principal,
+            closes_at: a.stream_lifetime.map(|l| std::time::Instant::now() + l),
             admission: a.clone(),
             _slots: (slot, client_slot),
         }) as Arc<dyn Admit>)
@@ -807,6 +885,69 @@ pub fn observed(router: Router, metrics: Arc<HttpMetrics>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `client_ip` for a request from `peer` carrying `headers` (name, value; a name may come
+    /// several times), with 127.0.0.0/8 and 10.0.0.0/8 trusted.
+    fn client_of(peer: &str, headers: &[(&str, &str)]) -> IpAddr {
+        let mut req = Request::new(axum::body::Body::empty());
+        for (k, v) in headers {
+            req.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let peer: SocketAddr = format!("{peer}:4000").parse().unwrap();
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let trusted = [
+            "127.0.0.0/8".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        client_ip(&req, &trusted).unwrap()
+    }
+
+    #[test]
+    fn the_forwarded_walk_believes_only_trusted_hops() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let xff = "x-forwarded-for";
+        // An untrusted peer's headers say nothing.
+        assert_eq!(
+            client_of("192.0.2.1", &[(xff, "198.51.100.1")]),
+            ip("192.0.2.1")
+        );
+        // Every line, in order: the proxy's own line is the last one.
+        let lines = [(xff, "198.51.100.1"), (xff, "203.0.113.7")];
+        assert_eq!(client_of("127.0.0.1", &lines), ip("203.0.113.7"));
+        // Trusted hops are walked past; the first untrusted one is the client.
+        let chain = [
+            (xff, "198.51.100.1, 203.0.113.7, 10.1.1.1"),
+            (xff, "10.2.2.2"),
+        ];
+        assert_eq!(client_of("127.0.0.1", &chain), ip("203.0.113.7"));
+        // An unreadable entry ends the walk at the last trusted hop, never skipped.
+        for bad in ["203.0.113.7:5555", "unknown", "", "not an address"] {
+            let h = [(xff, format!("198.51.100.1, {bad}, 10.1.1.1"))];
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            assert_eq!(client_of("127.0.0.1", &h), ip("10.1.1.1"), "{bad:?}");
+        }
+        // All trusted: the leftmost.
+        assert_eq!(client_of("127.0.0.1", &[(xff, "10.9.9.9")]), ip("10.9.9.9"));
+        // No header: the peer.
+        assert_eq!(client_of("127.0.0.1", &[]), ip("127.0.0.1"));
+        // Forwarded, every line, ports allowed there; an element with no address stops.
+        let fwd = [
+            ("forwarded", "for=198.51.100.1"),
+            ("forwarded", "for=\"[2001:db8::1]:4711\";proto=https"),
+        ];
+        assert_eq!(client_of("127.0.0.1", &fwd), ip("2001:db8::1"));
+        let fwd = [(
+            "forwarded",
+            "for=198.51.100.1, for=_hidden, for=10.1.1.1:80",
+        )];
+        assert_eq!(client_of("127.0.0.1", &fwd), ip("10.1.1.1"));
+        // X-Forwarded-For wins when both are there.
+        let both = [("forwarded", "for=198.51.100.1"), (xff, "203.0.113.7")];
+        assert_eq!(client_of("127.0.0.1", &both), ip("203.0.113.7"));
+    }
 
     fn rss_kib() -> u64 {
         std::fs::read_to_string("/proc/self/status")

@@ -102,10 +102,17 @@ enum Broken {
     Read,
 }
 
+/// A close frame; its reason cut to the 123 bytes a control frame has room for (RFC 6455
+/// 5.5), at a character boundary.
 fn close_frame(code: u16, reason: &str) -> Message {
+    // `str::floor_char_boundary` would do this, but it is newer (1.91) than our MSRV (1.88).
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     Message::Close(Some(CloseFrame {
         code,
-        reason: reason.into(),
+        reason: reason[..end].into(),
     }))
 }
 
@@ -172,6 +179,12 @@ async fn session(s: WsState, opened: Result<Arc<dyn Admit>, Error>, mut socket: 
             "the gateway is shutting down; events without a result were not taken: send them again"
                 .to_owned(),
         )),
+        // A revoked or expired credential is the client's to fix (1008); the lifetime only
+        // asks it to reconnect (1001).
+        End::Refused(e @ Error::Unauthenticated { .. }) => {
+            Some((close_code::POLICY, e.to_string()))
+        }
+        End::Refused(e) => Some((close_code::AWAY, e.to_string())),
         End::Broken(Broken::Idle) => Some((
             close_code::AWAY,
             "nothing received, not even a pong, within server.idle_timeout".to_owned(),

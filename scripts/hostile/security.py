@@ -1,0 +1,128 @@
+"""The hostile-input run's security rows (#24 items 1, 2 and 4), against a second gateway
+started with API keys, a trusted proxy (127.0.0.1) and a small rate limit (5/s, burst 5).
+Prints one line per probe with what was expected. Run it through scripts/hostile/run.
+Usage: python security.py BIN REPO_DIR"""
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from websockets.sync.client import connect
+
+BIN, REPO = sys.argv[1], sys.argv[2]
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+data = tempfile.mkdtemp()
+KEY_A, KEY_B = "a" * 32, "b" * 32
+
+
+def write_keys(*keys):
+    entries = [{"id": f"team-{k[0]}", "sha256": hashlib.sha256(k.encode()).hexdigest()} for k in keys]
+    tmp = f"{data}/keys.yaml.tmp"
+    with open(tmp, "w") as f:
+        json.dump(entries, f)  # JSON is YAML
+    os.replace(tmp, f"{data}/keys.yaml")
+
+
+write_keys(KEY_A, KEY_B)
+env = dict(os.environ, GATEWAY_SERVER_ADDRESS=f"127.0.0.1:{port}",
+           GATEWAY_STORAGE_DATA_DIR=data + "/data", GATEWAY_LOGGING_LEVEL="error",
+           GATEWAY_SERVER_TRUSTED_PROXIES="127.0.0.1/32",
+           GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND="5", GATEWAY_RATE_LIMIT_BURST_SIZE="5",
+           GATEWAY_AUTH_API_KEYS_FILE=f"{data}/keys.yaml")
+proc = subprocess.Popen([BIN, "--config", f"{REPO}/config.yaml"], env=env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+EVENT = b'{"specversion":"1.0","id":"h1","type":"user.created","source":"hostile","data":{"user_id":"1"}}'
+
+
+def req(method, path, body=b"", headers=()):
+    """`headers` is a list of pairs: a name may repeat (two X-Forwarded-For lines)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.putrequest(method, path)
+    for k, v in [("content-type", "application/json"), ("content-length", str(len(body))), *headers]:
+        c.putheader(k, v)
+    c.endheaders(body)
+    r = c.getresponse()
+    b = r.read()
+    c.close()
+    return r.status, b
+
+
+for _ in range(200):
+    try:
+        if req("GET", "/health/ready")[0] == 200:
+            break
+    except OSError:
+        pass
+    time.sleep(0.05)
+else:
+    sys.exit("the secured gateway never became ready")
+
+# 1. Twelve requests, each with a forged first X-Forwarded-For line (rotating) and the line
+# the proxy appended (always the same client): one bucket, so 5 pass and 7 get 429.
+statuses = {}
+for i in range(12):
+    st, _ = req("POST", "/api/v1/events", EVENT,
+                [("x-forwarded-for", f"198.51.100.{i}"), ("x-forwarded-for", "203.0.113.7")])
+    statuses[st] = statuses.get(st, 0) + 1
+print(f"forged first X-Forwarded-For line x12 (5/s, burst 5): {statuses} (want 5 x 200, 7 x 429)", flush=True)
+time.sleep(1.5)  # the bucket refills: the probes below start from a full one
+
+# 2. A WebSocket opened with a key, fed every 200 ms; the key is revoked.
+ws = connect(f"ws://127.0.0.1:{port}/api/v1/events/ws", additional_headers={"x-api-key": KEY_A})
+stored, revoked, closed = 0, None, None
+start = time.monotonic()
+while closed is None and time.monotonic() - start < 20:
+    try:
+        ws.send(EVENT.decode())
+    except Exception:  # closed by the gateway: the close frame is still read below
+        pass
+    try:
+        while True:
+            msg = json.loads(ws.recv(timeout=0.2))
+            stored += msg.get("outcome") == "OUTCOME_STORED"
+            if revoked is None and stored >= 3:
+                write_keys(KEY_B)
+                revoked = time.monotonic()
+    except TimeoutError:
+        pass
+    except Exception:
+        closed = time.monotonic()
+code = ws.close_code if ws.close_code is not None else (ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None)
+reason = ws.protocol.close_rcvd.reason if ws.protocol.close_rcvd else ""
+after = f"{closed - revoked:.1f}s after the revocation" if closed and revoked else "never"
+print(f"WebSocket whose key is revoked: closed {code} {reason!r} {after}; "
+      f"{stored} stored before (want 1008 within 5 s)", flush=True)
+write_keys(KEY_A, KEY_B)
+
+# 4. /health/detailed: from loopback through the trusted proxy, a forwarded client outside
+# auth.health_details_from sees the brief view; credentials see it all, behind the bucket.
+time.sleep(1.5)
+st, body = req("GET", "/health/detailed")
+brief = "config" not in json.loads(body)
+st2, body2 = req("GET", "/health/detailed", headers=[("x-forwarded-for", "127.0.0.1")])
+brief2 = "config" not in json.loads(body2)
+print(f"/health/detailed from loopback, trusted_proxies set: {st}, brief {brief}; "
+      f"with X-Forwarded-For 127.0.0.1: {st2}, brief {brief2} (want brief both)", flush=True)
+statuses = {}
+for _ in range(12):
+    st, _ = req("GET", "/health/detailed", headers=[("x-api-key", KEY_B)])
+    statuses[st] = statuses.get(st, 0) + 1
+print(f"/health/detailed with a key x12 (5/s, burst 5): {statuses} (want some 429)", flush=True)
+time.sleep(1.5)
+statuses = {}
+for i in range(12):
+    st, _ = req("GET", "/health/detailed", headers=[("authorization", f"Bearer bogus-{i}")])
+    statuses[st] = statuses.get(st, 0) + 1
+print(f"/health/detailed with bad credentials x12: {statuses} (want 5 x 200 brief, then 429)", flush=True)
+
+proc.terminate()
+print("secured gateway exit code", proc.wait())
+shutil.rmtree(data)
