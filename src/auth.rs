@@ -67,8 +67,12 @@ pub enum Credential {
     None,
     /// The SHA-256 of the API key.
     ApiKey([u8; 32]),
-    /// A token's `exp` and the `kid` of the key that signed it.
-    Jwt { exp: u64, kid: Option<String> },
+    /// A token's `exp` and the key that verified it (the whole JWK, not its `kid`: a token
+    /// without `kid`, or new key material under an old `kid`, must not outlive the key).
+    Jwt {
+        exp: u64,
+        key: Arc<jsonwebtoken::jwk::Jwk>,
+    },
 }
 
 impl Principal {
@@ -91,6 +95,14 @@ impl Principal {
 
     pub fn is_authenticated(&self) -> bool {
         self.authtype != AUTHTYPE_NONE
+    }
+
+    /// Authenticated and granted something: what `/metrics` (with `auth.protect_metrics`) and
+    /// the details of `/health/detailed` ask. A client certificate with no entry in
+    /// `auth.certificates_file` is authenticated (the CA signed it) but not known: a mesh CA
+    /// signs every workload.
+    pub fn is_known(&self) -> bool {
+        self.is_authenticated() && self.grants.nothing.is_none()
     }
 }
 
@@ -586,16 +598,14 @@ impl Authenticator {
                     refused(AuthFailure::Invalid, "the API key was revoked")
                 }
             }
-            Credential::Jwt { exp, kid } => {
+            Credential::Jwt { exp, key } => {
                 let Some(jwt) = &self.jwt else {
                     return refused(AuthFailure::Invalid, "tokens are no longer accepted");
                 };
                 if unix_now() > exp.saturating_add(jwt.config.leeway.as_secs()) {
                     return refused(AuthFailure::Expired, "token expired");
                 }
-                if let Some(kid) = kid
-                    && jwt.keys.load().find(kid).is_none()
-                {
+                if !jwt.keys.load().keys.iter().any(|k| k == key.as_ref()) {
                     return refused(
                         AuthFailure::Invalid,
                         "the token's signing key was withdrawn from auth.jwt.jwks_file",
@@ -731,7 +741,7 @@ impl Authenticator {
             }),
             credential: Credential::Jwt {
                 exp,
-                kid: header.kid.clone(),
+                key: Arc::new(jwk.clone()),
             },
         };
         Ok((principal, exp))

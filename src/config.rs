@@ -793,8 +793,9 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthDetails {
-    /// A caller on the loopback interface (not relayed: no `X-Forwarded-For` / `Forwarded`),
-    /// or one presenting valid credentials (API key, token, client certificate).
+    /// A caller whose address is in `auth.health_details_from` (a request relayed by a proxy
+    /// outside `server.trusted_proxies` counts as from no address), or one presenting valid
+    /// credentials (API key, token, a client certificate listed in `auth.certificates_file`).
     #[default]
     LocalOrAuthenticated,
     /// Anyone who reaches the port.
@@ -1237,6 +1238,22 @@ impl Config {
                 ));
             }
         }
+        if self.auth.certificates_file.is_some() && self.tls.client_ca_file.is_none() {
+            errors.push(
+                "auth.certificates_file grants client certificates, which need tls.client_ca_file (mTLS)"
+                    .into(),
+            );
+        }
+        if self.auth.protect_metrics
+            && self.auth.api_keys_file.is_none()
+            && self.auth.jwt.jwks_file.is_none()
+            && self.tls.client_ca_file.is_none()
+        {
+            errors.push(
+                "auth.protect_metrics needs a way to authenticate a scrape: auth.api_keys_file, auth.jwt.jwks_file or tls.client_ca_file"
+                    .into(),
+            );
+        }
         let sec = &self.kafka.security;
         if sec.protocol.is_sasl() {
             if sec.sasl_mechanism.is_none() || sec.username.is_none() {
@@ -1391,6 +1408,7 @@ mod tests {
                 ("GATEWAY_KAFKA_SECURITY_PASSWORD", "s3cret-pw"),
                 ("GATEWAY_AUTH_JWT_ISSUER", "https://idp.example"),
                 ("GATEWAY_AUTH_PROTECT_METRICS", "true"),
+                ("GATEWAY_AUTH_API_KEYS_FILE", "keys.yaml"),
                 ("GATEWAY_SERVER_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7"),
             ],
         )
@@ -1492,6 +1510,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("kafka.required_acks"), "{err}");
+
+        // Settings that would do nothing, or lock everyone out, name what they need.
+        let err = load_with(None, &[("GATEWAY_AUTH_CERTIFICATES_FILE", "c.yaml")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.client_ca_file"), "{err}");
+        let err = load_with(None, &[("GATEWAY_AUTH_PROTECT_METRICS", "true")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth.protect_metrics") && err.contains("auth.api_keys_file"),
+            "{err}"
+        );
 
         let err = load_with(None, &[("GATEWAY_SERVER_ADDRESS", "nowhere")])
             .unwrap_err()

@@ -71,6 +71,12 @@ const JWT: &[(&str, &str)] = &[
     ("auth.jwt.issuer", "https://issuer.example"),
     ("auth.jwt.audience", "event-gateway"),
 ];
+const MTLS: &[(&str, &str)] = &[
+    ("tls.cert_file", "{dir}/server.pem"),
+    ("tls.key_file", "{dir}/server.key"),
+    ("tls.client_ca_file", "{dir}/ca.pem"),
+    ("tls.client_auth", "optional"),
+];
 const TLS: &[(&str, &str)] = &[
     ("tls.cert_file", "{dir}/server.pem"),
     ("tls.key_file", "{dir}/server.key"),
@@ -251,7 +257,12 @@ fn matrix() -> Vec<Row> {
         text("types.policy", "registered"),
         text("ack.default", "spooled"),
         text("auth.api_keys_file", "{dir}/keys.yaml"),
-        text("auth.certificates_file", "{dir}/certs.yaml"),
+        Row {
+            key: "auth.certificates_file",
+            value: "{dir}/certs.yaml",
+            with: MTLS,
+            shows: None,
+        },
         text("auth.health_details", "everyone"),
         row(
             "auth.health_details_from",
@@ -283,7 +294,12 @@ fn matrix() -> Vec<Row> {
             with: JWT,
             shows: None,
         },
-        row("auth.protect_metrics", "true", "true"),
+        Row {
+            key: "auth.protect_metrics",
+            value: "true",
+            with: &[("auth.api_keys_file", "{dir}/keys.yaml")],
+            shows: Some("true"),
+        },
         Row {
             key: "auth.required",
             value: "true",
@@ -417,7 +433,7 @@ async fn every_key_set_on_the_real_binary_takes_effect() {
         let value = fill(r.value);
         let mut env = vec![(env_name(r.key), value.clone())];
         env.extend(r.with.iter().map(|(k, v)| (env_name(k), fill(v))));
-        let tls = r.key.starts_with("tls.");
+        let tls = env.iter().any(|(k, _)| k == "GATEWAY_TLS_CERT_FILE");
         let (mut child, base, detailed) = start(dir.path(), port, &env, "", tls).await;
         let want: Value = match r.shows {
             Some(json) => serde_json::from_str(&fill(json)).unwrap(),

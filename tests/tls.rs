@@ -13,6 +13,14 @@ use futures::FutureExt as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 async fn tls_gateway(pki: &TestPki, mtls: bool) -> TestGateway {
+    tls_gateway_with(pki, mtls, |_| {}).await
+}
+
+async fn tls_gateway_with(
+    pki: &TestPki,
+    mtls: bool,
+    edit: impl FnOnce(&mut event_gateway::Config),
+) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.tls.cert_file = Some(pki.path("server.pem"));
@@ -22,6 +30,7 @@ async fn tls_gateway(pki: &TestPki, mtls: bool) -> TestGateway {
         write_certificates(pki, &["spiffe://test/orders"]);
         config.auth.certificates_file = Some(pki.path("certs.yaml"));
     }
+    edit(&mut config);
     TestGateway::start(config).await
 }
 
@@ -205,7 +214,12 @@ async fn certificate_principals_send_only_what_their_entry_grants() {
     let pki = TestPki::new();
     pki.write_client("orders", "spiffe://test/orders");
     pki.write_client("stranger", "spiffe://test/stranger");
-    let gw = tls_gateway(&pki, true).await;
+    // Details and metrics for credentials only: a certificate must be listed to see them.
+    let gw = tls_gateway_with(&pki, true, |c| {
+        c.auth.health_details_from = Some(Vec::new());
+        c.auth.protect_metrics = true;
+    })
+    .await;
     let url = format!("https://localhost:{}/api/v1/events", gw.addr.port());
     let post = |client: &'static str, body: String| {
         let c = https(&pki, Some(client), false);
@@ -235,6 +249,22 @@ async fn certificate_principals_send_only_what_their_entry_grants() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // Signed by the CA but not listed: not known to /metrics or /health/detailed either.
+    let get = |client: &'static str, path: &'static str| {
+        let c = https(&pki, Some(client), false);
+        let url = format!("https://localhost:{}{path}", gw.addr.port());
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("stranger", "/metrics").await.0, 401);
+    assert_eq!(get("orders", "/metrics").await.0, 200);
+    let details = |body: String| {
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["config"].is_object()
+    };
+    assert!(!details(get("stranger", "/health/detailed").await.1));
+    assert!(details(get("orders", "/health/detailed").await.1));
     // Listed later: let in once the file is reloaded.
     write_certificates(&pki, &["spiffe://test/orders", "spiffe://test/stranger"]);
     wait_until(Duration::from_secs(5), "the new entry to be read", || {

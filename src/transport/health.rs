@@ -220,7 +220,7 @@ fn sees_details(s: &HealthState, req: &axum::extract::Request) -> Result<bool, E
         return Ok(false);
     }
     match s.admission.authenticate_limited(req) {
-        Ok(p) => Ok(p.is_authenticated()),
+        Ok(p) => Ok(p.is_known()),
         Err(e @ Error::RateLimited { .. }) => Err(e),
         // Credentials that do not check out see what anyone sees.
         Err(_) => Ok(false),

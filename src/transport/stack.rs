@@ -123,13 +123,13 @@ async fn authenticate(
     if req
         .extensions()
         .get::<Principal>()
-        .is_some_and(Principal::is_authenticated)
+        .is_some_and(Principal::is_known)
     {
         return next.run(req).await;
     }
     let missing = Error::Unauthenticated {
         reason: crate::error::AuthFailure::Missing,
-        message: "credentials are required here (auth.protect_metrics): send `Authorization: Bearer <API key or token>` or `x-api-key: <key>`".into(),
+        message: "credentials are required here (auth.protect_metrics): send `Authorization: Bearer <API key or token>` or `x-api-key: <key>`, or a client certificate listed in auth.certificates_file".into(),
     };
     status::respond(is_grpc(req.headers()), missing)
 }
@@ -209,8 +209,15 @@ impl RateLimit {
 /// obfuscated name, garbage) ends the walk at the last trusted hop: skipping it would let
 /// whatever the client wrote to its left choose the answer.
 fn client_ip(req: &Request, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(&ip.to_canonical()));
+    // Canonical (an IPv4-mapped IPv6 address as IPv4), so one client has one bucket and one
+    // form to match against `server.trusted_proxies` and `auth.health_details_from`.
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()?
+        .0
+        .ip()
+        .to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
     }
@@ -239,7 +246,7 @@ fn client_ip(req: &Request, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
     };
     let mut client = peer;
     for hop in hops.into_iter().rev() {
-        match hop {
+        match hop.map(|ip| ip.to_canonical()) {
             Some(ip) if is_trusted(&ip) => client = ip,
             Some(ip) => return Some(ip),
             None => return Some(client),
