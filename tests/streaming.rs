@@ -563,6 +563,56 @@ async fn the_websocket_pings_and_closes_a_silent_peer() {
 
 // --- compressed gRPC ---------------------------------------------------------------------
 
+/// Sends one gRPC message to `method` as a client that accepts gzip (as grpcio and grpc-java
+/// do), over h2c; returns the reply's first message's compressed flag and length.
+async fn reply_flag(gw: &TestGateway, method: &str, message: Vec<u8>) -> (u8, usize) {
+    let mut body = vec![0u8];
+    body.extend((message.len() as u32).to_be_bytes());
+    body.extend(message);
+    let r = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .post(gw.url(&format!("/eventgateway.v1.EventGatewayService/{method}")))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-accept-encoding", "gzip")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    assert!(bytes.len() >= 5, "no reply message: {bytes:?}");
+    let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+    (bytes[0], len)
+}
+
+/// A tiny unary reply is not compressed for a client that accepts gzip (a deflate state for
+/// 80 bytes cost more instructions than the rest of the request, and made it bigger); a
+/// batch's reply of at least `COMPRESS_REPLIES_FROM` bytes is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_replies_are_compressed_only_when_that_pays() {
+    use event_gateway::proto::{IngestBatchRequest, IngestEventRequest};
+    use event_gateway::transport::grpc::COMPRESS_REPLIES_FROM;
+    use prost::Message as _;
+    let gw = TestGateway::local().await;
+    let single = IngestEventRequest {
+        event: Some(event("small")),
+        ..Default::default()
+    };
+    let (flag, len) = reply_flag(&gw, "IngestEvent", single.encode_to_vec()).await;
+    assert_eq!(flag, 0, "a {len}-byte reply was compressed");
+    assert!(len < COMPRESS_REPLIES_FROM);
+    let batch = IngestBatchRequest {
+        events: (0..100).map(|i| event(&format!("b{i}"))).collect(),
+        ..Default::default()
+    };
+    let (flag, len) = reply_flag(&gw, "IngestBatch", batch.encode_to_vec()).await;
+    assert_eq!(flag, 1, "a batch reply ({len} bytes) was not compressed");
+    assert_eq!(gw.log_lines().len(), 101);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_messages_may_be_compressed_and_a_bomb_stops_at_the_limit() {
     use event_gateway::proto::IngestEventRequest;
@@ -581,7 +631,8 @@ async fn grpc_messages_may_be_compressed_and_a_bomb_stops_at_the_limit() {
             })
             .await
             .unwrap();
-        // The reply was compressed as the client asked.
+        // The reply names the client's encoding (this small reply's message itself goes
+        // uncompressed: `grpc_replies_are_compressed_only_when_that_pays`).
         let got = reply
             .metadata()
             .get("grpc-encoding")
