@@ -270,7 +270,13 @@ fn build(config: &Config) -> Result<App, StartupError> {
     )
     .route_service(
         &format!("/{}/IngestStream", proto::SERVICE_NAME),
-        grpc_gateway.map_request(|req: Request| req.map(tonic::body::Body::new)),
+        grpc_gateway.map_request(|mut req: Request| {
+            // A stream's replies are per-event reports of a few dozen bytes, and tonic
+            // compresses every item of a stream once the client accepts an encoding (it has
+            // no per-item override): answered uncompressed, which gRPC always allows.
+            req.headers_mut().remove("grpc-accept-encoding");
+            req.map(tonic::body::Body::new)
+        }),
     );
     let ingest = ingest.merge(admission.streaming(streams));
 

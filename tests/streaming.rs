@@ -590,7 +590,7 @@ async fn reply_flag(gw: &TestGateway, method: &str, message: Vec<u8>) -> (u8, us
 
 /// A tiny unary reply is not compressed for a client that accepts gzip (a deflate state for
 /// 80 bytes cost more instructions than the rest of the request, and made it bigger); a
-/// batch's reply of at least `COMPRESS_REPLIES_FROM` bytes is.
+/// batch's reply of at least `COMPRESS_REPLIES_FROM` bytes is; a stream's reports never are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_replies_are_compressed_only_when_that_pays() {
     use event_gateway::proto::{IngestBatchRequest, IngestEventRequest};
@@ -610,7 +610,11 @@ async fn grpc_replies_are_compressed_only_when_that_pays() {
     };
     let (flag, len) = reply_flag(&gw, "IngestBatch", batch.encode_to_vec()).await;
     assert_eq!(flag, 1, "a batch reply ({len} bytes) was not compressed");
-    assert_eq!(gw.log_lines().len(), 101);
+    // A stream's per-event reports: never compressed.
+    let stream = request(None, vec![event("streamed")]);
+    let (flag, len) = reply_flag(&gw, "IngestStream", stream.encode_to_vec()).await;
+    assert_eq!(flag, 0, "a {len}-byte stream report was compressed");
+    assert_eq!(gw.log_lines().len(), 102);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
