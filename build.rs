@@ -10,12 +10,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bytes = compiler.encode_file_descriptor_set();
     let fds = compiler.file_descriptor_set();
     std::fs::write(out.join("eventgateway_descriptor.bin"), &bytes)?;
+    // Two passes, so the generated code keeps the layers (ARCHITECTURE.md): the messages in
+    // OUT_DIR for `crate::proto`, which the core reads; the gRPC client and server, which
+    // name the transport's codec, in OUT_DIR/grpc for `crate::transport::grpc`.
     tonic_prost_build::configure()
-        // prost's codec, but a message that does not decode is INVALID_ARGUMENT, not INTERNAL.
-        .codec_path("crate::transport::codec::StrictCodec")
+        .build_client(false)
+        .build_server(false)
         // Required with the extern_path below: prost-build maps .google.protobuf itself otherwise.
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
+        .compile_fds(fds.clone())?;
+    let grpc = out.join("grpc");
+    std::fs::create_dir_all(&grpc)?;
+    tonic_prost_build::configure()
+        .out_dir(&grpc)
+        // prost's codec, but a message that does not decode is INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::transport::grpc::codec::StrictCodec")
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
+        // The messages are the first pass's: only the services are generated here.
+        .extern_path(".eventgateway.v1", "crate::proto")
+        .extern_path(".google.api", "crate::proto::google_api")
         .compile_fds(fds)?;
     pbjson_build::Builder::new()
         .register_descriptors(&bytes)?

@@ -4,8 +4,8 @@
 //! check). `cargo bench --bench auth` prints the figures; the README quotes them.
 use base64::Engine as _;
 use divan::Bencher;
-use event_gateway::auth::{Authenticator, Credentials};
 use event_gateway::config::AuthConfig;
+use event_gateway::core::auth::{Authenticator, Credentials};
 use sha2::Digest as _;
 
 fn main() {

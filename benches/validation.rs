@@ -4,9 +4,9 @@
 use chrono::Utc;
 use divan::Bencher;
 use event_gateway::config::{SchemaSource, TypeEntryConfig, TypesConfig, TypesPolicy};
-use event_gateway::contracts::Registry;
+use event_gateway::core::contracts::Registry;
+use event_gateway::core::validate::{Context, Incoming, Limits, check_event};
 use event_gateway::proto::CloudEvent;
-use event_gateway::validate::{Context, Incoming, Limits, check_event};
 use serde_json::value::RawValue;
 
 fn main() {

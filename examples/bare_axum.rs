@@ -14,7 +14,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::routing::post;
-use event_gateway::event::{Data, Event};
+use event_gateway::core::event::{Data, Event};
 use event_gateway::spool::{self, Record, Spool};
 
 #[tokio::main]

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient;
 use event_gateway::proto::{CloudEvent, IngestBatchRequest, IngestEventRequest};
+use event_gateway::transport::grpc::event_gateway_service_client::EventGatewayServiceClient;
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;

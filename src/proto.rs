@@ -1,5 +1,7 @@
-//! Generated protobuf types for `eventgateway.v1` (prost messages, tonic client and server,
-//! pbjson serde impls) and the encoded descriptor set that server reflection publishes.
+//! Generated protobuf types for `eventgateway.v1` (prost messages and their pbjson serde
+//! impls) and the encoded descriptor set that server reflection publishes. The gRPC client and
+//! server are generated apart, into `transport::grpc::generated`, because they name the
+//! transport's codec: this module sits below the core, which reads its messages.
 #![allow(clippy::all, missing_docs)]
 
 tonic::include_proto!("eventgateway.v1");

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use event_gateway::proto::{CloudEvent, IngestBatchRequest, IngestEventRequest, ValidateRequest};
-use event_gateway::transport::rest::ROUTES;
+use event_gateway::transport::routes::ROUTES;
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic_types::StatusExt;

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use event_gateway::Config;
-use event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient;
 use event_gateway::proto::{CloudEvent, IngestEventRequest};
+use event_gateway::transport::grpc::event_gateway_service_client::EventGatewayServiceClient;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;

@@ -186,7 +186,7 @@ async fn schema_violations_per_event_are_capped_and_counted() {
     .await;
     assert_eq!(s, 400);
     let listed = body["details"][0]["fieldViolations"].as_array().unwrap();
-    let cap = event_gateway::contracts::MAX_SCHEMA_VIOLATIONS;
+    let cap = event_gateway::core::contracts::MAX_SCHEMA_VIOLATIONS;
     assert_eq!(
         listed.len(),
         cap + 1,

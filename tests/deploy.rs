@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use event_gateway::proto::SERVICE_NAME;
-use event_gateway::transport::health::{self, GRPC_LIVENESS_SERVICE};
+use event_gateway::transport::http::health::{self, GRPC_LIVENESS_SERVICE};
 use serde_json::Value;
 
 fn yaml(path: &str) -> Value {
@@ -162,7 +162,7 @@ fn kubernetes_manifests_are_consistent_with_the_code() {
     let mut auth = config.auth.clone();
     auth.api_keys_file = Some(keys);
     let meter = opentelemetry::global::meter("deploy-test");
-    event_gateway::auth::Authenticator::new(&auth, &meter).unwrap();
+    event_gateway::core::auth::Authenticator::new(&auth, &meter).unwrap();
 
     // The grace period covers preStop, the drain delay, the drain and the flush.
     let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]

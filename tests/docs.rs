@@ -6,11 +6,12 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use event_gateway::transport::{docs, health, rest};
+use event_gateway::transport::http::{docs, health};
+use event_gateway::transport::routes::ROUTES;
 
 fn server_routes() -> BTreeSet<(String, String)> {
     let mut s = BTreeSet::new();
-    for (method, path, _, _) in rest::ROUTES {
+    for (method, path, _, _) in ROUTES {
         s.insert((method.to_lowercase(), path.to_string()));
     }
     for path in [

@@ -184,7 +184,7 @@ async fn single_sender(
     let http = http();
     let mut client = None;
     if grpc {
-        use event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient;
+        use event_gateway::transport::grpc::event_gateway_service_client::EventGatewayServiceClient;
         match EventGatewayServiceClient::connect(format!("http://{gw_addr}")).await {
             Ok(c) => client = Some(c),
             // The gateway is gone (shutdown tests): a failure, never an ack.

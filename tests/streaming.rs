@@ -35,9 +35,10 @@ struct GrpcStream {
     /// Held while the stream is read, as a real client holds its channel: dropped, its
     /// connection closes once the call's frames are in, and a status not yet read is lost to
     /// "broken pipe".
-    _client: event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient<
-        tonic::transport::Channel,
-    >,
+    _client:
+        event_gateway::transport::grpc::event_gateway_service_client::EventGatewayServiceClient<
+            tonic::transport::Channel,
+        >,
 }
 
 async fn open_stream(gw: &TestGateway) -> Result<GrpcStream, tonic::Status> {
@@ -620,7 +621,7 @@ async fn grpc_replies_are_compressed_only_when_that_pays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_messages_may_be_compressed_and_a_bomb_stops_at_the_limit() {
     use event_gateway::proto::IngestEventRequest;
-    use event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient;
+    use event_gateway::transport::grpc::event_gateway_service_client::EventGatewayServiceClient;
     use tonic::codec::CompressionEncoding;
     let gw = TestGateway::local().await;
     for enc in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
@@ -780,7 +781,7 @@ async fn every_way_in_gives_the_same_kafka_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grpc_stream_and_the_websocket_give_the_same_results() {
     // The names an extension may not take are the context attributes and the data.
-    const ATTRIBUTES: &[&str] = event_gateway::validate::RESERVED;
+    const ATTRIBUTES: &[&str] = event_gateway::core::validate::RESERVED;
     let fixtures = [
         r#"{"id":"p1","type":"user.created","source":"parity","time":"2026-01-02T03:04:05Z","partitionkey":"k","data":{"a":1}}"#,
         r#"{"id":"p2","source":"parity"}"#,

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient;
 use event_gateway::proto::{CloudEvent, IngestEventRequest};
+use event_gateway::transport::grpc::event_gateway_service_client::EventGatewayServiceClient;
 use futures::FutureExt as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient;
 use event_gateway::proto::{CloudEvent, IngestEventRequest};
+use event_gateway::transport::grpc::event_gateway_service_client::EventGatewayServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };

@@ -3,7 +3,7 @@
 #![no_main]
 mod common;
 
-use event_gateway::transport::cloudevents;
+use event_gateway::transport::http::cloudevents;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 

@@ -1,5 +1,5 @@
 //! What every target shares: validation with the default limits.
-use event_gateway::validate::{self, Context, Incoming, Limits};
+use event_gateway::core::validate::{self, Context, Incoming, Limits};
 
 pub const LIMITS: Limits = Limits {
     max_event_size: 512 * 1024,

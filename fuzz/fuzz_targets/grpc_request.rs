@@ -3,8 +3,8 @@
 mod common;
 
 use event_gateway::proto::{IngestBatchRequest, IngestEventRequest};
-use event_gateway::transport::codec;
-use event_gateway::validate::Incoming;
+use event_gateway::transport::grpc::codec;
+use event_gateway::core::validate::Incoming;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,9 @@
 #![no_main]
 mod common;
 
-use event_gateway::transport::{bounded, cloudevents, rest::RestEvent};
-use event_gateway::validate::Incoming;
+use event_gateway::transport::bounded;
+use event_gateway::transport::http::{cloudevents, rest::RestEvent};
+use event_gateway::core::validate::Incoming;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,55 +1,18 @@
-//! The seam between the core service and where accepted events go. A sink answers only once
-//! each event is durably stored (or definitely not), and says whether it can take events now.
-//! Two implementations: the embedded local log (`file`) and Kafka (`kafka`). Each sink builds
+//! Where accepted events go: the two implementations of the core's [`EventSink`] port (defined
+//! in `core::delivery`, so the core never imports a sink), the embedded local log
+//! (`local_log`) and Kafka (`kafka/`), and the choice between them by configuration. Each sink builds
 //! and registers its own instruments from the `Meter` it is given (Kafka's broker gauges mean
 //! nothing for a local file), so the trait carries only what every sink means.
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::future::BoxFuture;
 use opentelemetry::metrics::Meter;
 
 use crate::config::Config;
-use crate::error::Error;
-use crate::event::Event;
+use crate::core::delivery::EventSink;
 
-pub mod file;
 pub mod kafka;
-
-/// Where one event was stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stored {
-    pub partition: i32,
-    pub offset: i64,
-}
-
-/// What a shutdown flush left undelivered.
-#[derive(Debug, Clone, Default)]
-pub struct FlushReport {
-    pub undelivered: usize,
-}
-
-pub trait EventSink: Send + Sync + 'static {
-    /// A short name for logs and health, `kafka` or `local-log`.
-    fn name(&self) -> &'static str;
-
-    /// Stores every event; the future resolves once each event's outcome is known, with one
-    /// result per event, in order. `Ok` means durably stored.
-    fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Vec<Result<Stored, Error>>>;
-
-    /// Whether the sink can take events now. Cheap: readiness checks call it often.
-    fn is_ready(&self) -> bool;
-
-    /// Why it cannot, for `/health/ready` and `/health/detailed`.
-    fn not_ready_reason(&self) -> String;
-
-    /// What `/health/detailed` shows about this sink (for people, not probes).
-    fn details(&self) -> serde_json::Value;
-
-    /// Delivers everything still queued, waiting at most `timeout`.
-    fn flush(&self, timeout: Duration) -> BoxFuture<'_, FlushReport>;
-}
+pub mod local_log;
 
 /// Why a sink could not be opened at startup; the underlying error is kept as the source.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +70,7 @@ pub fn from_config(
 ) -> Result<Built, OpenError> {
     if config.kafka.brokers.is_empty() {
         let settings = spool_settings(config, config.storage.data_dir.clone(), false);
-        let sink = file::FileSink::open(settings, meter)?;
+        let sink = local_log::FileSink::open(settings, meter)?;
         tracing::info!(
             sink = "local-log",
             path = %sink.path().display(),

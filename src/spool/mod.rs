@@ -24,7 +24,11 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::error::Error;
+use futures::future::BoxFuture;
+
+use crate::core::delivery::Journal;
+use crate::core::error::Error;
+use crate::core::event::Event;
 
 pub mod cursor;
 pub mod forward;
@@ -528,6 +532,43 @@ impl Spool {
         }
         shared.fs.sync_dir(&shared.dir)?;
         removed.map(|_| ())
+    }
+}
+
+/// The core's port: the service appends events without knowing records or segments.
+impl Journal for Spool {
+    fn append<'a>(
+        &'a self,
+        events: &'a [Event],
+        trace: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let records: Vec<Record> = events
+                .iter()
+                .map(|e| Record {
+                    spooled_at_ms: now,
+                    topic: e.topic.as_deref().map(str::to_owned),
+                    trace: trace.to_vec(),
+                    event: e.clone(),
+                })
+                .collect();
+            Spool::append(self, &records)
+                .await
+                .map_err(Refused::into_error)
+        })
+    }
+
+    fn has_room(&self) -> bool {
+        Spool::has_room(self)
+    }
+
+    fn pending(&self) -> u64 {
+        Spool::pending(self)
+    }
+
+    fn details(&self) -> serde_json::Value {
+        Spool::details(self)
     }
 }
 

@@ -3,7 +3,7 @@
 //! `segment.rs`'s; this module only turns a [`Record`] into bytes and back.
 use std::sync::Arc;
 
-use crate::event::Event;
+use crate::core::event::Event;
 
 /// One spooled event with what forwarding needs besides the event: its topic (decided by
 /// validation) and the trace headers of the request that brought it.

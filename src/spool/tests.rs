@@ -1,7 +1,7 @@
 //! The spool against the real file system: appends, rotation, bounds, release, recovery, and
 //! one test per loss path the simulator's issue named (each failed on the spool before it).
 use super::*;
-use crate::event::{Data, Event};
+use crate::core::event::{Data, Event};
 use std::io::Write;
 
 fn meter() -> Meter {

@@ -2,7 +2,7 @@
 //! into a registry of this gateway's own (so several gateways in one test process stay apart),
 //! plus the process collector. It owns no instruments: each part of the gateway (the core, each
 //! sink, the stack) builds its own from the [`Meter`] handed to it, so nothing here knows what
-//! a sink is. Only `server.rs` builds one of these.
+//! a sink is. Only `server` builds one of these.
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, Registry, TextEncoder};

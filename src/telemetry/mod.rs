@@ -3,7 +3,7 @@
 //! standard `OTEL_*` variables ask for it), the metrics registry in [`metrics`] and the shared
 //! instrument conventions in [`instruments`], and [`throttle`] for log lines a flood could
 //! multiply. The core and the sinks may use [`instruments`], [`throttle`],
-//! [`current_trace_headers`] and an OpenTelemetry `Meter` handed to them; only `server.rs`
+//! [`current_trace_headers`] and an OpenTelemetry `Meter` handed to them; only `server`
 //! touches [`metrics`].
 pub mod export;
 pub mod instruments;

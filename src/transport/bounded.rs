@@ -9,8 +9,8 @@ use std::marker::PhantomData;
 use serde::Deserialize;
 use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 
-use crate::error::Error;
-use crate::validate;
+use crate::core::error::Error;
+use crate::core::validate;
 
 /// Why a bounded array did not decode.
 #[derive(Debug)]

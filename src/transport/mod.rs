@@ -1,19 +1,17 @@
-//! The transports that adapt the core service to the wire: gRPC (tonic), REST (axum, JSON
-//! transcoding per the contract's google.api.http annotations), the health endpoints, the
-//! API docs, the shared stack every request passes through, the one table where errors become
-//! status codes (`status`), the reply messages both adapters send (`reply`), WebSocket
-//! ingest (`ws`), the HTTP face of `IngestStream`, the listener's TLS (`tls`), and the gRPC
-//! message codec (`codec`: a message that does not decode is the client's mistake), and
-//! JSON arrays decoded no further than the batch limit (`bounded`).
+//! The transports that adapt the core service to the wire, by face: `http/` (REST transcoding
+//! per the contract's google.api.http annotations, CloudEvents, WebSocket ingest, health, the
+//! API docs), `grpc/` (the tonic service and its message codec), and `stack/`, the one tower
+//! stack every request of both faces passes through (authentication, client address, rate
+//! limits, admission, metrics and spans). Below them sit what they share: `routes` (the REST
+//! table and what the edge refuses), `status` (the one table where errors become status codes),
+//! `reply` (the reply messages both faces send), `bounded` (JSON arrays decoded no further than
+//! the batch limit) and `tls` (the listener's certificates). Arrows point from the faces to the
+//! stack to the shared rendering, never back (`tests/layers.rs`).
 pub mod bounded;
-pub mod cloudevents;
-pub mod codec;
-pub mod docs;
 pub mod grpc;
-pub mod health;
+pub mod http;
 pub mod reply;
-pub mod rest;
+pub mod routes;
 pub mod stack;
 pub mod status;
 pub mod tls;
-pub mod ws;

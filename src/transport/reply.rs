@@ -2,13 +2,14 @@
 //! these (gRPC as protobuf, REST as pbjson JSON), so a reply cannot differ between protocols;
 //! a failed batch item's code comes from `status.rs`.
 use crate::config::TypesPolicy;
-use crate::contracts::TypeListing;
+use crate::core::contracts::TypeListing;
+use crate::core::delivery::{Delivery, Receipt};
+use crate::core::service::{AckRequest, BatchItem, Ingested, Validated};
+use crate::core::stream::Report;
 use crate::proto::{
     AckMode, EventResult, EventType, IngestBatchResponse, IngestEventResponse,
     IngestStreamResponse, ListEventTypesResponse, Outcome, ValidateResponse,
 };
-use crate::service::{AckRequest, BatchItem, Delivery, Ingested, Receipt, Validated};
-use crate::stream::Report;
 use crate::transport::status::item_error;
 
 /// The contract's `ack` field of a request, as the core's request.

@@ -11,9 +11,9 @@ use http::{HeaderValue, StatusCode, header};
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::error::{Error, FieldViolation};
+use crate::core::error::{Error, FieldViolation};
 use crate::proto::{self, EventError};
-use crate::transport::rest::Rejection;
+use crate::transport::routes::Rejection;
 
 /// A failure laid out for rendering: codes for both protocols plus the details both carry.
 #[derive(Debug)]
@@ -172,7 +172,10 @@ const GRPC_VIOLATION_BYTES: usize = 4096;
 /// The violations that fit in [`GRPC_VIOLATION_BYTES`], and a last entry counting the rest.
 fn violations_for_grpc(mut violations: Vec<FieldViolation>) -> Vec<tonic_types::FieldViolation> {
     // Validation's own "and N more" entry is recounted with what is cut here.
-    let counted = match violations.last().and_then(crate::validate::omitted_count) {
+    let counted = match violations
+        .last()
+        .and_then(crate::core::validate::omitted_count)
+    {
         Some(n) => {
             violations.pop();
             n
@@ -197,7 +200,7 @@ fn violations_for_grpc(mut violations: Vec<FieldViolation>) -> Vec<tonic_types::
             "",
             format!(
                 "and {left} more violations, not listed here (REST replies list up to {})",
-                crate::validate::MAX_VIOLATIONS
+                crate::core::validate::MAX_VIOLATIONS
             ),
         ));
     }
@@ -337,7 +340,7 @@ mod tests {
                 size: Some(11),
             }),
             Rejection::Core(Error::Unauthenticated {
-                reason: crate::error::AuthFailure::Invalid,
+                reason: crate::core::error::AuthFailure::Invalid,
                 message: "unknown API key".into(),
             }),
             Rejection::Core(Error::PermissionDenied(vec![FieldViolation::new(

@@ -147,7 +147,7 @@ impl Tls {
         .cloned()
         .collect();
         let this = Arc::downgrade(self);
-        crate::watch::poll(&files, interval, "TLS files", move || {
+        crate::config::watch::poll(&files, interval, "TLS files", move || {
             if let Some(t) = this.upgrade() {
                 t.reload();
             }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use event_gateway::proto::event_gateway_service_client::EventGatewayServiceClient;
+use event_gateway::transport::grpc::event_gateway_service_client::EventGatewayServiceClient;
 use event_gateway::{Config, ServeReport, StartupError};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

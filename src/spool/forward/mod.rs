@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use super::fs::{self, Fs};
 use super::segment;
 use super::{Record, Spool};
-use crate::error::Error;
-use crate::sink::Stored;
+use crate::core::delivery::Stored;
+use crate::core::error::Error;
 
 pub mod window;
 

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 
 use super::super::segment::{Frame, Reader};
 use super::super::{Record, Spool};
-use crate::error::Error;
-use crate::sink::Stored;
+use crate::core::delivery::Stored;
+use crate::core::error::Error;
 
 /// Records read and sent together: at most this many, and no more payload bytes than
 /// `WINDOW_BYTES` past the first record (events may be up to `limits.max_event_size` each, so

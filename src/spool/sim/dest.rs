@@ -5,8 +5,8 @@
 //! or down; its dead-letter topic takes records or not. What it stores lands in an order that interleaves keys at random but keeps each
 //! key's records in the order of the call, as a Kafka partition does. Results may be held
 //! back for a while (a stall), so a crash can fall between storing and the forwarder hearing.
-use crate::error::Error;
-use crate::sink::Stored;
+use crate::core::delivery::Stored;
+use crate::core::error::Error;
 use crate::spool::Record;
 
 use super::Rng;

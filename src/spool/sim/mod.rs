@@ -39,7 +39,7 @@ use super::forward::window::{ReadCursor, Window};
 use super::forward::{PARKED_DIR, park};
 use super::writer::{Batch, Writer};
 use super::{Clock, Fs, Record, Settings, Spool, segment};
-use crate::event::{Data, Event};
+use crate::core::event::{Data, Event};
 
 /// Records the simulated forwarder reads at a time (small, so windows turn over often).
 const SIM_WINDOW: usize = 8;
@@ -113,7 +113,7 @@ struct Acked {
 /// A send whose results the forwarder has not heard yet: (indices, results, when).
 type InFlight = (
     Vec<usize>,
-    Vec<Result<crate::sink::Stored, crate::error::Error>>,
+    Vec<Result<crate::core::delivery::Stored, crate::core::error::Error>>,
     u64,
 );
 

@@ -7,13 +7,13 @@ use http::{HeaderMap, header};
 use percent_encoding::percent_decode;
 use serde_json::value::RawValue;
 
-use crate::error::{Error, FieldViolation};
+use crate::core::error::{Error, FieldViolation};
+use crate::core::validate;
 use crate::transport::bounded;
-use crate::validate;
 // `data` and `data_base64` together are reported by validation, which sees both.
+use crate::core::validate::Incoming;
 use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
-use crate::validate::Incoming;
 
 /// The batch format's media type.
 pub const BATCH_MEDIA_TYPE: &str = "application/cloudevents-batch+json";

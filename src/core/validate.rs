@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
 use crate::config::TypesPolicy;
-use crate::contracts::{MAX_SCHEMA_VIOLATIONS, Registry, TypeContract};
-use crate::error::FieldViolation;
-use crate::event::{Data, Event, JsonValue, SPEC_VERSION};
+use crate::core::contracts::{MAX_SCHEMA_VIOLATIONS, Registry, TypeContract};
+use crate::core::error::FieldViolation;
+use crate::core::event::{Data, Event, JsonValue, SPEC_VERSION};
 use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
 

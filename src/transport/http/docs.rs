@@ -12,7 +12,7 @@ pub const ROUTE_DOCS: &str = "/api/docs";
 pub const ROUTE_OPENAPI: &str = "/api/docs/openapi.json";
 
 /// The document's source, as written.
-pub const OPENAPI_YAML: &str = include_str!("../../docs/openapi.yaml");
+pub const OPENAPI_YAML: &str = include_str!("../../../docs/openapi.yaml");
 
 /// The document as JSON, parsed once. figment's YAML provider does the parsing: it is
 /// already a dependency (for config), which spares a direct one on the deprecated serde_yaml.

@@ -24,21 +24,23 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tower::{Service, ServiceExt};
 
-use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::contracts::{ContractError, Contracts};
-use crate::dedup::Dedup;
+use crate::core::auth::Authenticator;
+use crate::core::contracts::{ContractError, Contracts};
+use crate::core::dedup::Dedup;
+use crate::core::delivery::{FlushReport, Journal};
+use crate::core::service::{Durability, Gateway};
+use crate::core::validate::Limits;
 use crate::proto;
-use crate::service::{Durability, Gateway};
-use crate::sink::{self, FlushReport};
+use crate::sink;
 use crate::spool::Spool;
 use crate::spool::forward::{self, Forwarder};
 use crate::telemetry::metrics::MetricsRegistry;
 use crate::telemetry::throttle::LogThrottle;
-use crate::transport::health::Readiness;
+use crate::transport::http::health::Readiness;
+use crate::transport::http::{docs, health, rest, ws};
 use crate::transport::stack::HttpMetrics;
-use crate::transport::{docs, grpc, health, rest, stack, tls, ws};
-use crate::validate::Limits;
+use crate::transport::{grpc, stack, tls};
 use tokio_util::either::Either;
 
 /// Why the gateway could not start; the underlying error is kept as the source.
@@ -53,7 +55,7 @@ pub enum StartupError {
     #[error("cannot read the listener's address: {0}")]
     Listener(#[source] std::io::Error),
     #[error(transparent)]
-    Auth(#[from] crate::auth::AuthError),
+    Auth(#[from] crate::core::auth::AuthError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
@@ -212,7 +214,7 @@ fn build(config: &Config) -> Result<App, StartupError> {
     let dedup = (!config.dedup.window.is_zero())
         .then(|| Dedup::new(config.dedup.window, config.dedup.max_entries, &meter));
     let durability = Durability {
-        spool,
+        spool: spool.map(|s| s as Arc<dyn Journal>),
         default: config.ack.default,
         fallback: config.spool.fallback_when_unavailable,
         dedup,
@@ -223,7 +225,7 @@ fn build(config: &Config) -> Result<App, StartupError> {
         max_data_depth: config.limits.max_data_depth,
         max_number_length: config.limits.max_number_length,
     };
-    crate::transport::codec::admit_batches_of(limits.max_batch_events);
+    crate::transport::grpc::codec::admit_batches_of(limits.max_batch_events);
     let tls = tls::Tls::load(&config.tls)?;
     let tls_watcher = tls.as_ref().and_then(|t| {
         t.register_instruments(&meter);

@@ -49,13 +49,13 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::auth::{Authenticator, Credentials, Principal};
 use crate::config::{PerformanceConfig, RateLimitConfig};
-use crate::error::Error;
+use crate::core::auth::{Authenticator, Credentials, Principal};
+use crate::core::error::Error;
+use crate::core::stream::{Admit, Permit, StreamAdmission};
 use crate::proto::SERVICE_NAME;
-use crate::stream::{Admit, Permit, StreamAdmission};
 use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
-use crate::transport::rest::{ROUTES, Rejection};
+use crate::transport::routes::{ROUTES, Rejection};
 use crate::transport::status::{self, is_grpc};
 
 /// Header carrying an API key (the other way is `Authorization: Bearer <key>`). Headers are
@@ -128,7 +128,7 @@ async fn authenticate(
         return next.run(req).await;
     }
     let missing = Error::Unauthenticated {
-        reason: crate::error::AuthFailure::Missing,
+        reason: crate::core::error::AuthFailure::Missing,
         message: "credentials are required here (auth.protect_metrics): send `Authorization: Bearer <API key or token>` or `x-api-key: <key>`, or a client certificate listed in auth.certificates_file".into(),
     };
     status::respond(is_grpc(req.headers()), missing)
@@ -658,7 +658,7 @@ pub struct HttpMetrics {
     requests: Counter<u64>,
     duration: Histogram<f64>,
     grpc_requests: Counter<u64>,
-    /// Counted by the accept loop in `server.rs`.
+    /// Counted by the accept loop in `server`.
     pub active_connections: UpDownCounter<i64>,
     /// Connections closed at accept: over `server.max_connections` (reason `total`) or
     /// `server.max_connections_per_peer` (`per_peer`).
@@ -699,7 +699,7 @@ impl HttpMetrics {
         // a fresh gateway's dashboards and `rate()` alerts read 0 rather than "no data".
         for (method, route, rpc, _) in ROUTES {
             // The WebSocket route's success is the handshake's 101.
-            let ok = if *route == crate::transport::ws::ROUTE_EVENTS_WS {
+            let ok = if *route == crate::transport::routes::ROUTE_EVENTS_WS {
                 101
             } else {
                 200

@@ -23,10 +23,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use std::sync::Mutex;
 
-use super::{EventSink, FlushReport, OpenError, Stored};
+use super::OpenError;
 use crate::config::{KafkaConfig, KeyStrategy, RecordMode, RequiredAcks};
-use crate::error::Error;
-use crate::event::Event;
+use crate::core::delivery::{EventSink, FlushReport, Stored};
+use crate::core::error::Error;
+use crate::core::event::Event;
 
 /// Statistics older than this no longer prove a broker is reachable.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);

@@ -12,9 +12,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use opentelemetry::metrics::Meter;
 
-use super::{EventSink, FlushReport, OpenError, Stored};
-use crate::error::Error;
-use crate::event::Event;
+use super::OpenError;
+use crate::core::delivery::{EventSink, FlushReport, Stored};
+use crate::core::error::Error;
+use crate::core::event::Event;
 use crate::spool::{self, Record, Spool};
 
 pub struct FileSink {
@@ -131,7 +132,7 @@ impl EventSink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Data;
+    use crate::core::event::Data;
 
     fn meter() -> Meter {
         opentelemetry::global::meter("test")

@@ -26,14 +26,12 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
-use crate::error::Error;
-use crate::service::Gateway;
-use crate::stream::{self, Admit, End, StreamAdmission, Submission};
-use crate::transport::cloudevents::decode_structured_value;
+use crate::core::error::Error;
+use crate::core::service::Gateway;
+use crate::core::stream::{self, Admit, End, StreamAdmission, Submission};
+use crate::transport::http::cloudevents::decode_structured_value;
 use crate::transport::reply::stream_reply;
-use crate::transport::rest::{Rejection, method_not_allowed};
-
-pub const ROUTE_EVENTS_WS: &str = "/api/v1/events/ws";
+use crate::transport::routes::{ROUTE_EVENTS_WS, Rejection, method_not_allowed};
 
 #[derive(Clone)]
 struct WsState {

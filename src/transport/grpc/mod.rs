@@ -2,6 +2,16 @@
 //! `IngestStream`, the core's stream loop in `stream.rs`), and maps errors with `status.rs`;
 //! replies are encoded by `reply.rs`, as REST's are. Nothing cross-cutting lives here (no
 //! interceptors): that is the shared stack's, which also admits each streamed event.
+pub mod codec;
+
+/// The generated gRPC client and server of the contract (build.rs's second pass): they name
+/// this face's codec, so they live here, and the messages stay in `crate::proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod generated {
+    include!(concat!(env!("OUT_DIR"), "/grpc/eventgateway.v1.rs"));
+}
+pub use generated::{event_gateway_service_client, event_gateway_service_server};
+
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
@@ -12,20 +22,20 @@ use tonic::codec::{CompressionEncoding, SingleMessageCompressionOverride};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
-use crate::error::Error;
-use crate::proto::event_gateway_service_server::{EventGatewayService, EventGatewayServiceServer};
+use crate::core::error::Error;
+use crate::core::service::Gateway;
+use crate::core::stream::{self, End, StreamAdmission, Submission};
+use crate::core::validate::Incoming;
 use crate::proto::{
     IngestBatchRequest, IngestBatchResponse, IngestEventRequest, IngestEventResponse,
     IngestStreamRequest, IngestStreamResponse, ListEventTypesRequest, ListEventTypesResponse,
     ValidateRequest, ValidateResponse,
 };
-use crate::service::Gateway;
-use crate::stream::{self, End, StreamAdmission, Submission};
 use crate::transport::reply::{
     ack_request, batch_reply, event_reply, stream_reply, types_reply, validate_reply,
 };
 use crate::transport::stack;
-use crate::validate::Incoming;
+use event_gateway_service_server::{EventGatewayService, EventGatewayServiceServer};
 
 pub struct GrpcService {
     gateway: Arc<Gateway>,

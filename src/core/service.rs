@@ -13,16 +13,15 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::auth::{self, Authenticator, Principal};
 use crate::config::{AckLevel, TypesPolicy};
-use crate::contracts::{Contracts, TypeListing};
-use crate::dedup::{Claim, Dedup};
-use crate::error::{Error, FieldViolation};
-use crate::event::Event;
-use crate::sink::{EventSink, Stored};
-use crate::spool::{self, Record, Spool};
+use crate::core::auth::{self, Authenticator, Principal};
+use crate::core::contracts::{Contracts, TypeListing};
+use crate::core::dedup::{Claim, Dedup};
+use crate::core::delivery::{Delivery, EventSink, Journal, Receipt, Stored};
+use crate::core::error::{Error, FieldViolation};
+use crate::core::event::Event;
+use crate::core::validate::{self, Checked, Context, Incoming, Limits};
 use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
-use crate::validate::{self, Checked, Context, Incoming, Limits};
 
 /// One event taken: its id (assigned when the client sent none), what it got, and its time.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,36 +41,6 @@ pub enum AckRequest {
     Spooled,
 }
 
-/// Where an event is now, which is the guarantee it got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// The broker acknowledged it (per `kafka.required_acks`), or the local log fsynced it.
-    Stored(Stored),
-    /// Fsynced to the spool at this position; the forwarder will send it to Kafka.
-    Spooled { position: u64 },
-}
-
-/// What one event got: its delivery, and whether it was a duplicate within `dedup.window`
-/// (then the delivery is the first one's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Receipt {
-    pub delivery: Delivery,
-    pub duplicate: bool,
-}
-
-impl Receipt {
-    fn new(delivery: Delivery) -> Self {
-        Self {
-            delivery,
-            duplicate: false,
-        }
-    }
-
-    pub fn is_spooled(&self) -> bool {
-        matches!(self.delivery, Delivery::Spooled { .. })
-    }
-}
-
 /// What one event of a batch got, in request order.
 #[derive(Debug)]
 pub struct BatchItem {
@@ -82,7 +51,7 @@ pub struct BatchItem {
 /// The spool side of acknowledgements: the spool (with brokers and `spool.enabled`), the
 /// default level, the fallback, and duplicate suppression.
 pub struct Durability {
-    pub spool: Option<Arc<Spool>>,
+    pub spool: Option<Arc<dyn Journal>>,
     pub default: AckLevel,
     pub fallback: bool,
     pub dedup: Option<Dedup>,
@@ -303,7 +272,7 @@ impl Gateway {
         })
     }
 
-    pub fn spool(&self) -> Option<&Arc<Spool>> {
+    pub fn spool(&self) -> Option<&Arc<dyn Journal>> {
         self.durability.spool.as_ref()
     }
 
@@ -408,7 +377,7 @@ impl Gateway {
         };
         let spool = self.durability.spool.as_ref();
         if let (AckLevel::Spooled, Some(spool)) = (level, spool) {
-            return self.spool_events(spool, events).await;
+            return self.spool_events(spool.as_ref(), events).await;
         }
         let stored = self.publish(events).await;
         let fallback = spool.filter(|_| self.durability.fallback);
@@ -428,7 +397,7 @@ impl Gateway {
             let retry: Vec<Event> = unavailable.iter().map(|&i| events[i].clone()).collect();
             for (i, r) in unavailable
                 .into_iter()
-                .zip(self.spool_events(spool, &retry).await)
+                .zip(self.spool_events(spool.as_ref(), &retry).await)
             {
                 if r.is_ok() {
                     out[i] = r;
@@ -440,14 +409,17 @@ impl Gateway {
 
     /// Appends to the spool; refused while draining (the next start would forward them, but
     /// a client should send to an instance that stays).
-    async fn spool_events(&self, spool: &Spool, events: &[Event]) -> Vec<Result<Receipt, Error>> {
+    async fn spool_events(
+        &self,
+        spool: &dyn Journal,
+        events: &[Event],
+    ) -> Vec<Result<Receipt, Error>> {
         let refuse = |e: Error| events.iter().map(|_| Err(e.clone())).collect();
         if self.is_draining() {
             return refuse(Error::unavailable(
                 "the gateway is shutting down and takes no spooled events; send to another instance",
             ));
         }
-        let now = spool::now_ms();
         // The `create` span of the messaging conventions, a child of the request's span: the
         // records keep its context, so a consumer continues the request's trace, and the
         // forwarder's `send` span links to it (one span per request, not per event).
@@ -463,16 +435,7 @@ impl Gateway {
             messaging.batch.message_count = events.len(),
         );
         let trace = crate::telemetry::trace_headers_of(&create);
-        let records: Vec<Record> = events
-            .iter()
-            .map(|e| Record {
-                spooled_at_ms: now,
-                topic: e.topic.as_deref().map(str::to_owned),
-                trace: trace.clone(),
-                event: e.clone(),
-            })
-            .collect();
-        match spool.append(&records).await {
+        match spool.append(events, &trace).await {
             Ok(first) => {
                 self.metrics.spooled.add(events.len() as u64, &[]);
                 (0..events.len() as u64)
@@ -483,8 +446,7 @@ impl Gateway {
                     })
                     .collect()
             }
-            Err(refused) => {
-                let e = refused.into_error();
+            Err(e) => {
                 self.metrics.failed(events.len() as u64, e.reason());
                 refuse(e)
             }

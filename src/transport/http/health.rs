@@ -20,9 +20,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::HealthDetails;
-use crate::error::Error;
+use crate::core::error::Error;
+use crate::core::service::Gateway;
 use crate::proto::SERVICE_NAME;
-use crate::service::Gateway;
 use crate::spool::forward;
 use crate::transport::stack::{self, Admission};
 use crate::transport::status;

@@ -18,7 +18,7 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstEncoder};
 
-use crate::error::Error;
+use crate::core::error::Error;
 use crate::proto::IngestBatchRequest;
 
 /// The most events an `IngestBatchRequest` may carry to be decoded at all; 0 until a gateway
@@ -56,9 +56,9 @@ pub fn decode<U: Message + Default + 'static>(bytes: &[u8]) -> Result<U, Error> 
         && let Some(n) = count_events(bytes)
         && n > max
     {
-        return Err(Error::InvalidArgument(crate::validate::too_many_events(
-            n, max,
-        )));
+        return Err(Error::InvalidArgument(
+            crate::core::validate::too_many_events(n, max),
+        ));
     }
     U::decode(bytes)
         .map_err(|e| Error::Malformed(format!("the protobuf message does not decode: {e}")))

@@ -17,11 +17,11 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use tokio::sync::mpsc;
 
-use crate::auth::Principal;
-use crate::error::{Error, FieldViolation};
-use crate::service::Gateway;
-use crate::sink::Stored;
-use crate::validate::Incoming;
+use crate::core::auth::Principal;
+use crate::core::delivery::Stored;
+use crate::core::error::{Error, FieldViolation};
+use crate::core::service::Gateway;
+use crate::core::validate::Incoming;
 
 /// Admission for the events of one stream, the same as a unary request gets: a token from the
 /// client's rate-limit bucket and a `performance.max_concurrent_requests` slot per event, and

@@ -418,7 +418,7 @@ impl Contracts {
     pub fn watch(self: &Arc<Self>, interval: Duration) -> Option<notify::PollWatcher> {
         let files = self.current().files.clone();
         let this = Arc::downgrade(self);
-        crate::watch::poll(&files, interval, "event type files", move || {
+        crate::config::watch::poll(&files, interval, "event type files", move || {
             if let Some(c) = this.upgrade() {
                 let _ = c.reload();
             }

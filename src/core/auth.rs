@@ -27,8 +27,8 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use crate::config::{AuthConfig, JwtConfig};
-use crate::error::{AuthFailure, Error, FieldViolation};
-use crate::event::Event;
+use crate::core::error::{AuthFailure, Error, FieldViolation};
+use crate::core::event::Event;
 use crate::telemetry::throttle::LogThrottle;
 
 /// The CloudEvents Auth Context `authtype` of an API key.
@@ -464,7 +464,7 @@ impl Authenticator {
             .chain(self.jwt.iter().map(|j| j.file.clone()))
             .collect();
         let this = Arc::downgrade(self);
-        crate::watch::poll(&files, interval, "API key and JWKS files", move || {
+        crate::config::watch::poll(&files, interval, "API key and JWKS files", move || {
             if let Some(a) = this.upgrade() {
                 a.reload();
             }

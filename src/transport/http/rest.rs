@@ -21,80 +21,23 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::error::Error;
+use crate::core::error::Error;
+use crate::core::service::AckRequest;
+use crate::core::service::Gateway;
+use crate::core::validate::Incoming;
 use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
-use crate::service::AckRequest;
-use crate::service::Gateway;
 use crate::transport::bounded;
-use crate::transport::cloudevents::{self, Mode};
+use crate::transport::http::cloudevents::{self, Mode};
 use crate::transport::reply::{
     ack_request, batch_reply, event_reply, is_spooled, types_reply, validate_reply,
 };
+use crate::transport::routes::{
+    ROUTE_INGEST_BATCH, ROUTE_INGEST_EVENT, ROUTE_TYPES, ROUTE_VALIDATE, Rejection,
+    method_not_allowed,
+};
 use crate::transport::stack;
 use crate::transport::status::{is_grpc, respond};
-use crate::validate::Incoming;
-
-pub const ROUTE_INGEST_EVENT: &str = "/api/v1/events";
-pub const ROUTE_INGEST_BATCH: &str = "/api/v1/events/batch";
-pub const ROUTE_VALIDATE: &str = "/api/v1/events/validate";
-pub const ROUTE_TYPES: &str = "/api/v1/types";
-
-/// What the REST adapter and the router's fallback refuse before the core sees a request, or
-/// anything the core says. `status.rs` maps every variant.
-#[derive(Debug, thiserror::Error)]
-pub enum Rejection {
-    /// No route has this path.
-    #[error("no route for {method} {path}")]
-    NotFound { method: String, path: String },
-    /// The route exists; `allowed` lists the methods it takes.
-    #[error("method {method} not allowed on {path}; allowed: {allowed}")]
-    MethodNotAllowed {
-        method: String,
-        path: String,
-        allowed: &'static str,
-    },
-    /// The body's media type is not one we decode.
-    #[error("unsupported media type `{found}`: send {expected}")]
-    UnsupportedMediaType {
-        found: String,
-        expected: &'static str,
-    },
-    /// The body's `Content-Encoding` is not one we decompress.
-    #[error("unsupported Content-Encoding `{found}`: send one of {supported}, or none")]
-    UnsupportedEncoding {
-        found: String,
-        supported: &'static str,
-    },
-    /// A plain request on the WebSocket route: it only answers a WebSocket handshake.
-    #[error(
-        "{path} is a WebSocket: send a WebSocket handshake (GET with Upgrade: websocket): {reason}"
-    )]
-    UpgradeRequired { path: &'static str, reason: String },
-    /// `performance.request_timeout` passed while the body was still arriving.
-    #[error(
-        "the request body did not arrive within performance.request_timeout; send it faster, or in smaller requests"
-    )]
-    SlowBody,
-    #[error(transparent)]
-    Core(#[from] Error),
-}
-
-/// Every REST route: its method, path, the RPC it transcodes and the request field its body
-/// fills (`*` for the whole request, empty for none), exactly as in the contract; a test holds
-/// the two together.
-pub const ROUTES: &[(&str, &str, &str, &str)] = &[
-    ("POST", ROUTE_INGEST_EVENT, "IngestEvent", "event"),
-    ("POST", ROUTE_INGEST_BATCH, "IngestBatch", "*"),
-    ("POST", ROUTE_VALIDATE, "Validate", "event"),
-    ("GET", ROUTE_TYPES, "ListEventTypes", ""),
-    (
-        "GET",
-        crate::transport::ws::ROUTE_EVENTS_WS,
-        "IngestStream",
-        "",
-    ),
-];
 
 #[derive(Clone)]
 struct RestState {
@@ -246,7 +189,7 @@ fn ack_of(
                 "" | "default" | "ack_mode_unspecified" => AckRequest::Default,
                 _ => {
                     return Err(Error::InvalidArgument(vec![
-                        crate::error::FieldViolation::new(
+                        crate::core::error::FieldViolation::new(
                             "ack",
                             format!("`{v}` is not an acknowledgement level: use stored or spooled"),
                         ),
@@ -261,7 +204,7 @@ fn ack_of(
         && b != AckRequest::Default
     {
         return Err(Error::InvalidArgument(vec![
-            crate::error::FieldViolation::new(
+            crate::core::error::FieldViolation::new(
                 "ack",
                 "the query parameter and the body name different acknowledgement levels",
             ),
@@ -422,19 +365,6 @@ fn one_event_to_batch(req: &Request) -> Rejection {
 async fn list_types(State(s): State<RestState>) -> Response {
     let (policy, listing) = s.gateway.list_types();
     json(&types_reply(policy, listing))
-}
-
-pub(crate) async fn method_not_allowed(req: Request) -> Rejection {
-    let path = req.uri().path().to_owned();
-    let allowed = ROUTES
-        .iter()
-        .find(|(_, p, _, _)| *p == path)
-        .map_or("POST", |(m, _, _, _)| *m);
-    Rejection::MethodNotAllowed {
-        method: req.method().to_string(),
-        path,
-        allowed,
-    }
 }
 
 /// Unknown paths: a JSON 404 for HTTP clients; gRPC clients get UNIMPLEMENTED as gRPC expects.

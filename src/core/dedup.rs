@@ -13,7 +13,7 @@ use std::time::Duration;
 use opentelemetry::metrics::{Counter, Meter};
 use tokio::sync::watch;
 
-use crate::service::Receipt;
+use crate::core::delivery::Receipt;
 
 type Key = (String, String);
 
@@ -133,8 +133,8 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::Delivery;
-    use crate::sink::Stored;
+    use crate::core::delivery::Delivery;
+    use crate::core::delivery::Stored;
 
     fn receipt(offset: i64) -> Receipt {
         Receipt {

@@ -1,6 +1,8 @@
 //! Configuration: the typed settings, their defaults, and how they are layered. Defaults are
 //! overridden by `config.yaml` (or `--config PATH`), which is overridden by `GATEWAY_*`
 //! environment variables. Unknown keys and bad values stop startup with a message naming the key.
+pub mod watch;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
