@@ -3,35 +3,43 @@
 //! (UNAVAILABLE) or permanent, derives readiness from librdkafka statistics, rebuilds the
 //! producer after fatal or fencing errors so the gateway recovers without a restart, and
 //! registers the `kafka_*` instruments (fed by those statistics) on the meter it is given.
+//! `config` makes the client settings, `classify` sorts errors, `stats` keeps librdkafka's
+//! statistics, `spans` traces each produce call.
 //! Each record goes to its event's topic (the registry's routing) or `kafka.topic`; every
 //! topic the gateway may write to is checked in the background, and a missing one keeps the
 //! gateway not ready, named in the reason.
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
-use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::statistics::Statistics;
 use std::sync::Mutex;
 
+mod classify;
+mod config;
+mod spans;
+mod stats;
+
+pub use config::client_config;
+pub use stats::GatewayContext;
+
+use classify::{Kind, Recovery, classify, kind_of};
+use spans::{Origin, send_spans};
+use stats::{STATS_STALE_AFTER, Stats, now_ms};
+
 use super::OpenError;
-use crate::config::{KafkaConfig, KeyStrategy, RecordMode, RequiredAcks};
+use crate::config::{KafkaConfig, KeyStrategy, RecordMode};
 use crate::core::delivery::{EventSink, FlushReport, Stored};
 use crate::core::error::Error;
 use crate::core::event::Event;
 
-/// Statistics older than this no longer prove a broker is reachable.
-const STATS_INTERVAL: Duration = Duration::from_secs(1);
-const STATS_STALE_AFTER: Duration = Duration::from_secs(10);
 /// Consecutive fencing errors after which the producer is replaced (a new producer id).
 const FENCED_REBUILD_THRESHOLD: u32 = 3;
 /// How often the topics are checked while one is missing or unknown, and once all exist.
@@ -42,163 +50,7 @@ const TOPIC_CHECK_SETTLED: Duration = Duration::from_secs(30);
 /// asked again on each check, so a reloaded registry's new topics are checked too.
 pub type TopicSource = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
-#[derive(Debug, Clone, serde::Serialize)]
-struct BrokerState {
-    name: String,
-    state: String,
-    rtt_avg_ms: Option<f64>,
-    rtt_p99_ms: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct StatsSnapshot {
-    at: Option<Instant>,
-    brokers: Vec<BrokerState>,
-    queue_depth: u64,
-}
-
-/// What librdkafka's statistics callback leaves for the request path and for health.
-#[derive(Default)]
-struct Stats {
-    /// For `/health/detailed` and metrics, read on those requests only.
-    snapshot: Mutex<StatsSnapshot>,
-    /// When the latest statistics last showed a broker UP, in ms since `epoch()` (0: none).
-    /// An atomic, so the per-request readiness check shares no lock across requests.
-    up_at_ms: AtomicU64,
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    // +1 so that a reading taken at the epoch itself is not mistaken for "never".
-    epoch().elapsed().as_millis() as u64 + 1
-}
-
-/// librdkafka callbacks: statistics feed readiness and `/health/detailed`; errors are logged.
-pub struct GatewayContext {
-    stats: Arc<Stats>,
-}
-
-impl ClientContext for GatewayContext {
-    fn stats(&self, s: Statistics) {
-        let mut brokers: Vec<BrokerState> = s
-            .brokers
-            .values()
-            // nodeid -1 entries are bootstrap placeholders, not brokers of the cluster.
-            .filter(|b| b.nodeid >= 0)
-            .map(|b| BrokerState {
-                name: b.name.clone(),
-                state: b.state.clone(),
-                rtt_avg_ms: b.rtt.as_ref().map(|w| w.avg as f64 / 1000.0),
-                rtt_p99_ms: b.rtt.as_ref().map(|w| w.p99 as f64 / 1000.0),
-            })
-            .collect();
-        brokers.sort_by(|a, b| a.name.cmp(&b.name));
-        let up = brokers.iter().any(|b| b.state == "UP");
-        *self.stats.snapshot.lock().expect("stats lock") = StatsSnapshot {
-            at: Some(Instant::now()),
-            brokers,
-            queue_depth: s.msg_cnt,
-        };
-        self.stats
-            .up_at_ms
-            .store(if up { now_ms() } else { 0 }, Ordering::Relaxed);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        match error.rdkafka_error_code() {
-            // Expected while a broker is away; readiness already reflects it.
-            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
-                tracing::warn!(target: "event_gateway::kafka", %error, reason, "kafka broker unreachable")
-            }
-            _ => {
-                tracing::error!(target: "event_gateway::kafka", %error, reason, "kafka client error")
-            }
-        }
-    }
-}
-
 type GatewayProducer = FutureProducer<GatewayContext>;
-
-/// Where the records of a produce call come from, for their trace: a request being served
-/// (the send span is a child of its span, and the records carry the send span's context), or
-/// the spool (the send span starts a trace of its own, linked to the `create` span each record
-/// was spooled under, whose context the record keeps).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Request,
-    Spool,
-}
-
-/// A destination topic's send span, and its context as record headers.
-type SendSpan = (String, tracing::Span, Vec<(String, String)>);
-
-/// Links a send span keeps at most (a window of spooled records may name many).
-const MAX_LINKS: usize = 128;
-
-/// One `send {topic}` span per destination topic of a call, with the messaging conventions'
-/// attributes: (topic, span, the span's context as record headers).
-fn send_spans(
-    items: &[(&Event, &[(String, String)])],
-    destination: &dyn Fn(&Event) -> String,
-    origin: Origin,
-) -> Vec<SendSpan> {
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let mut out: Vec<SendSpan> = Vec::new();
-    let mut linked: Vec<opentelemetry::trace::SpanContext> = Vec::new();
-    for (e, trace) in items {
-        let topic = destination(e);
-        let i = match out.iter().position(|s| s.0 == topic) {
-            Some(i) => i,
-            None => {
-                let count = items
-                    .iter()
-                    .filter(|(x, _)| destination(x) == topic)
-                    .count();
-                let span = match origin {
-                    Origin::Request => tracing::info_span!(
-                        "send",
-                        otel.name = %format!("send {topic}"),
-                        otel.kind = "producer",
-                        otel.status_code = tracing::field::Empty,
-                        messaging.system = "kafka",
-                        messaging.destination.name = %topic,
-                        messaging.operation.type = "send",
-                        messaging.operation.name = "send",
-                        messaging.batch.message_count = count,
-                    ),
-                    Origin::Spool => tracing::info_span!(
-                        parent: None,
-                        "send",
-                        otel.name = %format!("send {topic}"),
-                        otel.kind = "producer",
-                        otel.status_code = tracing::field::Empty,
-                        messaging.system = "kafka",
-                        messaging.destination.name = %topic,
-                        messaging.operation.type = "send",
-                        messaging.operation.name = "send",
-                        messaging.batch.message_count = count,
-                    ),
-                };
-                let headers = crate::telemetry::trace_headers_of(&span);
-                out.push((topic, span, headers));
-                out.len() - 1
-            }
-        };
-        if origin == Origin::Spool
-            && let Some(sc) = crate::telemetry::span_context_of(trace)
-            && linked.len() < MAX_LINKS
-            && !linked.contains(&sc)
-        {
-            out[i].1.add_link(sc.clone());
-            linked.push(sc);
-        }
-    }
-    out
-}
 
 /// Why a record of a produce call was not queued.
 enum Held {
@@ -223,224 +75,6 @@ pub struct KafkaSink {
     topics_checked: AtomicBool,
     /// Records acknowledged, by topic (topics come from configuration: a bounded set).
     produced: opentelemetry::metrics::Counter<u64>,
-}
-
-/// The librdkafka settings derived from `kafka.*`, before the passthrough map.
-pub fn client_config(c: &KafkaConfig) -> ClientConfig {
-    let mut cc = ClientConfig::new();
-    let idempotent = c.idempotence && c.required_acks == RequiredAcks::All;
-    cc.set("bootstrap.servers", c.brokers.join(","))
-        .set("acks", c.required_acks.as_librdkafka())
-        .set("enable.idempotence", idempotent.to_string())
-        // With idempotence, an error that would leave a gap in a partition (a record failed,
-        // a later one stored) is a fatal error instead, and the producer is rebuilt: records
-        // of one key are never stored past an earlier one that failed, which the spool's
-        // order per key relies on. Only a record that timed out (message.timeout.ms) can still
-        // leave a gap; the forwarder gives that one up rather than send it late, unless the
-        // gateway restarts before it has.
-        .set("enable.gapless.guarantee", idempotent.to_string())
-        .set("message.send.max.retries", c.retries.to_string())
-        .set("batch.num.messages", c.batch_size.to_string())
-        .set("linger.ms", c.linger.as_millis().to_string())
-        .set("compression.type", &c.compression)
-        .set(
-            "message.timeout.ms",
-            c.message_timeout.as_millis().to_string(),
-        )
-        .set(
-            "queue.buffering.max.messages",
-            c.queue_max_messages.to_string(),
-        )
-        .set("message.max.bytes", c.message_max_bytes.to_string())
-        .set("request.timeout.ms", "10000")
-        .set("socket.timeout.ms", "10000")
-        .set("retry.backoff.ms", "100")
-        .set("retry.backoff.max.ms", "1000")
-        .set("reconnect.backoff.max.ms", "1000")
-        .set("allow.auto.create.topics", "false")
-        .set("topic.metadata.propagation.max.ms", "5000")
-        .set(
-            "statistics.interval.ms",
-            STATS_INTERVAL.as_millis().to_string(),
-        );
-    let sec = &c.security;
-    cc.set("security.protocol", sec.protocol.as_librdkafka());
-    let path = |p: &std::path::PathBuf| p.display().to_string();
-    match &sec.ca_file {
-        Some(p) => {
-            cc.set("ssl.ca.location", path(p));
-        }
-        // The vendored OpenSSL's default CA directory is its build prefix, which no machine
-        // has: librdkafka's `probe` looks in the usual system locations instead.
-        None if sec.protocol.is_tls() => {
-            cc.set("ssl.ca.location", "probe");
-        }
-        None => {}
-    }
-    if let (Some(cert), Some(key)) = (&sec.cert_file, &sec.key_file) {
-        cc.set("ssl.certificate.location", path(cert))
-            .set("ssl.key.location", path(key));
-    }
-    if let Some(m) = sec.sasl_mechanism {
-        cc.set("sasl.mechanism", m.as_librdkafka());
-    }
-    if let Some(u) = &sec.username {
-        cc.set("sasl.username", u);
-    }
-    if let Some(p) = &sec.password {
-        cc.set("sasl.password", &p.0);
-    }
-    for (k, v) in &c.librdkafka {
-        cc.set(k, v);
-    }
-    cc
-}
-
-/// What the sink must do about a failed produce, besides answering the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Recovery {
-    /// Nothing: a later attempt may succeed as things are.
-    None,
-    /// Our configuration or permissions are wrong; an operator must act on this hint.
-    FixConfig(&'static str),
-    /// The broker refused the producer's id, epoch or sequence: rebuild after
-    /// `FENCED_REBUILD_THRESHOLD` of these in a row.
-    Fenced,
-    /// The producer is unusable: rebuild it now.
-    Rebuild,
-}
-
-/// What a librdkafka error code means for a produce, in words the rest of the gateway uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// May succeed if sent again as it is (a broker away, a leader moving, a full queue).
-    Retryable,
-    /// The record can never be stored as it is (too large, invalid, refused by a policy).
-    TooLarge,
-    Refused,
-    /// Every record fails alike until the configuration changes (a codec or version the
-    /// broker does not support): retried, never given up on record by record sooner than a
-    /// passing error would be.
-    Misconfigured,
-    /// The topic is not there (auto-creation is off): the configuration must change.
-    MissingTopic,
-    /// Credentials or ACLs: the configuration must change.
-    NotAuthorized,
-    /// The broker refused the producer's id, epoch or sequence.
-    Fenced,
-    /// The producer is unusable.
-    Fatal,
-}
-
-/// The kind of each code. librdkafka answers `is_retriable` / `is_fatal` only on the
-/// `rd_kafka_error_t` objects of its newer APIs; a delivery report carries a bare code, so
-/// this table follows the classification librdkafka applies to produce errors and Kafka's
-/// protocol (the `RetriableException` codes). A code not named here is retryable: the
-/// forwarder still gives it up after `spool.give_up_after`, so nothing waits on it for ever.
-fn kind_of(code: RDKafkaErrorCode) -> Kind {
-    use RDKafkaErrorCode as C;
-    match code {
-        C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize => Kind::TooLarge,
-        C::InvalidRequiredAcks
-        | C::UnsupportedVersion
-        | C::UnsupportedCompressionType
-        | C::InvalidConfig => Kind::Misconfigured,
-        C::InvalidRecord
-        | C::PolicyViolation
-        | C::InvalidTopic
-        | C::InvalidTimestamp
-        | C::UnsupportedForMessageFormat
-        | C::InvalidRequest
-        | C::BadMessage
-        | C::BadCompression
-        | C::InvalidArgument
-        | C::InvalidType
-        | C::InvalidDifferentRecord
-        | C::KeySerialization
-        | C::ValueSerialization => Kind::Refused,
-        C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition | C::UnknownTopicId => {
-            Kind::MissingTopic
-        }
-        C::TopicAuthorizationFailed
-        | C::ClusterAuthorizationFailed
-        | C::TransactionalIdAuthorizationFailed
-        | C::SaslAuthenticationFailed
-        | C::UnsupportedSASLMechanism
-        | C::IllegalSASLState
-        | C::Authentication => Kind::NotAuthorized,
-        C::ProducerFenced
-        | C::InvalidProducerEpoch
-        | C::OutOfOrderSequenceNumber
-        | C::UnknownProducerId
-        | C::InvalidProducerIdMapping
-        | C::Fenced => Kind::Fenced,
-        C::Fatal | C::GaplessGuarantee => Kind::Fatal,
-        _ => Kind::Retryable,
-    }
-}
-
-/// The client's answer to a Kafka error and what the sink must do about it. Pure: it reads
-/// and changes no state, so every mapping is testable on its own; [`KafkaSink::failed`] acts.
-fn classify(err: &KafkaError, topic: &str, config: &KafkaConfig) -> (Error, Recovery) {
-    let Some(code) = err.rdkafka_error_code() else {
-        return (Error::unavailable(format!("kafka: {err}")), Recovery::None);
-    };
-    match kind_of(code) {
-        Kind::Retryable if code == RDKafkaErrorCode::QueueFull => (
-            Error::unavailable(
-                "the Kafka producer queue is full (kafka.queue_max_messages); retry shortly",
-            ),
-            Recovery::None,
-        ),
-        Kind::Retryable => (
-            Error::unavailable(format!("Kafka did not store the event: {code}")),
-            Recovery::None,
-        ),
-        Kind::TooLarge => (
-            Error::TooLarge {
-                what: "the event as a Kafka record".into(),
-                limit: u64::from(config.message_max_bytes),
-                size: None,
-            },
-            Recovery::None,
-        ),
-        Kind::Refused => (
-            Error::Internal(format!("Kafka refused the record for good: {code}")),
-            Recovery::FixConfig(
-                "Kafka refuses these records for good: check the topic's configuration (policies, compaction needs a key) and kafka.* settings",
-            ),
-        ),
-        Kind::Misconfigured => (
-            Error::unavailable(format!("Kafka refused the producer's settings: {code}")),
-            Recovery::FixConfig(
-                "Kafka refuses every record with these settings: check kafka.compression, kafka.required_acks and kafka.librdkafka against the brokers",
-            ),
-        ),
-        Kind::MissingTopic => (
-            Error::Internal(format!("Kafka topic `{topic}` does not exist")),
-            Recovery::FixConfig(
-                "Kafka topic does not exist: create it (auto-creation is off) or fix kafka.topic / types.entries[].topic",
-            ),
-        ),
-        Kind::NotAuthorized => (
-            Error::Internal(format!("not authorized to write to Kafka: {code}")),
-            Recovery::FixConfig(
-                "the gateway is not allowed to write to Kafka: fix the credentials or ACLs",
-            ),
-        ),
-        Kind::Fenced => (
-            Error::unavailable(format!(
-                "the Kafka producer is being reset after {code}; retry"
-            )),
-            Recovery::Fenced,
-        ),
-        Kind::Fatal => (
-            Error::unavailable(format!(
-                "the Kafka producer is being reset after {code}; retry"
-            )),
-            Recovery::Rebuild,
-        ),
-    }
 }
 
 impl KafkaSink {
@@ -958,85 +592,5 @@ fn check_topics(sink: Weak<KafkaSink>, topics: TopicSource) {
         } else {
             TOPIC_CHECK_PENDING
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Each row: a librdkafka error code, the client's gRPC-level answer and the recovery.
-    #[test]
-    fn classification_is_a_pure_table() {
-        use RDKafkaErrorCode as C;
-        let config = KafkaConfig::default();
-        let rows: &[(C, &str, Recovery)] = &[
-            (C::QueueFull, "unavailable", Recovery::None),
-            (C::MessageSizeTooLarge, "too_large", Recovery::None),
-            (C::MessageTimedOut, "unavailable", Recovery::None),
-            (C::BrokerTransportFailure, "unavailable", Recovery::None),
-            (C::ProducerFenced, "unavailable", Recovery::Fenced),
-            (C::InvalidProducerEpoch, "unavailable", Recovery::Fenced),
-            (C::OutOfOrderSequenceNumber, "unavailable", Recovery::Fenced),
-            (C::Fatal, "unavailable", Recovery::Rebuild),
-        ];
-        for (code, reason, recovery) in rows {
-            let err = KafkaError::MessageProduction(*code);
-            let (e, r) = classify(&err, "t", &config);
-            assert_eq!((e.reason(), r), (*reason, *recovery), "{code:?}");
-        }
-        for code in [
-            C::UnknownTopicOrPartition,
-            C::TopicAuthorizationFailed,
-            C::SaslAuthenticationFailed,
-        ] {
-            let (e, r) = classify(&KafkaError::MessageProduction(code), "t", &config);
-            assert_eq!(e.reason(), "internal", "{code:?}");
-            assert!(matches!(r, Recovery::FixConfig(_)), "{code:?}");
-        }
-        // Classifying twice gives the same answer: nothing was counted in between.
-        let fenced = KafkaError::MessageProduction(C::ProducerFenced);
-        assert_eq!(
-            classify(&fenced, "t", &config).1,
-            classify(&fenced, "t", &config).1
-        );
-    }
-
-    /// Errors that can never succeed as they are must not be retryable: they were, so one
-    /// such record stalled the spool until `max_age` refused everything.
-    #[test]
-    fn permanent_kafka_errors_are_not_retryable() {
-        use RDKafkaErrorCode as C;
-        let config = KafkaConfig::default();
-        for code in [
-            C::InvalidRecord,
-            C::PolicyViolation,
-            C::MessageBatchTooLarge,
-            C::MessageSizeTooLarge,
-            C::InvalidTopic,
-            C::UnknownTopic,
-            C::UnknownTopicOrPartition,
-            C::InvalidTimestamp,
-            C::UnsupportedForMessageFormat,
-            C::TopicAuthorizationFailed,
-        ] {
-            let (e, _) = classify(&KafkaError::MessageProduction(code), "t", &config);
-            assert!(!e.is_retryable(), "{code:?} must not be retried for ever");
-        }
-        for code in [
-            C::QueueFull,
-            C::MessageTimedOut,
-            C::NotLeaderForPartition,
-            C::LeaderNotAvailable,
-            C::NotEnoughReplicas,
-            C::NotEnoughReplicasAfterAppend,
-            C::RequestTimedOut,
-            C::NetworkException,
-            C::KafkaStorageError,
-            C::AllBrokersDown,
-        ] {
-            let (e, _) = classify(&KafkaError::MessageProduction(code), "t", &config);
-            assert!(e.is_retryable(), "{code:?} passes and is retried");
-        }
     }
 }

@@ -1,0 +1,259 @@
+//! Metrics and spans, the stack's second and third layers: one span per request (parented on
+//! an incoming W3C `traceparent`), and the `http_*` instruments, counted outside admission so
+//! that rejections are counted too.
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::Response;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use opentelemetry_http::HeaderExtractor;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::proto::SERVICE_NAME;
+use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
+use crate::transport::routes::ROUTES;
+use crate::transport::status::{self, is_grpc};
+
+/// The stack's instruments: every request by route and status, gRPC calls by method and code,
+/// open connections.
+pub struct HttpMetrics {
+    requests: Counter<u64>,
+    duration: Histogram<f64>,
+    grpc_requests: Counter<u64>,
+    /// Counted by the accept loop in `server`.
+    pub active_connections: UpDownCounter<i64>,
+    /// Connections closed at accept: over `server.max_connections` (reason `total`) or
+    /// `server.max_connections_per_peer` (`per_peer`).
+    pub refused_connections: Counter<u64>,
+    grpc_methods: LabelCap,
+}
+
+impl HttpMetrics {
+    pub fn new(meter: &Meter) -> Self {
+        let m = Self {
+            requests: meter
+                .u64_counter("http_requests")
+                .with_description("HTTP requests by method, endpoint (route) and status")
+                .build(),
+            duration: meter
+                .f64_histogram("http_request_duration")
+                .with_unit("s")
+                .with_description("Time from request to response headers")
+                .with_boundaries(LATENCY_BUCKETS.to_vec())
+                .build(),
+            grpc_requests: meter
+                .u64_counter("grpc_server_requests")
+                .with_description("gRPC calls by method and status code")
+                .build(),
+            active_connections: meter
+                .i64_up_down_counter("http_active_connections")
+                .with_description("Open client connections (HTTP/1 and HTTP/2)")
+                .build(),
+            refused_connections: meter
+                .u64_counter("http_refused_connections")
+                .with_description(
+                    "Connections closed at accept: over server.max_connections (total) or server.max_connections_per_peer (per_peer)",
+                )
+                .build(),
+            grpc_methods: LabelCap::default(),
+        };
+        // Each RPC's successful series exists from the start at 0, over both protocols, so
+        // a fresh gateway's dashboards and `rate()` alerts read 0 rather than "no data".
+        for (method, route, rpc, _) in ROUTES {
+            // The WebSocket route's success is the handshake's 101.
+            let ok = if *route == crate::transport::routes::ROUTE_EVENTS_WS {
+                101
+            } else {
+                200
+            };
+            m.requests.add(0, &request_labels(method, route, ok, false));
+            let method = m.grpc_methods.label(&format!("/{SERVICE_NAME}/{rpc}"));
+            m.grpc_requests.add(
+                0,
+                &[
+                    KeyValue::new("method", method),
+                    KeyValue::new("code", status::code_name(tonic::Code::Ok)),
+                ],
+            );
+        }
+        m
+    }
+}
+
+fn request_labels(method: &str, endpoint: &str, status: u16, grpc: bool) -> [KeyValue; 4] {
+    [
+        KeyValue::new("method", method.to_owned()),
+        KeyValue::new("endpoint", endpoint.to_owned()),
+        KeyValue::new("status", i64::from(status)),
+        KeyValue::new("protocol", if grpc { "grpc" } else { "rest" }),
+    ]
+}
+
+async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = crate::telemetry::instruments::method_label(req.method());
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let grpc_path = is_grpc(req.headers()).then(|| req.uri().path().to_owned());
+    let resp = next.run(req).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    // A unary reply carries grpc-status in its headers when it failed before any message
+    // (every error here); a success carries it in the trailers: OK.
+    let grpc_code = grpc_path.as_ref().map(|_| {
+        resp.headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i32>().ok())
+            .map(tonic::Code::from)
+            .unwrap_or(tonic::Code::Ok)
+    });
+    // gRPC routes match `/{service}/{*rest}`: the method path (capped) is the endpoint, and
+    // methods nobody serves (UNIMPLEMENTED) are one value, so made-up paths take no place in
+    // the cap.
+    record_outcome(resp.status(), grpc_code);
+    let grpc = grpc_path.map(|path| match grpc_code {
+        Some(tonic::Code::Unimplemented) => "unmatched".to_owned(),
+        _ => o.grpc_methods.label(&path),
+    });
+    let labels = request_labels(
+        method,
+        grpc.as_deref().unwrap_or(&endpoint),
+        resp.status().as_u16(),
+        grpc.is_some(),
+    );
+    o.requests.add(1, &labels);
+    o.duration.record(elapsed, &labels);
+    if let (Some(path), Some(code)) = (grpc, grpc_code) {
+        // An IngestStream call is counted when it opens (OK, or the code that refused it);
+        // how each of its events went is in events_ingested_total /
+        // events_ingested_failed_total.
+        o.grpc_requests.add(
+            1,
+            &[
+                KeyValue::new("method", path),
+                KeyValue::new("code", status::code_name(code)),
+            ],
+        );
+    }
+    resp
+}
+
+/// The server span of a request, named and attributed by OpenTelemetry's semantic
+/// conventions (HTTP: `{method} {route}`, `http.request.method`, `http.route`, `url.path`,
+/// `http.response.status_code`; gRPC: `{service}/{method}`, `rpc.system`, `rpc.service`,
+/// `rpc.method`, `rpc.grpc.status_code`), parented on the caller's W3C `traceparent`, and
+/// carrying its own `trace_id` and `span_id` for the log lines written inside it.
+fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt as _;
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let path = req.uri().path();
+    let empty = tracing::field::Empty;
+    let span = if is_grpc(req.headers()) {
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
+        tracing::info_span!(
+            "request",
+            otel.name = %format!("{service}/{method}"),
+            otel.kind = "server",
+            otel.status_code = empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = empty,
+            request_id,
+            trace_id = empty,
+            span_id = empty,
+        )
+    } else {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str())
+            .unwrap_or(path);
+        tracing::info_span!(
+            "request",
+            otel.name = %format!("{} {route}", req.method()),
+            otel.kind = "server",
+            otel.status_code = empty,
+            http.request.method = %req.method(),
+            http.route = route,
+            url.path = path,
+            http.response.status_code = empty,
+            request_id,
+            trace_id = empty,
+            span_id = empty,
+        )
+    };
+    let parent = opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&HeaderExtractor(req.headers()))
+    });
+    let _ = span.set_parent(parent);
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.record("trace_id", tracing::field::display(sc.trace_id()));
+        span.record("span_id", tracing::field::display(sc.span_id()));
+    }
+    span
+}
+
+/// The outcome on the request's server span: the status code, and the span's status set to
+/// error where the conventions say so (HTTP 5xx; the gRPC codes a server is at fault for).
+fn record_outcome(status: http::StatusCode, grpc: Option<tonic::Code>) {
+    let span = tracing::Span::current();
+    use tonic::Code as C;
+    let failed = match grpc {
+        Some(code) => {
+            span.record("rpc.grpc.status_code", code as i32);
+            matches!(
+                code,
+                C::Unknown
+                    | C::DeadlineExceeded
+                    | C::Unimplemented
+                    | C::Internal
+                    | C::Unavailable
+                    | C::DataLoss
+            )
+        }
+        None => {
+            span.record("http.response.status_code", status.as_u16());
+            status.is_server_error()
+        }
+    };
+    if failed {
+        span.record("otel.status_code", "error");
+    }
+}
+
+/// Wraps every route (ingest, health, metrics, reflection) in id, trace and metrics layers.
+pub fn observed(router: Router, metrics: Arc<HttpMetrics>) -> Router {
+    router.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(make_span)
+                    // 5xx answers (503 while not ready, for one) are expected states here,
+                    // each already logged where it arises: no second ERROR line per request.
+                    .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+            )
+            .layer(from_fn_with_state(metrics, observe)),
+    )
+}
