@@ -1,0 +1,136 @@
+//! Who may call: `auth.*` (API keys, JWT, certificate grants, protected metrics, health
+//! details) and `tls.*` (the listener's certificate and client CA).
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::de::some_list_or_csv;
+use super::parse_cidr;
+
+/// `auth`: who may send, and what.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Refuse ingest requests without valid credentials (401 / UNAUTHENTICATED). Off by
+    /// default: anyone who can reach the port may send any event.
+    pub required: bool,
+    /// A YAML list of API keys (`id`, `sha256`, `allowed_types`, `allowed_sources`,
+    /// `rate_limit`), reloaded when it changes.
+    pub api_keys_file: Option<PathBuf>,
+    /// A YAML list of client certificates (`san`, `allowed_types`, `allowed_sources`,
+    /// `rate_limit`), reloaded when it changes. A certificate with no entry may send nothing.
+    pub certificates_file: Option<PathBuf>,
+    pub jwt: JwtConfig,
+    /// Put `metrics.path` behind the same authentication.
+    pub protect_metrics: bool,
+    /// Who sees all of `/health/detailed` (broker addresses, the configuration, internal
+    /// errors); everyone else gets its status lines only.
+    pub health_details: HealthDetails,
+    /// With `health_details: local_or_authenticated`, the client addresses (CIDR blocks or
+    /// addresses) that see the details without credentials; the client's address is the
+    /// rate limiter's (through `server.trusted_proxies`, the forwarded client). Unset:
+    /// loopback when `server.trusted_proxies` is empty, no address otherwise (a local proxy
+    /// or sidecar would make every remote caller look local). `[]`: credentials only.
+    #[serde(default, deserialize_with = "some_list_or_csv")]
+    pub health_details_from: Option<Vec<String>>,
+}
+
+/// `auth.health_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthDetails {
+    /// A caller whose address is in `auth.health_details_from` (a request relayed by a proxy
+    /// outside `server.trusted_proxies` counts as from no address), or one presenting valid
+    /// credentials (API key, token, a client certificate listed in `auth.certificates_file`).
+    #[default]
+    LocalOrAuthenticated,
+    /// Anyone who reaches the port.
+    Everyone,
+}
+
+/// `auth.jwt`: bearer tokens signed by a key of a JWKS file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtConfig {
+    /// The signing keys (a JWK Set), reloaded when the file changes.
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// A claim holding the event types (glob patterns) the token may send.
+    pub types_claim: Option<String>,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+            types_claim: None,
+        }
+    }
+}
+
+/// `tls`: the listener's certificate (reloaded when the files change) and, for mTLS, the CA
+/// client certificates must chain to.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
+    /// With `client_ca_file`: `required` (a client without a valid certificate fails the
+    /// handshake) or `optional` (one without a certificate is let in, and `auth.*` decides;
+    /// one with an invalid certificate still fails). Kubernetes probes present no
+    /// certificate: `optional` lets them reach the health endpoints.
+    pub client_auth: ClientAuth,
+}
+
+/// `tls.client_auth`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
+}
+
+impl AuthConfig {
+    /// The `auth.*` rules of this section alone, each naming its key.
+    pub(super) fn check(&self, errors: &mut Vec<String>) {
+        if self.jwt.jwks_file.is_some()
+            && (self.jwt.issuer.is_none() || self.jwt.audience.is_none())
+        {
+            errors.push(
+                "auth.jwt.jwks_file needs auth.jwt.issuer and auth.jwt.audience (tokens are checked against both)"
+                    .into(),
+            );
+        }
+        for (i, cidr) in self.health_details_from.iter().flatten().enumerate() {
+            if parse_cidr(cidr).is_none() {
+                errors.push(format!(
+                    "auth.health_details_from[{i}] `{cidr}` is not a CIDR block or an address"
+                ));
+            }
+        }
+    }
+}
+
+impl TlsConfig {
+    /// The `tls.*` rules, each naming its key.
+    pub(super) fn check(&self, errors: &mut Vec<String>) {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            errors.push("tls.cert_file and tls.key_file go together".into());
+        }
+        if self.client_ca_file.is_some() && self.cert_file.is_none() {
+            errors.push("tls.client_ca_file (mTLS) needs tls.cert_file and tls.key_file".into());
+        }
+    }
+}
