@@ -221,15 +221,7 @@ async fn registered_policy_refuses_unknown_types_and_open_accepts_them() {
         "{body}"
     );
     let ev: CloudEvent = serde_json::from_str(&event_json("audit.logged", "1")).unwrap();
-    let err = gw
-        .grpc()
-        .await
-        .ingest_event(IngestEventRequest {
-            event: Some(ev),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = gw.grpc_ingest(ev).await.unwrap_err();
     assert_eq!(grpc_fields(&err), BTreeSet::from(["event.type".to_owned()]));
     // A glob matches.
     let (s, _) = post_json(
@@ -388,21 +380,15 @@ async fn schema_file_changes_are_picked_up_and_a_broken_one_is_refused() {
 
     // A broken schema is refused: counted, and the schema in force stays.
     write(&schema_path, r#"{"type": 12}"#);
-    wait_until(Duration::from_secs(10), "a refused reload", || {
-        let gw = &gw;
-        async move { gw.metrics().await.contains("types_reload_failures_total 1") }
-    })
-    .await;
+    gw.wait_metrics_containing("types_reload_failures_total 1")
+        .await;
     assert_eq!(status(with_id.clone()).await, 400);
     assert_eq!(status(with_both.clone()).await, 200);
 
     // So is a types file that does not parse; a good one afterwards takes effect.
     write(&types_file, "entries: [");
-    wait_until(Duration::from_secs(10), "a second refused reload", || {
-        let gw = &gw;
-        async move { gw.metrics().await.contains("types_reload_failures_total 2") }
-    })
-    .await;
+    gw.wait_metrics_containing("types_reload_failures_total 2")
+        .await;
     write(&schema_path, r#"{"type":"object"}"#);
     write(
         &types_file,
@@ -541,14 +527,7 @@ async fn types_are_routed_to_their_topics_and_batches_span_topics() {
     let (s, r) = post_json(&http(), &gw.url("/api/v1/events"), &user("u0").to_string()).await;
     assert_eq!(s, 200, "{r}");
     let ev: CloudEvent = serde_json::from_value(order("o0")).unwrap();
-    gw.grpc()
-        .await
-        .ingest_event(IngestEventRequest {
-            event: Some(ev),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    gw.grpc_ingest(ev).await.unwrap();
     let (s, r) = gw
         .post_batch(&[user("u1"), order("o1"), user("u2"), order("o2")])
         .await;

@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 use event_gateway::proto::SERVICE_NAME;
@@ -248,27 +247,9 @@ async fn dashboards_and_alerts_query_metrics_the_gateway_exports() {
     assert_eq!(s, 400);
     gw.grpc_ingest_seed().await;
     // Broker statistics arrive every second; wait until they are in the exposition.
-    let metrics_url = gw.url("/metrics");
-    wait_until(Duration::from_secs(10), "broker RTT in /metrics", || {
-        let r = c.get(&metrics_url).send();
-        async move {
-            r.await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-                .contains("kafka_broker_rtt_seconds{")
-        }
-    })
-    .await;
-    let text = c
-        .get(&metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    gw.wait_metrics_containing("kafka_broker_rtt_seconds{")
+        .await;
+    let text = gw.metrics().await;
     let mut exported = BTreeSet::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {

@@ -512,16 +512,7 @@ async fn duplicates_within_the_window_are_written_once_over_both_protocols() {
     assert_eq!(status, 200);
     assert_eq!(again["duplicate"], true, "{again}");
     assert_eq!(again["offset"], first["offset"], "the first one's outcome");
-    let r = gw
-        .grpc()
-        .await
-        .ingest_event(IngestEventRequest {
-            event: Some(grpc_event("d-1")),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = gw.grpc_ingest(grpc_event("d-1")).await.unwrap();
     assert!(r.duplicate);
     assert_eq!(r.offset.to_string(), first["offset"].as_str().unwrap());
     // Within one batch too; another source with the same id is another event.

@@ -128,14 +128,7 @@ async fn sigkill_under_spooled_load_loses_no_acknowledged_event() {
         .filter(|id| !counts.contains_key(*id))
         .collect();
     let duplicated = counts.values().filter(|n| **n > 1).count();
-    let metrics = http()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http(), format!("http://127.0.0.1:{port}/metrics")).await;
     let replayed = metrics
         .lines()
         .find(|l| l.starts_with("spool_replayed_at_start"))

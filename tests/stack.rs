@@ -451,14 +451,7 @@ async fn shutdown_turns_readiness_off_first_then_drains() {
 /// The number of open client connections the gateway reports, scraped over `c`'s one
 /// HTTP/2 connection (see `scraper`), so the scrape itself counts the same each time.
 async fn open_connections(c: &reqwest::Client, gw: &TestGateway) -> f64 {
-    let text = c
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(c, gw.url("/metrics")).await;
     sum_matching(&samples(&text), "http_active_connections", &[])
 }
 

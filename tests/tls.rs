@@ -342,13 +342,10 @@ trait MetricsOverTls {
 
 impl MetricsOverTls for TestGateway {
     async fn metrics_https(&self, pki: &TestPki) -> String {
-        https(pki, None, false)
-            .get(format!("https://localhost:{}/metrics", self.addr.port()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(
+            &https(pki, None, false),
+            format!("https://localhost:{}/metrics", self.addr.port()),
+        )
+        .await
     }
 }

@@ -515,14 +515,7 @@ async fn the_sampler_from_the_environment_is_respected() {
 
 /// The gateway's `otel_spans_dropped_total{reason}`.
 async fn dropped(port: u16, reason: &str) -> u64 {
-    let text = http()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&http(), format!("http://127.0.0.1:{port}/metrics")).await;
     text.lines()
         .find(|l| {
             l.starts_with("otel_spans_dropped_total") && l.contains(&format!("reason=\"{reason}\""))

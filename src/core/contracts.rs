@@ -143,160 +143,19 @@ impl Registry {
 
     /// Reads the inline entries and the types file, reads and compiles every schema.
     pub fn load(config: &TypesConfig) -> Result<Self, ContractError> {
-        let mut entries: Vec<(TypeEntryConfig, PathBuf, String)> = config
-            .entries
-            .iter()
-            .cloned()
-            .map(|e| (e, PathBuf::from("."), "types.entries".to_owned()))
-            .collect();
         let mut files = Vec::new();
-        if let Some(path) = &config.file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ContractError(format!("cannot read types.file {}: {e}", path.display()))
-            })?;
-            let from_file = parse_types_file(&text)
-                .map_err(|e| ContractError(format!("types.file {}: {e}", path.display())))?;
-            let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            entries.extend(
-                from_file
-                    .into_iter()
-                    .map(|e| (e, base.clone(), path.display().to_string())),
-            );
-            files.push(path.clone());
-        }
-
-        // Every schema file, read once, registered under its file URI so `$ref`s between them
-        // resolve (and nothing else does: no network, no other files). The set is the files
-        // the entries name plus every other `*.json` beside them, so shared definitions
-        // (`{"$ref": "common.json#/$defs/email"}`) need no entry of their own.
-        let mut documents: BTreeMap<PathBuf, Value> = BTreeMap::new();
-        for (entry, base, _) in &entries {
-            if let Some(SchemaSource::File(rel)) = &entry.schema {
-                let path = base.join(rel);
-                if documents.contains_key(&path) {
-                    continue;
-                }
-                let doc = read_json(&path, &format!("the schema of `{}`", entry.r#type))?;
-                files.push(path.clone());
-                documents.insert(path, doc);
-            }
-        }
-        let dirs: std::collections::BTreeSet<PathBuf> = documents
-            .keys()
-            .filter_map(|p| p.parent().map(Path::to_path_buf))
-            .collect();
-        for dir in dirs {
-            let listing = std::fs::read_dir(&dir).map_err(|e| {
-                ContractError(format!(
-                    "cannot list the schema directory {}: {e}",
-                    dir.display()
-                ))
-            })?;
-            for neighbour in listing.filter_map(|e| e.ok().map(|e| e.path())) {
-                if neighbour.extension().is_none_or(|x| x != "json")
-                    || documents.contains_key(&neighbour)
-                {
-                    continue;
-                }
-                let doc = read_json(&neighbour, "a file beside a schema (available to $ref)")?;
-                files.push(neighbour.clone());
-                documents.insert(neighbour, doc);
-            }
-        }
-        let uri = |path: &Path| -> String {
-            let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-            format!("file://{}", abs.display())
-        };
-
+        let entries = entries_of(config, &mut files)?;
+        let documents = schema_documents(&entries, &mut files)?;
         let mut contracts = Vec::with_capacity(entries.len());
         let mut seen = std::collections::HashSet::new();
         for (entry, base, declared_in) in entries {
-            let pattern = entry.r#type.clone();
-            if pattern.is_empty() {
+            if !seen.insert(entry.r#type.clone()) {
                 return Err(ContractError(format!(
-                    "an entry in {declared_in} has an empty `type`"
+                    "type pattern `{}` is declared twice (last in {declared_in})",
+                    entry.r#type
                 )));
             }
-            if entry.topic.as_ref().is_some_and(|t| t.trim().is_empty()) {
-                return Err(ContractError(format!(
-                    "`{pattern}`: topic must not be empty"
-                )));
-            }
-            if !seen.insert(pattern.clone()) {
-                return Err(ContractError(format!(
-                    "type pattern `{pattern}` is declared twice (last in {declared_in})"
-                )));
-            }
-            let glob = if is_glob(&pattern) {
-                Some(
-                    Glob::new(&pattern)
-                        .map_err(|e| {
-                            ContractError(format!("type pattern `{pattern}` is not a glob: {e}"))
-                        })?
-                        .compile_matcher(),
-                )
-            } else {
-                None
-            };
-            if let Some(ct) = &entry.datacontenttype
-                && ct.parse::<mime::Mime>().is_err()
-            {
-                return Err(ContractError(format!(
-                    "`{pattern}`: datacontenttype `{ct}` is not a media type"
-                )));
-            }
-            if let Some(ds) = &entry.dataschema
-                && fluent_uri::Uri::parse(ds.as_str()).is_err()
-            {
-                return Err(ContractError(format!(
-                    "`{pattern}`: dataschema `{ds}` is not an absolute URI"
-                )));
-            }
-            let schema = match &entry.schema {
-                None => None,
-                Some(source) => {
-                    let (document, origin, base_uri) = match source {
-                        SchemaSource::Inline(v) => (v.clone(), "inline".to_owned(), None),
-                        SchemaSource::File(rel) => {
-                            let path = base.join(rel);
-                            (
-                                documents[&path].clone(),
-                                path.display().to_string(),
-                                Some(uri(&path)),
-                            )
-                        }
-                    };
-                    let mut options = jsonschema::options();
-                    if let Some(b) = base_uri {
-                        options = options.with_base_uri(b);
-                    }
-                    for (path, doc) in &documents {
-                        let resource =
-                            jsonschema::Resource::from_contents(doc.clone()).map_err(|e| {
-                                ContractError(format!("schema {}: {e}", path.display()))
-                            })?;
-                        options = options.with_resource(uri(path), resource);
-                    }
-                    let validator = options.build(&document).map_err(|e| {
-                        ContractError(format!(
-                            "the schema of `{pattern}` ({origin}) does not compile: {e}"
-                        ))
-                    })?;
-                    Some(Schema {
-                        document,
-                        origin,
-                        validator,
-                    })
-                }
-            };
-            contracts.push(TypeContract {
-                pattern,
-                glob,
-                topic: entry.topic.map(Arc::from),
-                datacontenttype: entry.datacontenttype,
-                dataschema: entry.dataschema,
-                schema,
-            });
+            contracts.push(compile_entry(entry, &base, &declared_in, &documents)?);
         }
         // Stable: among equally specific globs the one declared first wins.
         contracts.sort_by_key(|c| std::cmp::Reverse(c.specificity()));
@@ -424,4 +283,183 @@ impl Contracts {
             }
         })
     }
+}
+
+/// An entry, the directory its schema paths are relative to, and where it was declared.
+type Declared = (TypeEntryConfig, PathBuf, String);
+
+/// The inline entries, then the types file's (whose path joins `files`, to be watched).
+fn entries_of(
+    config: &TypesConfig,
+    files: &mut Vec<PathBuf>,
+) -> Result<Vec<Declared>, ContractError> {
+    let mut entries: Vec<Declared> = config
+        .entries
+        .iter()
+        .cloned()
+        .map(|e| (e, PathBuf::from("."), "types.entries".to_owned()))
+        .collect();
+    if let Some(path) = &config.file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ContractError(format!("cannot read types.file {}: {e}", path.display()))
+        })?;
+        let from_file = parse_types_file(&text)
+            .map_err(|e| ContractError(format!("types.file {}: {e}", path.display())))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        entries.extend(
+            from_file
+                .into_iter()
+                .map(|e| (e, base.clone(), path.display().to_string())),
+        );
+        files.push(path.clone());
+    }
+    Ok(entries)
+}
+
+/// Every schema file, read once, registered under its file URI so `$ref`s between them
+/// resolve (and nothing else does: no network, no other files). The set is the files the
+/// entries name plus every other `*.json` beside them, so shared definitions
+/// (`{"$ref": "common.json#/$defs/email"}`) need no entry of their own. Each path read joins
+/// `files`.
+fn schema_documents(
+    entries: &[Declared],
+    files: &mut Vec<PathBuf>,
+) -> Result<BTreeMap<PathBuf, Value>, ContractError> {
+    let mut documents: BTreeMap<PathBuf, Value> = BTreeMap::new();
+    for (entry, base, _) in entries {
+        if let Some(SchemaSource::File(rel)) = &entry.schema {
+            let path = base.join(rel);
+            if documents.contains_key(&path) {
+                continue;
+            }
+            let doc = read_json(&path, &format!("the schema of `{}`", entry.r#type))?;
+            files.push(path.clone());
+            documents.insert(path, doc);
+        }
+    }
+    let dirs: std::collections::BTreeSet<PathBuf> = documents
+        .keys()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    for dir in dirs {
+        let listing = std::fs::read_dir(&dir).map_err(|e| {
+            ContractError(format!(
+                "cannot list the schema directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        for neighbour in listing.filter_map(|e| e.ok().map(|e| e.path())) {
+            if neighbour.extension().is_none_or(|x| x != "json")
+                || documents.contains_key(&neighbour)
+            {
+                continue;
+            }
+            let doc = read_json(&neighbour, "a file beside a schema (available to $ref)")?;
+            files.push(neighbour.clone());
+            documents.insert(neighbour, doc);
+        }
+    }
+    Ok(documents)
+}
+
+/// A schema file's URI, the name `$ref`s resolve it by.
+fn file_uri(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    format!("file://{}", abs.display())
+}
+
+/// One entry checked (type pattern, topic, media type, dataschema URI) and its schema
+/// compiled against every document (so its `$ref`s resolve).
+fn compile_entry(
+    entry: TypeEntryConfig,
+    base: &Path,
+    declared_in: &str,
+    documents: &BTreeMap<PathBuf, Value>,
+) -> Result<TypeContract, ContractError> {
+    let pattern = entry.r#type.clone();
+    if pattern.is_empty() {
+        return Err(ContractError(format!(
+            "an entry in {declared_in} has an empty `type`"
+        )));
+    }
+    if entry.topic.as_ref().is_some_and(|t| t.trim().is_empty()) {
+        return Err(ContractError(format!(
+            "`{pattern}`: topic must not be empty"
+        )));
+    }
+    let glob = if is_glob(&pattern) {
+        Some(
+            Glob::new(&pattern)
+                .map_err(|e| ContractError(format!("type pattern `{pattern}` is not a glob: {e}")))?
+                .compile_matcher(),
+        )
+    } else {
+        None
+    };
+    if let Some(ct) = &entry.datacontenttype
+        && ct.parse::<mime::Mime>().is_err()
+    {
+        return Err(ContractError(format!(
+            "`{pattern}`: datacontenttype `{ct}` is not a media type"
+        )));
+    }
+    if let Some(ds) = &entry.dataschema
+        && fluent_uri::Uri::parse(ds.as_str()).is_err()
+    {
+        return Err(ContractError(format!(
+            "`{pattern}`: dataschema `{ds}` is not an absolute URI"
+        )));
+    }
+    let schema = match &entry.schema {
+        None => None,
+        Some(source) => Some(compile_schema(&pattern, source, base, documents)?),
+    };
+    Ok(TypeContract {
+        pattern,
+        glob,
+        topic: entry.topic.map(Arc::from),
+        datacontenttype: entry.datacontenttype,
+        dataschema: entry.dataschema,
+        schema,
+    })
+}
+
+/// The schema of `pattern`, inline or from its file, compiled with every document
+/// registered under its URI.
+fn compile_schema(
+    pattern: &str,
+    source: &SchemaSource,
+    base: &Path,
+    documents: &BTreeMap<PathBuf, Value>,
+) -> Result<Schema, ContractError> {
+    let (document, origin, base_uri) = match source {
+        SchemaSource::Inline(v) => (v.clone(), "inline".to_owned(), None),
+        SchemaSource::File(rel) => {
+            let path = base.join(rel);
+            (
+                documents[&path].clone(),
+                path.display().to_string(),
+                Some(file_uri(&path)),
+            )
+        }
+    };
+    let mut options = jsonschema::options();
+    if let Some(b) = base_uri {
+        options = options.with_base_uri(b);
+    }
+    for (path, doc) in documents {
+        let resource = jsonschema::Resource::from_contents(doc.clone())
+            .map_err(|e| ContractError(format!("schema {}: {e}", path.display())))?;
+        options = options.with_resource(file_uri(path), resource);
+    }
+    let validator = options.build(&document).map_err(|e| {
+        ContractError(format!(
+            "the schema of `{pattern}` ({origin}) does not compile: {e}"
+        ))
+    })?;
+    Ok(Schema {
+        document,
+        origin,
+        validator,
+    })
 }

@@ -241,6 +241,25 @@ impl Serialize for JsonValue<'_> {
 }
 
 #[cfg(test)]
+impl Event {
+    /// A minimal event for unit tests: type `t`, source `s`, no data, no topic.
+    pub(crate) fn for_test(id: &str) -> Event {
+        Event {
+            id: id.into(),
+            source: "s".into(),
+            ty: "t".into(),
+            subject: None,
+            time: chrono::Utc::now(),
+            datacontenttype: None,
+            dataschema: None,
+            data: Data::None,
+            extensions: Default::default(),
+            topic: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

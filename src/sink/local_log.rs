@@ -132,7 +132,6 @@ impl EventSink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::event::Data;
 
     fn meter() -> Meter {
         opentelemetry::global::meter("test")
@@ -148,21 +147,6 @@ mod tests {
         }
     }
 
-    fn ev(id: &str) -> Event {
-        Event {
-            id: id.into(),
-            source: "s".into(),
-            ty: "t".into(),
-            subject: None,
-            time: chrono::Utc::now(),
-            datacontenttype: None,
-            dataschema: None,
-            data: Data::None,
-            extensions: Default::default(),
-            topic: None,
-        }
-    }
-
     #[tokio::test]
     async fn concurrent_publishes_get_distinct_consecutive_offsets() {
         let dir = tempfile::tempdir().unwrap();
@@ -171,7 +155,9 @@ mod tests {
         for t in 0..20 {
             let sink = sink.clone();
             tasks.push(tokio::spawn(async move {
-                let events: Vec<Event> = (0..5).map(|i| ev(&format!("{t}-{i}"))).collect();
+                let events: Vec<Event> = (0..5)
+                    .map(|i| Event::for_test(&format!("{t}-{i}")))
+                    .collect();
                 let r = sink.publish(&events).await;
                 r.into_iter().map(|r| r.unwrap().offset).collect::<Vec<_>>()
             }));
@@ -197,7 +183,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sink = FileSink::open(settings(dir.path()), &meter()).unwrap();
         for i in 0..100 {
-            sink.publish(&[ev(&i.to_string())]).await[0]
+            sink.publish(&[Event::for_test(&i.to_string())]).await[0]
                 .as_ref()
                 .unwrap();
         }
@@ -217,11 +203,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let sink = FileSink::open(settings(dir.path()), &meter()).unwrap();
-            let r = sink.publish(&[ev("a"), ev("b")]).await;
+            let r = sink
+                .publish(&[Event::for_test("a"), Event::for_test("b")])
+                .await;
             assert_eq!(r[1].as_ref().unwrap().offset, 1);
         }
         let sink = FileSink::open(settings(dir.path()), &meter()).unwrap();
-        let r = sink.publish(&[ev("c")]).await;
+        let r = sink.publish(&[Event::for_test("c")]).await;
         assert_eq!(r[0].as_ref().unwrap().offset, 2);
         assert_eq!(spool::read_events(dir.path()).unwrap().len(), 3);
     }

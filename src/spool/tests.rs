@@ -1,7 +1,7 @@
 //! The spool against the real file system: appends, rotation, bounds, release, recovery, and
 //! one test per loss path the simulator's issue named (each failed on the spool before it).
 use super::*;
-use crate::core::event::{Data, Event};
+use crate::core::event::Event;
 use std::io::Write;
 
 fn meter() -> Meter {
@@ -14,21 +14,13 @@ pub(crate) fn record(id: &str) -> Record {
         topic: Some("orders".into()),
         trace: vec![("traceparent".into(), "00-abc-def-01".into())],
         event: Event {
-            id: id.into(),
-            source: "s".into(),
-            ty: "t".into(),
-            subject: None,
-            time: chrono::Utc::now(),
-            datacontenttype: None,
-            dataschema: None,
-            data: Data::None,
-            extensions: Default::default(),
             topic: Some(Arc::from("orders")),
+            ..Event::for_test(id)
         },
     }
 }
 
-fn settings(dir: &Path) -> Settings {
+pub(crate) fn settings(dir: &Path) -> Settings {
     Settings {
         dir: dir.to_path_buf(),
         segment_bytes: 1 << 20,
@@ -36,6 +28,17 @@ fn settings(dir: &Path) -> Settings {
         max_age: None,
         min_room: 0,
     }
+}
+
+/// A spool in `dir` with 600-byte segments and 20 records `e0`..`e19` in them.
+async fn twenty_in_small_segments(dir: &Path) -> Arc<Spool> {
+    let mut s = settings(dir);
+    s.segment_bytes = 600;
+    let spool = Spool::open(s, &meter()).unwrap();
+    for i in 0..20 {
+        spool.append(&[record(&format!("e{i}"))]).await.unwrap();
+    }
+    spool
 }
 
 fn ids(dir: &Path) -> Vec<String> {
@@ -100,12 +103,7 @@ async fn positions_are_consecutive_and_survive_reopening() {
 #[tokio::test]
 async fn segments_rotate_by_size_and_go_once_forwarded() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(dir.path());
-    s.segment_bytes = 600;
-    let spool = Spool::open(s, &meter()).unwrap();
-    for i in 0..20 {
-        spool.append(&[record(&format!("e{i}"))]).await.unwrap();
-    }
+    let spool = twenty_in_small_segments(dir.path()).await;
     let before = segment_files(dir.path()).len();
     assert!(before > 3, "{before} segments");
     spool.release(20).unwrap();
@@ -338,12 +336,7 @@ async fn a_flipped_length_bit_in_a_sealed_segment_keeps_the_records_after_it() {
 #[tokio::test]
 async fn a_failed_delete_is_retried_and_leaks_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(dir.path());
-    s.segment_bytes = 600;
-    let spool = Spool::open(s, &meter()).unwrap();
-    for i in 0..20 {
-        spool.append(&[record(&format!("e{i}"))]).await.unwrap();
-    }
+    let spool = twenty_in_small_segments(dir.path()).await;
     let files = segment_files(dir.path());
     assert!(files.len() > 3);
     // The oldest segment cannot be deleted for now: a directory sits in its place.

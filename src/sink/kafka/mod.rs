@@ -19,6 +19,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::Meter;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::future_producer::DeliveryFuture;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use std::sync::Mutex;
 
@@ -31,7 +32,7 @@ pub use config::client_config;
 pub use stats::GatewayContext;
 
 use classify::{Kind, Recovery, classify, kind_of};
-use spans::{Origin, send_spans};
+use spans::{Origin, SendSpan, send_spans};
 use stats::{STATS_STALE_AFTER, Stats, now_ms};
 
 use super::OpenError;
@@ -250,152 +251,167 @@ impl KafkaSink {
     /// there instead, with headers naming the error and the topic it was meant for.
     async fn produce(
         &self,
-        items: &[(&Event, &[(String, String)])],
+        events: &[(&Event, &[(String, String)])],
         dead_letter: Option<(&str, &str)>,
         origin: Origin,
     ) -> Vec<Result<Stored, Error>> {
-        {
-            let events = items;
-            if let Some((code, reason)) = self.producer.load().client().fatal_error() {
-                self.rebuild(&format!("fatal error {code}: {reason}"));
-            }
-            if !self.broker_reachable() {
-                return events
-                    .iter()
-                    .map(|_| {
-                        Err(Error::unavailable(
-                            "no Kafka broker is reachable; retry shortly",
-                        ))
-                    })
-                    .collect();
-            }
-            let producer = self.producer.load_full();
-            // Enqueue every event before awaiting any report, so one batch shares produce
-            // requests; a full queue fails only the events that did not fit, at once.
-            let structured: Vec<Option<Vec<u8>>> = events
-                .iter()
-                .map(|(e, _)| match self.config.record_mode {
-                    RecordMode::Structured => Some(e.to_structured_json()),
-                    RecordMode::Binary => None,
-                })
-                .collect();
-            let mut pending = Vec::with_capacity(events.len());
-            // After a record that could not be queued for a reason that passes (a full queue),
-            // the rest of the call is not queued either: a later record of the same key must
-            // not reach Kafka before it (the forwarder's order per key, a batch's order).
-            let mut held_back: Option<KafkaError> = None;
-            let destination = |e: &Event| -> String {
-                match dead_letter {
-                    Some((dlq, _)) => dlq.to_owned(),
-                    None => e.topic.as_deref().unwrap_or(&self.config.topic).to_owned(),
+        if let Some((code, reason)) = self.producer.load().client().fatal_error() {
+            self.rebuild(&format!("fatal error {code}: {reason}"));
+        }
+        if !self.broker_reachable() {
+            let down = Error::unavailable("no Kafka broker is reachable; retry shortly");
+            return events.iter().map(|_| Err(down.clone())).collect();
+        }
+        let spans = send_spans(
+            events,
+            &|e| self.destination(e, dead_letter).to_owned(),
+            origin,
+        );
+        let pending = self.enqueue(events, dead_letter, origin, &spans);
+        self.await_reports(pending, events, dead_letter, &spans)
+            .await
+    }
+
+    /// Where `e` goes: the dead-letter topic when given, else its routed topic or `kafka.topic`.
+    fn destination<'a>(&'a self, e: &'a Event, dead_letter: Option<(&'a str, &str)>) -> &'a str {
+        match dead_letter {
+            Some((dlq, _)) => dlq,
+            None => e.topic.as_deref().unwrap_or(&self.config.topic),
+        }
+    }
+
+    /// Queues every event's record with librdkafka, without waiting; a full queue fails only
+    /// the events that did not fit, at once.
+    fn enqueue(
+        &self,
+        events: &[(&Event, &[(String, String)])],
+        dead_letter: Option<(&str, &str)>,
+        origin: Origin,
+        spans: &[SendSpan],
+    ) -> Vec<Result<DeliveryFuture, Held>> {
+        let producer = self.producer.load_full();
+        let mut pending = Vec::with_capacity(events.len());
+        // After a record that could not be queued for a reason that passes (a full queue),
+        // the rest of the call is not queued either: a later record of the same key must not
+        // reach Kafka before it (the forwarder's order per key, a batch's order).
+        let mut held_back: Option<KafkaError> = None;
+        for (e, trace) in events {
+            let body = match self.config.record_mode {
+                RecordMode::Structured => Some(e.to_structured_json()),
+                RecordMode::Binary => None,
+            };
+            let meant = e.topic.as_deref().unwrap_or(&self.config.topic);
+            let trace = match origin {
+                // The send span's context, so a consumer continues the request's trace.
+                Origin::Request => {
+                    let to = self.destination(e, dead_letter);
+                    spans
+                        .iter()
+                        .find(|s| s.0 == to)
+                        .map(|s| s.2.as_slice())
+                        .unwrap_or(trace)
+                }
+                // The context stored when it was spooled (its `create` span).
+                Origin::Spool => trace,
+            };
+            let mut headers = self.record_headers(e, trace);
+            let topic = match dead_letter {
+                None => meant,
+                Some((dlq, why)) => {
+                    headers = headers
+                        .insert(Header {
+                            key: "eventgateway-error",
+                            value: Some(why.as_bytes()),
+                        })
+                        .insert(Header {
+                            key: "eventgateway-topic",
+                            value: Some(meant.as_bytes()),
+                        });
+                    dlq
                 }
             };
-            let spans = send_spans(events, &destination, origin);
-            for ((e, trace), body) in events.iter().zip(&structured) {
-                let meant = e.topic.as_deref().unwrap_or(&self.config.topic);
-                let trace = match origin {
-                    // The send span's context, so a consumer continues the request's trace.
-                    Origin::Request => {
-                        let to = destination(e);
-                        spans
-                            .iter()
-                            .find(|s| s.0 == to)
-                            .map(|s| s.2.as_slice())
-                            .unwrap_or(trace)
+            let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).headers(headers);
+            let value = match &body {
+                Some(b) => Some(b.as_slice()),
+                None => e.data_bytes(),
+            };
+            if let Some(v) = value {
+                record = record.payload(v);
+            }
+            if let Some(k) = self.record_key(e) {
+                record = record.key(k);
+            }
+            if let Some(first) = &held_back {
+                // Queued after a record that could not be: it would overtake it.
+                pending.push(Err(Held::Back(first.clone())));
+                continue;
+            }
+            match producer.send_result(record) {
+                Ok(f) => pending.push(Ok(f)),
+                Err((err, _)) => {
+                    if err
+                        .rdkafka_error_code()
+                        .is_none_or(|c| kind_of(c) == Kind::Retryable)
+                    {
+                        held_back = Some(err.clone());
                     }
-                    // The context stored when it was spooled (its `create` span).
-                    Origin::Spool => trace,
-                };
-                let mut headers = self.record_headers(e, trace);
-                let topic = match dead_letter {
-                    None => meant,
-                    Some((dlq, why)) => {
-                        headers = headers
-                            .insert(Header {
-                                key: "eventgateway-error",
-                                value: Some(why.as_bytes()),
-                            })
-                            .insert(Header {
-                                key: "eventgateway-topic",
-                                value: Some(meant.as_bytes()),
-                            });
-                        dlq
-                    }
-                };
-                let mut record: FutureRecord<'_, str, [u8]> =
-                    FutureRecord::to(topic).headers(headers);
-                let value = match body {
-                    Some(b) => Some(b.as_slice()),
-                    None => e.data_bytes(),
-                };
-                if let Some(v) = value {
-                    record = record.payload(v);
-                }
-                if let Some(k) = self.record_key(e) {
-                    record = record.key(k);
-                }
-                if let Some(first) = &held_back {
-                    // Queued after a record that could not be: it would overtake it.
-                    pending.push(Err(Held::Back(first.clone())));
-                    continue;
-                }
-                match producer.send_result(record) {
-                    Ok(f) => pending.push(Ok(f)),
-                    Err((err, _)) => {
-                        if err
-                            .rdkafka_error_code()
-                            .is_none_or(|c| kind_of(c) == Kind::Retryable)
-                        {
-                            held_back = Some(err.clone());
-                        }
-                        pending.push(Err(Held::Failed(err)));
-                    }
+                    pending.push(Err(Held::Failed(err)));
                 }
             }
-            let mut out = Vec::with_capacity(events.len());
-            // Acknowledged records per topic, added to the counter once per topic rather than
-            // once per event (a batch names few topics).
-            let mut produced: Vec<(&str, u64)> = Vec::new();
-            for (p, (e, _)) in pending.into_iter().zip(events) {
-                let topic = dead_letter
-                    .map(|(dlq, _)| dlq)
-                    .unwrap_or_else(|| e.topic.as_deref().unwrap_or(&self.config.topic));
-                let r = match p {
-                    Err(Held::Failed(err)) => Err(self.failed(&err, topic)),
-                    Err(Held::Back(first)) => Err(Error::unavailable(format!(
-                        "not sent: an earlier event of the request could not be queued ({first}); retry"
-                    ))),
-                    Ok(fut) => match fut.await {
-                        Ok(Ok(d)) => {
-                            self.fenced_in_a_row.store(0, Ordering::Relaxed);
-                            match produced.iter_mut().find(|(t, _)| *t == topic) {
-                                Some((_, n)) => *n += 1,
-                                None => produced.push((topic, 1)),
-                            }
-                            Ok(Stored {
-                                partition: d.partition,
-                                offset: d.offset,
-                            })
-                        }
-                        Ok(Err((err, _msg))) => Err(self.failed(&err, topic)),
-                        Err(_canceled) => Err(Error::unavailable(
-                            "the Kafka producer was replaced before reporting; retry",
-                        )),
-                    },
-                };
-                if r.is_err()
-                    && let Some(s) = spans.iter().find(|s| s.0 == topic)
-                {
-                    s.1.record("otel.status_code", "error");
-                }
-                out.push(r);
-            }
-            for (topic, n) in produced {
-                self.produced
-                    .add(n, &[KeyValue::new("topic", topic.to_owned())]);
-            }
-            out
         }
+        pending
+    }
+
+    /// Each event's outcome, in order, once its delivery report is in; errors mark their
+    /// topic's send span, and acknowledged records are counted once per topic.
+    async fn await_reports(
+        &self,
+        pending: Vec<Result<DeliveryFuture, Held>>,
+        events: &[(&Event, &[(String, String)])],
+        dead_letter: Option<(&str, &str)>,
+        spans: &[SendSpan],
+    ) -> Vec<Result<Stored, Error>> {
+        let mut out = Vec::with_capacity(events.len());
+        // Acknowledged records per topic, added to the counter once per topic rather than
+        // once per event (a batch names few topics).
+        let mut produced: Vec<(&str, u64)> = Vec::new();
+        for (p, (e, _)) in pending.into_iter().zip(events) {
+            let topic = self.destination(e, dead_letter);
+            let r = match p {
+                Err(Held::Failed(err)) => Err(self.failed(&err, topic)),
+                Err(Held::Back(first)) => Err(Error::unavailable(format!(
+                    "not sent: an earlier event of the request could not be queued ({first}); retry"
+                ))),
+                Ok(fut) => match fut.await {
+                    Ok(Ok(d)) => {
+                        self.fenced_in_a_row.store(0, Ordering::Relaxed);
+                        match produced.iter_mut().find(|(t, _)| *t == topic) {
+                            Some((_, n)) => *n += 1,
+                            None => produced.push((topic, 1)),
+                        }
+                        Ok(Stored {
+                            partition: d.partition,
+                            offset: d.offset,
+                        })
+                    }
+                    Ok(Err((err, _msg))) => Err(self.failed(&err, topic)),
+                    Err(_canceled) => Err(Error::unavailable(
+                        "the Kafka producer was replaced before reporting; retry",
+                    )),
+                },
+            };
+            if r.is_err()
+                && let Some(s) = spans.iter().find(|s| s.0 == topic)
+            {
+                s.1.record("otel.status_code", "error");
+            }
+            out.push(r);
+        }
+        for (topic, n) in produced {
+            self.produced
+                .add(n, &[KeyValue::new("topic", topic.to_owned())]);
+        }
+        out
     }
 
     fn record_headers(&self, e: &Event, trace: &[(String, String)]) -> OwnedHeaders {

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use super::*;
-use crate::spool::{Settings, segment};
+use crate::spool::segment;
+use crate::spool::tests::settings;
 
 /// What the scripted destination answers for a record, by its id and how often it was sent.
 type Script = Box<dyn Fn(&str, usize) -> Result<Stored, Error> + Send + Sync>;
@@ -98,16 +99,6 @@ fn keyed(id: &str, key: &str) -> Record {
     let mut r = crate::spool::tests::record(id);
     r.event.subject = Some(key.into());
     r
-}
-
-fn settings(dir: &Path) -> Settings {
-    Settings {
-        dir: dir.to_path_buf(),
-        segment_bytes: 1 << 20,
-        max_bytes: 1 << 30,
-        max_age: None,
-        min_room: 0,
-    }
 }
 
 fn meter() -> Meter {
