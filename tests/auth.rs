@@ -86,6 +86,14 @@ async fn post_with(
     r.send().await.unwrap()
 }
 
+/// The HTTP status of one event posted to `/api/v1/events` with the API key `key`.
+async fn event_status(gw: &TestGateway, key: &str, body: &str) -> u16 {
+    post_with(gw, "/api/v1/events", Some(("x-api-key", key)), body)
+        .await
+        .status()
+        .as_u16()
+}
+
 async fn grpc_ingest(
     gw: &TestGateway,
     auth: Option<(&'static str, &str)>,
@@ -214,12 +222,7 @@ async fn a_valid_key_stores_with_provenance_and_a_revoked_key_is_refused_within_
     wait_until(
         Duration::from_secs(5),
         "the revoked key refused",
-        || async move {
-            post_with(gw, "/api/v1/events", Some(("x-api-key", KEY_A)), SEED_EVENT)
-                .await
-                .status()
-                == 401
-        },
+        || async move { event_status(gw, KEY_A, SEED_EVENT).await == 401 },
     )
     .await;
     let err = grpc_ingest(gw, Some(("x-api-key", KEY_A)), SEED_EVENT)
@@ -227,12 +230,7 @@ async fn a_valid_key_stores_with_provenance_and_a_revoked_key_is_refused_within_
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(!err.message().contains(KEY_A), "the secret leaked: {err:?}");
-    assert_eq!(
-        post_with(gw, "/api/v1/events", Some(("x-api-key", KEY_B)), SEED_EVENT)
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(event_status(gw, KEY_B, SEED_EVENT).await, 200);
     // A broken file keeps the keys in force.
     std::fs::write(&s.keys, "- id: [not, a, string\n").unwrap();
     wait_until(
@@ -241,12 +239,7 @@ async fn a_valid_key_stores_with_provenance_and_a_revoked_key_is_refused_within_
         || async move { metric(&gw.metrics().await, "auth_reload_failures_total", "") >= 1.0 },
     )
     .await;
-    assert_eq!(
-        post_with(gw, "/api/v1/events", Some(("x-api-key", KEY_B)), SEED_EVENT)
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(event_status(gw, KEY_B, SEED_EVENT).await, 200);
     let m = gw.metrics().await;
     assert!(
         !m.contains(KEY_A) && !m.contains(KEY_B),
@@ -307,17 +300,7 @@ async fn a_type_or_source_the_principal_may_not_send_is_403_everywhere() {
         "events[1].type"
     );
     // Other keys have no such grant.
-    assert_eq!(
-        post_with(
-            &s.gw,
-            "/api/v1/events",
-            Some(("x-api-key", KEY_A)),
-            wrong_type
-        )
-        .await
-        .status(),
-        200
-    );
+    assert_eq!(event_status(&s.gw, KEY_A, wrong_type).await, 200);
     let lines = s.gw.log_lines();
     assert_eq!(lines.len(), 2, "{lines:?}");
 
@@ -667,17 +650,7 @@ async fn optional_authentication_serves_anonymous_clients_but_refuses_bad_keys()
         .status(),
         401
     );
-    assert_eq!(
-        post_with(
-            &s.gw,
-            "/api/v1/events",
-            Some(("x-api-key", KEY_A)),
-            SEED_EVENT
-        )
-        .await
-        .status(),
-        200
-    );
+    assert_eq!(event_status(&s.gw, KEY_A, SEED_EVENT).await, 200);
     let lines = s.gw.log_lines();
     assert_eq!(lines[0]["authtype"], "unauthenticated");
     assert!(lines[0].get("authid").is_none());

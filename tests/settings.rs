@@ -403,6 +403,15 @@ fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
     path.split('.').fold(v, |v, k| &v[k])
 }
 
+/// Posts an event of type `ty` from source `matrix` to the gateway at `base`.
+async fn matrix_event(c: &reqwest::Client, base: &str, ty: &str) -> reqwest::Response {
+    c.post(format!("{base}/api/v1/events"))
+        .json(&json!({"type": ty, "source": "matrix"}))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// #30: the matrix, one start per key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_set_on_the_real_binary_takes_effect() {
@@ -481,12 +490,7 @@ async fn effect(
         }
         "storage.data_dir" => {
             // A path that looks like a number is a path: the local log is written there.
-            let r = c
-                .post(format!("{base}/api/v1/events"))
-                .json(&json!({"type": "user.created", "source": "matrix"}))
-                .send()
-                .await
-                .unwrap();
+            let r = matrix_event(&c, base, "user.created").await;
             assert_eq!(r.status(), 200);
             assert!(log_text(&dir.join(value)).contains("matrix"));
         }
@@ -503,21 +507,11 @@ async fn effect(
             assert!(line.get("level").is_some(), "{first}");
         }
         "auth.required" => {
-            let r = c
-                .post(format!("{base}/api/v1/events"))
-                .json(&json!({"type": "user.created", "source": "matrix"}))
-                .send()
-                .await
-                .unwrap();
+            let r = matrix_event(&c, base, "user.created").await;
             assert_eq!(r.status(), 401, "no credentials, refused");
         }
         "types.policy" => {
-            let r = c
-                .post(format!("{base}/api/v1/events"))
-                .json(&json!({"type": "not.registered", "source": "matrix"}))
-                .send()
-                .await
-                .unwrap();
+            let r = matrix_event(&c, base, "not.registered").await;
             assert_eq!(r.status(), 400, "an unregistered type is refused");
         }
         "limits.max_event_size" => {

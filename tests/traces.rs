@@ -171,6 +171,14 @@ async fn http_receiver() -> (u16, Received) {
 }
 
 /// The real binary with `env` (OTLP settings) and `yaml`; stdout captured when asked.
+/// The variable that sends the gateway's spans to the receiver on `port` (OTLP over gRPC).
+fn otlp_endpoint(port: u16) -> (&'static str, String) {
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        format!("http://127.0.0.1:{port}"),
+    )
+}
+
 async fn gateway(
     dir: &std::path::Path,
     yaml: &str,
@@ -249,16 +257,8 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
         "kafka:\n  brokers: [\"{}\"]\n  topic: {TOPIC}\nlogging:\n  format: json\n  level: debug\n",
         broker.bootstrap()
     );
-    let (mut child, port) = gateway(
-        dir.path(),
-        &yaml,
-        &[(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{otlp}"),
-        )],
-        Stdio::piped(),
-    )
-    .await;
+    let (mut child, port) =
+        gateway(dir.path(), &yaml, &[otlp_endpoint(otlp)], Stdio::piped()).await;
     // The log lines are read as they come (a pipe left unread would fill and stall the
     // gateway's logging).
     let stdout = child.stdout.take().unwrap();
@@ -381,16 +381,7 @@ async fn the_spooled_path_links_the_forwarders_send_to_the_spooling_request() {
         "kafka:\n  brokers: [\"{}\"]\n  topic: {TOPIC}\n",
         broker.bootstrap()
     );
-    let (_child, port) = gateway(
-        dir.path(),
-        &yaml,
-        &[(
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{otlp}"),
-        )],
-        Stdio::null(),
-    )
-    .await;
+    let (_child, port) = gateway(dir.path(), &yaml, &[otlp_endpoint(otlp)], Stdio::null()).await;
     let (t, p) = (random_hex(16), random_hex(8));
     let tp = traceparent(&t, &p, true);
     assert_eq!(
@@ -429,10 +420,7 @@ async fn http_protobuf_export_and_the_resource_from_the_environment() {
         dir.path(),
         "storage:\n  data_dir: data\n",
         &[
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{otlp}"),
-            ),
+            otlp_endpoint(otlp),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
             ("OTEL_SERVICE_NAME", "ingest-edge".into()),
             (
@@ -470,10 +458,7 @@ async fn the_sampler_from_the_environment_is_respected() {
         dir.path(),
         "storage:\n  data_dir: data\n",
         &[
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{otlp}"),
-            ),
+            otlp_endpoint(otlp),
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()),
             ("OTEL_TRACES_SAMPLER_ARG", "0".into()),
         ],
@@ -585,10 +570,7 @@ async fn a_collector_absent_or_stalled_never_holds_up_ingestion() {
         dir.path(),
         "storage:\n  data_dir: data\n",
         &[
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("http://127.0.0.1:{otlp}"),
-            ),
+            otlp_endpoint(otlp),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "64".into()),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "16".into()),
         ],

@@ -190,7 +190,8 @@ fn refuse(
 
 /// The futures of one submission's events, numbered from `first`. An empty or oversized
 /// submission is failed as a whole: one failed report per event it carried (one when it
-/// carried none).
+/// carried none). One piece: the size checks, the per-event admission and the numbering
+/// share one counter of what the submission carried, which every report must agree with.
 fn take(
     gateway: &Arc<Gateway>,
     admit: &Arc<dyn Admit>,

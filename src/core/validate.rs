@@ -833,7 +833,8 @@ mod tests {
         assert_eq!(c.size, c.event.to_structured_json().len());
     }
 
-    /// Each row: a change to a valid event, and the field path that must be reported.
+    /// Each row: a change to a valid event, and the field path that must be reported. A table:
+    /// long because every rule has a row, not because it does much.
     #[test]
     fn every_rule_names_its_field() {
         type Case = (&'static str, fn(&mut CloudEvent), &'static str);

@@ -105,7 +105,8 @@ fn reflection_services() -> Result<
     Ok((v1, v1alpha))
 }
 
-/// Builds the sink, the core service and the router, wrapped in the shared stack.
+/// Builds the sink, the core service and the router, wrapped in the shared stack. One piece:
+/// it is the wiring diagram, read top to bottom in the order parts depend on each other.
 pub(super) fn build(config: &Config) -> Result<App, StartupError> {
     let registry = Arc::new(MetricsRegistry::new());
     let meter = registry.meter();

@@ -88,7 +88,8 @@ pub fn check(config: &Config) -> Result<(), StartupError> {
 }
 
 /// Runs the gateway on `listener` until `shutdown` resolves, then drains and flushes.
-/// Tests call this on port 0; `main` calls it with the signal handler.
+/// Tests call this on port 0; `main` calls it with the signal handler. One piece: the
+/// shutdown phases are numbered in order here, and their order is the contract.
 pub async fn serve(
     config: Config,
     listener: TcpListener,

@@ -213,7 +213,8 @@ impl Spool {
     }
 
     /// Opens the spool on `fs` with `clock` and returns the writer undriven: the simulator
-    /// commits groups itself, on its own schedule.
+    /// commits groups itself, on its own schedule. One piece: recovery's results, the cursor
+    /// and the first new segment must be set up in this order before anything is appended.
     pub(crate) fn open_with(
         fs: Arc<dyn Fs>,
         clock: Clock,

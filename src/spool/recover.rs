@@ -62,7 +62,9 @@ pub(super) fn recover(
 }
 
 /// One segment read through: what the spool keeps of it (None: deleted, it held nothing),
-/// and whether a name in the directory changed.
+/// and whether a name in the directory changed. One piece: what is cut, kept or copied to
+/// `damaged/` depends on the whole read of the segment, and the order of those steps is what
+/// makes a crash between them safe.
 fn recover_one(
     fs: &dyn Fs,
     path: &Path,

@@ -393,7 +393,8 @@ impl Sim {
         self.note(line);
     }
 
-    /// One move of the forwarder, as `Forwarder::run` makes them between its awaits.
+    /// One move of the forwarder, as `Forwarder::run` makes them between its awaits. One
+    /// piece, like the loop it mirrors: a step is the unit the seeded schedule interleaves.
     fn forward_step(&mut self) {
         if !self.forwarding {
             return;
@@ -703,7 +704,8 @@ impl Sim {
         }
     }
 
-    /// Faults stop, the broker heals, the forwarder drains; then the end-state invariants.
+    /// Faults stop, the broker heals, the forwarder drains; then the end-state invariants. A
+    /// list of checks, each naming the invariant it holds.
     fn heal_and_check(&mut self) {
         self.disk.set_faults(Faults::default());
         self.dest.mood = Mood {

@@ -114,6 +114,9 @@ fn close_frame(code: u16, reason: &str) -> Message {
     }))
 }
 
+/// One WebSocket: frames in, reports out, pings and the idle close, until either side ends
+/// it. One piece: a `select!` over the socket, the stream loop and the timers, whose arms
+/// share the socket.
 async fn session(s: WsState, opened: Result<Arc<dyn Admit>, Error>, mut socket: WebSocket) {
     let admit = match opened {
         Ok(_) if s.gateway.streams_stopped() => {
