@@ -94,7 +94,10 @@ pub struct KafkaConfig {
     /// librdkafka `linger.ms`.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
-    /// librdkafka `compression.type`: none, gzip, snappy, lz4, zstd.
+    /// librdkafka `compression.type`: none, gzip, snappy, lz4, zstd. snappy by default: per
+    /// single event it costs 1.03x no compression, lz4 1.50x, zstd 3.9x (librdkafka sets
+    /// up its compression state per message set, and a single event is a set of one), and on
+    /// batches it saves about what lz4 does on the wire (README, "The Kafka path").
     pub compression: String,
     /// librdkafka `message.timeout.ms`: the upper bound on one delivery, retries included.
     #[serde(with = "humantime_serde")]
@@ -253,7 +256,7 @@ impl Default for KafkaConfig {
             required_acks: RequiredAcks::All,
             idempotence: true,
             linger: Duration::from_millis(1),
-            compression: "lz4".into(),
+            compression: "snappy".into(),
             message_timeout: Duration::from_secs(20),
             queue_max_messages: 100_000,
             message_max_bytes: 1_000_000,

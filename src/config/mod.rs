@@ -228,6 +228,17 @@ mod tests {
         out.unwrap()
     }
 
+    /// The codec README's "The Kafka path" measures as the default is the default in code and
+    /// in the shipped config.yaml.
+    #[test]
+    fn snappy_is_the_default_codec_in_code_and_in_config_yaml() {
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml")).unwrap();
+        let c = load_with(Some(("config.yaml", &shipped)), &[]).unwrap();
+        assert_eq!(c.kafka.compression, "snappy");
+        assert_eq!(Config::default().kafka.compression, "snappy");
+    }
+
     #[test]
     fn defaults_are_valid() {
         let c = load_with(None, &[]).unwrap();
