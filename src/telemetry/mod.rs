@@ -3,7 +3,7 @@
 //! standard `OTEL_*` variables ask for it), the metrics registry in [`metrics`] and the shared
 //! instrument conventions in [`instruments`], and [`throttle`] for log lines a flood could
 //! multiply. The core and the sinks may use [`instruments`], [`throttle`],
-//! [`current_trace_headers`] and an OpenTelemetry `Meter` handed to them; only `server`
+//! [`trace_headers_of`], [`span_context_of`] and an OpenTelemetry `Meter` handed to them; only `server`
 //! touches [`metrics`].
 pub mod export;
 pub mod instruments;
@@ -159,11 +159,25 @@ pub fn register_instruments(meter: &opentelemetry::metrics::Meter) {
 pub fn trace_headers_of(span: &tracing::Span) -> Vec<(String, String)> {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let cx = span.context();
-    let mut out = std::collections::HashMap::new();
+    let mut out = Pairs(Vec::with_capacity(2));
     global::get_text_map_propagator(|p| p.inject_context(&cx, &mut out));
-    let mut out: Vec<(String, String)> = out.into_iter().collect();
-    out.sort();
-    out
+    // Sorted, so records and the spool store the pairs in one order whatever the propagator.
+    out.0.sort_unstable();
+    out.0
+}
+
+/// An `Injector` into a plain list: the propagator sets one or two headers per record, and a
+/// `HashMap` (the injector opentelemetry provides) hashed each name with SipHash and was then
+/// copied into a sorted list anyway (#31).
+struct Pairs(Vec<(String, String)>);
+
+impl opentelemetry::propagation::Injector for Pairs {
+    fn set(&mut self, key: &str, value: String) {
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some(pair) => pair.1 = value,
+            None => self.0.push((key.to_owned(), value)),
+        }
+    }
 }
 
 /// The span context a `traceparent` (as stored with a spooled record) names, for a link.
@@ -173,10 +187,4 @@ pub fn span_context_of(headers: &[(String, String)]) -> Option<opentelemetry::tr
     let cx = global::get_text_map_propagator(|p| p.extract(&map));
     let sc = cx.span().span_context().clone();
     sc.is_valid().then_some(sc)
-}
-
-/// The W3C trace context of the current span as `traceparent` (and `tracestate`) pairs, for
-/// the Kafka record headers, so consumers continue the request's trace.
-pub fn current_trace_headers() -> Vec<(String, String)> {
-    trace_headers_of(&tracing::Span::current())
 }

@@ -309,6 +309,7 @@ impl KafkaSink {
                         .iter()
                         .find(|s| s.0 == to)
                         .map(|s| s.2.as_slice())
+                        // send_spans makes one per destination with this same `destination`.
                         .unwrap_or(trace)
                 }
                 // The context stored when it was spooled (its `create` span).
@@ -459,9 +460,11 @@ impl EventSink for KafkaSink {
 
     fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Vec<Result<Stored, Error>>> {
         async move {
-            let trace = crate::telemetry::current_trace_headers();
+            // No trace of their own: a request's records carry the context of their topic's
+            // `send` span (made in `produce`, one per destination), not the request span's, so
+            // computing the request span's headers here was spent for nothing (#31).
             let items: Vec<(&Event, &[(String, String)])> =
-                events.iter().map(|e| (e, trace.as_slice())).collect();
+                events.iter().map(|e| (e, [].as_slice())).collect();
             self.produce(&items, None, Origin::Request).await
         }
         .boxed()
