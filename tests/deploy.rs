@@ -1,7 +1,8 @@
-//! The deployment files against the code: the Dockerfile's checkable statements, the
-//! Kubernetes manifests' probes, ports and grace period, the ConfigMap's config, and every
-//! metric the Grafana dashboard and the Prometheus alerts query, checked against a live
-//! /metrics of a gateway producing to a real broker; `promtool check rules` on the alerts.
+//! The deployment files against the code: the Dockerfile's checkable statements and its build
+//! stage (staged and resolved by cargo), the Kubernetes manifests' probes, ports and grace
+//! period, the ConfigMap's config, and every metric the Grafana dashboard and the Prometheus
+//! alerts query, checked against a live /metrics of a gateway producing to a real broker;
+//! `promtool check rules` on the alerts.
 mod common;
 
 use std::collections::BTreeSet;
@@ -64,6 +65,95 @@ fn dockerfile_statements_match_the_project() {
     let readme = std::fs::read_to_string("README.md").unwrap();
     assert!(readme.contains("docker build -t event-gateway ."));
     assert!(readme.contains("docker run --rm -p 8090:8090 event-gateway"));
+}
+
+/// The build stage's instructions (from `FROM ... AS build` to the next `FROM`), continuation
+/// lines joined.
+fn build_stage(dockerfile: &str) -> Vec<String> {
+    let joined = dockerfile.replace("\\\n", " ");
+    joined
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !(l.starts_with("FROM ") && l.ends_with(" AS build")))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// No Docker engine runs here, so this is the image's guard: it stages exactly what the build
+/// stage copies from the context (less what `.dockerignore` keeps out) and has cargo resolve
+/// the manifest, the lock file and every target it names. A target whose source the image
+/// lacks fails here as `docker build` would (`can't find auth bench at benches/auth.rs`).
+#[test]
+fn the_image_build_stage_resolves() {
+    let text = std::fs::read_to_string("Dockerfile").unwrap();
+    let ignored: Vec<String> = std::fs::read_to_string(".dockerignore")
+        .expect(".dockerignore keeps target/ and test data out of the context")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    for kept_out in ["target", "data", ".git"] {
+        assert!(
+            ignored.iter().any(|i| i == kept_out),
+            ".dockerignore lacks {kept_out}"
+        );
+    }
+    let stage = tempfile::tempdir().unwrap();
+    let steps = build_stage(&text);
+    assert!(
+        steps.iter().any(|s| s.starts_with("RUN ")
+            && s.contains("cargo build --release --locked --bin event-gateway")),
+        "the build stage builds the binary: {steps:#?}"
+    );
+    let mut copied = 0;
+    for step in &steps {
+        let Some(rest) = step.strip_prefix("COPY ") else {
+            continue;
+        };
+        assert!(!rest.starts_with("--from"), "{step}");
+        let parts: Vec<&str> = rest.split_whitespace().collect();
+        let (dst, srcs) = parts.split_last().unwrap();
+        for src in srcs {
+            assert!(
+                !ignored.iter().any(|i| i == src),
+                "{src} is in .dockerignore"
+            );
+            let to = if dst.ends_with('/') {
+                stage.path().join(dst).join(src)
+            } else {
+                stage.path().join(dst)
+            };
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            // cp -R: Docker copies a directory's contents to the destination, as this does.
+            let ok = std::process::Command::new("cp")
+                .arg("-R")
+                .arg(src)
+                .arg(&to)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "COPY {src} {dst}");
+            copied += 1;
+        }
+    }
+    assert!(copied >= 4, "{steps:#?}");
+    // `cargo fetch` parses the manifest with every target and checks the lock file (--locked)
+    // without compiling: enough to prove `cargo build` would start. --offline: this test runs
+    // after the crate's own build, which fetched every dependency.
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["fetch", "--locked", "--offline"])
+        .current_dir(stage.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo cannot resolve what the Dockerfile's build stage copies:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -174,7 +264,7 @@ fn kubernetes_manifests_are_consistent_with_the_code() {
         + 3 * config.shutdown.drain_timeout.as_secs();
     assert!(grace >= needed, "grace {grace}s < needed {needed}s");
 
-    // Memory limit above the measured peak under 10,000 connections (README, Results).
+    // Memory limit above the measured peak under 10,000 connections (docs/benchmarks.md).
     assert_eq!(c["resources"]["limits"]["memory"], "384Mi");
 
     // The spool the config enables lives on a claim per replica, mounted at the data dir.
