@@ -1,6 +1,11 @@
-//! The OpenAPI document against the server and the contract: every documented route exists
-//! and every route is documented, the document is valid OpenAPI 3 (openapi-spec-validator from
-//! PyPI), its event schema has the proto's fields, and the docs page needs no external assets.
+//! The docs against the server and the code. The OpenAPI document: every documented route
+//! exists and every route is documented, the document is valid OpenAPI 3
+//! (openapi-spec-validator from PyPI), its event schema has the proto's fields, and the docs
+//! page needs no external assets. The prose (#27): every configuration key the code has is in
+//! docs/configuration.md and every key there exists; the README stays a five-minute read, its
+//! links land on files and headings that exist, its REST examples answer with the fields it
+//! shows and its production configuration loads; every alert's runbook link lands on a heading
+//! of docs/operations.md.
 mod common;
 
 use std::collections::BTreeSet;
@@ -8,6 +13,7 @@ use std::collections::BTreeSet;
 use common::*;
 use event_gateway::transport::http::{docs, health};
 use event_gateway::transport::routes::ROUTES;
+use serde_json::Value;
 
 fn server_routes() -> BTreeSet<(String, String)> {
     let mut s = BTreeSet::new();
@@ -144,4 +150,238 @@ async fn the_docs_page_is_self_contained() {
     for external in ["<script src", "<link", "http://", "https://"] {
         assert!(!html.contains(external), "external asset: {external}");
     }
+}
+
+/// The keys of docs/configuration.md's tables: the first cell of each row, `a.b.c`.
+fn documented_keys() -> BTreeSet<String> {
+    let text = std::fs::read_to_string("docs/configuration.md").unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .map(|l| l.split('`').next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn docs_configuration_lists_every_key_and_only_keys_that_exist() {
+    let code: BTreeSet<String> = event_gateway::config::keys().into_iter().collect();
+    let docs = documented_keys();
+    let undocumented: Vec<_> = code.difference(&docs).collect();
+    let unknown: Vec<_> = docs.difference(&code).collect();
+    assert!(
+        undocumented.is_empty() && unknown.is_empty(),
+        "keys in the code but not in docs/configuration.md: {undocumented:?}\n\
+         keys in docs/configuration.md that the code does not have: {unknown:?}"
+    );
+}
+
+/// GitHub's anchor for a heading: lower case, spaces to hyphens, punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_links_a_runbook_in_docs_operations() {
+    let ops = std::fs::read_to_string("docs/operations.md").unwrap();
+    let anchors: BTreeSet<String> = ops
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| anchor(l.trim_start_matches('#')))
+        .collect();
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string("deploy/prometheus/alerts.yaml").unwrap())
+            .unwrap();
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} has no runbook_url"));
+            let target = url
+                .strip_prefix("docs/operations.md#")
+                .unwrap_or_else(|| panic!("{name}: {url} is not in docs/operations.md"));
+            assert_eq!(
+                target,
+                anchor(name),
+                "{name}: the anchor is the alert's name"
+            );
+            assert!(anchors.contains(target), "{name}: no heading for #{target}");
+            alerts += 1;
+        }
+    }
+    assert!(alerts >= 10, "{alerts}");
+}
+
+/// The fenced blocks of `lang` in a Markdown text.
+fn fenced(text: &str, lang: &str) -> Vec<String> {
+    let open = format!("```{lang}");
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match &mut current {
+            None if line.trim_start() == open => current = Some(String::new()),
+            Some(block) if line.trim_start() == "```" => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_readme_is_a_five_minute_read_whose_links_resolve() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let lines = readme.lines().count();
+    assert!(
+        lines <= 250,
+        "README.md has {lines} lines; the rest belongs in docs/"
+    );
+    let mut pages = vec![std::path::PathBuf::from("README.md")];
+    for entry in std::fs::read_dir("docs").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            pages.push(path);
+        }
+    }
+    // Every relative link of the README and of docs/: the file exists, and a #fragment is
+    // one of its headings.
+    let mut links = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        let base = page.parent().unwrap();
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let target = &rest[..rest.find(')').unwrap()];
+            if target.starts_with("http") {
+                continue;
+            }
+            let (file, fragment) = target.split_once('#').unwrap_or((target, ""));
+            let file = if file.is_empty() {
+                page.clone()
+            } else {
+                base.join(file)
+            };
+            assert!(file.exists(), "{} links {}", page.display(), file.display());
+            if !fragment.is_empty() {
+                let doc = std::fs::read_to_string(&file).unwrap();
+                let headings: BTreeSet<String> = doc
+                    .lines()
+                    .filter(|l| l.starts_with('#'))
+                    .map(|l| anchor(l.trim_start_matches('#')))
+                    .collect();
+                assert!(
+                    headings.contains(fragment),
+                    "{} links {}#{fragment}",
+                    page.display(),
+                    file.display()
+                );
+            }
+            links += 1;
+        }
+    }
+    assert!(
+        pages.len() >= 7 && links >= 15,
+        "{links} links in {pages:?}"
+    );
+}
+
+/// The keys of every object in `v`, recursively (array items by their first element), as
+/// dotted paths: the shape of a reply, not its values (ids, times and offsets differ).
+fn shape(v: &Value, path: &str, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let p = format!("{path}.{k}");
+                out.insert(p.clone());
+                shape(x, &p, out);
+            }
+        }
+        Value::Array(a) if !a.is_empty() => shape(&a[0], &format!("{path}[]"), out),
+        _ => {}
+    }
+}
+
+/// Each `curl` of the README against a gateway on its local log, as written (headers, body,
+/// path), and the reply's shape against the `# {...}` line under it.
+#[tokio::test]
+async fn the_readme_rest_examples_answer_with_the_fields_shown() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let gw = TestGateway::local().await;
+    let client = reqwest::Client::new();
+    let mut checked = 0;
+    for block in fenced(&readme, "sh") {
+        let joined = block.replace("\\\n", " ");
+        let mut lines = joined.lines().peekable();
+        while let Some(line) = lines.next() {
+            if !line.starts_with("curl ") {
+                continue;
+            }
+            let Some(shown) = lines.peek().and_then(|l| l.strip_prefix("# ")) else {
+                continue;
+            };
+            let shown: Value = serde_json::from_str(shown).unwrap();
+            let args = shlex::split(line).unwrap_or_else(|| panic!("{line}"));
+            let mut req = None;
+            let mut headers = Vec::new();
+            let mut body = None;
+            let mut it = args.iter().skip(1);
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "-s" => {}
+                    "-X" => assert_eq!(it.next().unwrap(), "POST"),
+                    "-H" => headers.push(it.next().unwrap().clone()),
+                    "-d" => body = Some(it.next().unwrap().clone()),
+                    url => req = Some(url.strip_prefix("localhost:8090").unwrap().to_owned()),
+                }
+            }
+            let mut r = client
+                .post(gw.url(&req.unwrap()))
+                .body(body.expect("every README curl sends a body"));
+            for h in &headers {
+                let (k, v) = h.split_once(": ").unwrap();
+                r = r.header(k, v);
+            }
+            let reply: Value = r.send().await.unwrap().json().await.unwrap();
+            let (mut want, mut got) = (BTreeSet::new(), BTreeSet::new());
+            shape(&shown, "", &mut want);
+            shape(&reply, "", &mut got);
+            assert_eq!(got, want, "{line}\nreplied {reply}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "{checked} examples");
+    gw.stop().await;
+}
+
+/// The README's production configuration is one the gateway loads (every key exists, every
+/// value parses and passes the checks; the files it names are read at start, not here).
+#[test]
+fn the_readme_production_configuration_loads() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let blocks = fenced(&readme, "yaml");
+    assert_eq!(blocks.len(), 1, "one production configuration in README.md");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, &blocks[0]).unwrap();
+    let config = event_gateway::Config::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.auth.required && !config.kafka.brokers.is_empty());
+    assert!(
+        blocks[0].lines().count() <= 12,
+        "a ten-line production configuration"
+    );
 }

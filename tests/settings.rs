@@ -1,7 +1,7 @@
 //! Every documented switch works: each configuration key set on the real binary through its
 //! `GATEWAY_*` variable (or the file, for the two that take a map or a list of entries) to a
 //! representative value that is not its default, text that looks like a number included; the
-//! binary must start and `/health/detailed` show the value taken, and where README promises an
+//! binary must start and `/health/detailed` show the value taken, and where the docs promise an
 //! effect no other test covers, the effect is checked here. The matrix must name every key of
 //! the configuration (`event_gateway::config::keys`), so a new key cannot skip it. Also: the
 //! four other switches of #30 (readiness of a full log, a batch body's `"ack": "spooled"`,
@@ -469,7 +469,7 @@ async fn every_key_set_on_the_real_binary_takes_effect() {
     eprintln!("settings matrix: {checked} keys, each on the real binary");
 }
 
-/// What README promises of a key, where no other test checks it over the wire.
+/// What the docs promise of a key, where no other test checks it over the wire.
 async fn effect(
     key: &str,
     value: &str,

@@ -302,7 +302,7 @@ async fn one_client_cannot_open_every_stream() {
 
 /// The client writes as fast as it can through the drain. Built at full optimisation, the h2
 /// client sometimes reports the reset HTTP/2 sends right behind the final status instead of
-/// the status (README, Drain): the test profile leaves hyper, h2 and tonic unoptimized
+/// the status (docs/api.md, Drain): the test profile leaves hyper, h2 and tonic unoptimized
 /// (Cargo.toml), where this test has not been seen to race.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_ends_a_stream_after_reporting_every_event_it_took() {

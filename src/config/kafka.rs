@@ -95,9 +95,10 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
     /// librdkafka `compression.type`: none, gzip, snappy, lz4, zstd. snappy by default: per
-    /// single event it costs 1.03x no compression, lz4 1.50x, zstd 3.9x (librdkafka sets
-    /// up its compression state per message set, and a single event is a set of one), and on
-    /// batches it saves about what lz4 does on the wire (README, "The Kafka path").
+    /// single event it costs 1.03-1.08x no compression, lz4 1.5x, zstd 3.9-4.4x (librdkafka
+    /// sets up its compression state per message set, and a single event is a set of one),
+    /// and on batches it saves about what lz4 does on the wire (docs/benchmarks.md, "The
+    /// Kafka path").
     pub compression: String,
     /// librdkafka `message.timeout.ms`: the upper bound on one delivery, retries included.
     #[serde(with = "humantime_serde")]

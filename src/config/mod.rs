@@ -228,8 +228,8 @@ mod tests {
         out.unwrap()
     }
 
-    /// The codec README's "The Kafka path" measures as the default is the default in code and
-    /// in the shipped config.yaml.
+    /// The codec docs/benchmarks.md's "The Kafka path" measures as the default is the
+    /// default in code and in the shipped config.yaml.
     #[test]
     fn snappy_is_the_default_codec_in_code_and_in_config_yaml() {
         let shipped =

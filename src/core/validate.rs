@@ -1,7 +1,7 @@
 //! The validation rules: turns an incoming event (the wire `CloudEvent`, plus the exact JSON
 //! text of `data` when it came over REST) into a normalized [`Event`] or into every rule it
 //! breaks, each named by field path. Ingest and `Validate` both call this, so a dry run checks
-//! exactly what ingest checks. The rules are listed in the README ("Validation rules"); the
+//! exactly what ingest checks. The rules are listed in docs/api.md ("Validation rules"); the
 //! data contracts they consult (schemas, required attributes, topics) live in `contracts`.
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
