@@ -156,13 +156,177 @@ fn the_image_build_stage_resolves() {
     );
 }
 
+/// The manifests as `kubectl kustomize` renders an overlay: one value per document.
+fn render(kubectl: &std::path::Path, overlay: &str) -> Vec<Value> {
+    let out = std::process::Command::new(kubectl)
+        .args([
+            "kustomize",
+            &format!("deploy/kubernetes/overlays/{overlay}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {overlay}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// The one document of `kind` (a generated ConfigMap's name carries a hash).
+fn find_kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let all: Vec<_> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(all.len(), 1, "one {kind}");
+    all[0]
+}
+
+/// #27: both overlays render, and each agrees with the code and with itself.
 #[test]
-fn kubernetes_manifests_are_consistent_with_the_code() {
-    let deployment = yaml("deploy/kubernetes/statefulset.yaml");
-    let service = yaml("deploy/kubernetes/service.yaml");
-    let configmap = yaml("deploy/kubernetes/configmap.yaml");
-    let hpa = yaml("deploy/kubernetes/hpa.yaml");
-    let pdb = yaml("deploy/kubernetes/pdb.yaml");
+fn kubernetes_overlays_are_consistent_with_the_code_and_themselves() {
+    let Some(kubectl) = require(Tool::Kubectl) else {
+        return;
+    };
+    for overlay in ["plaintext", "tls"] {
+        let docs = render(&kubectl, overlay);
+        manifests_agree_with_the_code(overlay, &docs);
+        manifests_agree_with_themselves(overlay, &docs);
+    }
+}
+
+/// Ports, schemes and names that must agree between the rendered documents (#27).
+fn manifests_agree_with_themselves(overlay: &str, docs: &[Value]) {
+    let tls = overlay == "tls";
+    let sts = find(docs, "StatefulSet", "event-gateway");
+    let pod = &sts["spec"]["template"];
+    let labels = &pod["metadata"]["labels"];
+    // Namespace-agnostic: nothing names a namespace (applied with -n, or an overlay's own).
+    for d in docs {
+        assert!(d["metadata"].get("namespace").is_none(), "{overlay}: {d}");
+        assert!(
+            !serde_yaml::to_string(d).unwrap().contains(".default."),
+            "{overlay}: a hard-coded namespace in {}",
+            d["metadata"]["name"]
+        );
+    }
+    // The StatefulSet's governing Service exists and is headless.
+    let governing = find(
+        docs,
+        "Service",
+        sts["spec"]["serviceName"].as_str().unwrap(),
+    );
+    assert_eq!(governing["spec"]["clusterIP"], "None", "{overlay}");
+    assert_eq!(&governing["spec"]["selector"], labels);
+    // Every Service port says what it carries: https with TLS; http and h2c without.
+    for svc in docs.iter().filter(|d| d["kind"] == "Service") {
+        for port in svc["spec"]["ports"].as_array().unwrap() {
+            let want = match (tls, port["name"].as_str().unwrap()) {
+                (true, _) => "https",
+                (false, "http") => "http",
+                (false, "grpc") => "kubernetes.io/h2c",
+                (_, other) => panic!("{overlay}: port {other}"),
+            };
+            assert_eq!(port["appProtocol"], want, "{overlay}: {port}");
+        }
+    }
+    // Prometheus scrapes with the listener's scheme, annotations and ServiceMonitor alike.
+    let scheme = if tls { "https" } else { "http" };
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scheme"], scheme, "{overlay}");
+    assert_eq!(annotations["prometheus.io/port"], "8090");
+    let config = event_gateway::Config::default();
+    assert_eq!(
+        annotations["prometheus.io/path"],
+        config.metrics.path.as_str()
+    );
+    let monitor = find_kind(docs, "ServiceMonitor");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], scheme, "{overlay}");
+    assert_eq!(endpoint["path"], config.metrics.path.as_str());
+    let service = find(docs, "Service", "event-gateway");
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == endpoint["port"]),
+        "{overlay}: the ServiceMonitor's port is the Service's"
+    );
+    assert_eq!(
+        &monitor["spec"]["selector"]["matchLabels"],
+        &service["metadata"]["labels"]
+    );
+    // The label the alerts and the dashboard select on reaches every series.
+    assert_eq!(
+        monitor["spec"]["targetLabels"][0], "app.kubernetes.io/name",
+        "{overlay}"
+    );
+    if tls {
+        let certificate = find_kind(docs, "Certificate");
+        let names: Vec<&str> = certificate["spec"]["dnsNames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        for svc in docs.iter().filter(|d| d["kind"] == "Service") {
+            assert!(names.contains(&svc["metadata"]["name"].as_str().unwrap()));
+        }
+        assert_eq!(
+            endpoint["tlsConfig"]["ca"]["secret"]["name"],
+            certificate["spec"]["secretName"]
+        );
+        assert!(names.contains(&endpoint["tlsConfig"]["serverName"].as_str().unwrap()));
+    }
+    // No API token in the pod; replicas spread over zones and nodes.
+    let spec = &pod["spec"];
+    assert_eq!(spec["automountServiceAccountToken"], false, "{overlay}");
+    let account = find(
+        docs,
+        "ServiceAccount",
+        spec["serviceAccountName"].as_str().unwrap(),
+    );
+    assert_eq!(account["automountServiceAccountToken"], false);
+    let spread = spec["topologySpreadConstraints"].as_array().unwrap();
+    let keys: Vec<_> = spread.iter().map(|c| c["topologyKey"].clone()).collect();
+    assert!(keys.contains(&"topology.kubernetes.io/zone".into()));
+    assert!(keys.contains(&"kubernetes.io/hostname".into()));
+    for c in spread {
+        assert_eq!(&c["labelSelector"]["matchLabels"], labels);
+    }
+    // The NetworkPolicy selects the pods and lets the gateway's port in.
+    let policy = find_kind(docs, "NetworkPolicy");
+    assert_eq!(&policy["spec"]["podSelector"]["matchLabels"], labels);
+    let ingress_ports: Vec<_> = policy["spec"]["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["port"].clone())
+        })
+        .collect();
+    assert_eq!(ingress_ports, vec![Value::from(8090)], "{overlay}");
+}
+
+/// What the rendered overlay claims of the gateway: its port, probe endpoints, mounted files,
+/// grace period and spool against the code and the overlay's own config.
+fn manifests_agree_with_the_code(overlay: &str, docs: &[Value]) {
+    let deployment = find(docs, "StatefulSet", "event-gateway");
+    let service = find(docs, "Service", "event-gateway");
+    let configmap = find_kind(docs, "ConfigMap");
+    let hpa = find(docs, "HorizontalPodAutoscaler", "event-gateway");
+    let pdb = find(docs, "PodDisruptionBudget", "event-gateway");
 
     assert_eq!(deployment["spec"]["replicas"], 3);
     let pod = &deployment["spec"]["template"]["spec"];
@@ -184,8 +348,9 @@ fn kubernetes_manifests_are_consistent_with_the_code() {
     assert!(!config.kafka.brokers.is_empty());
 
     // With TLS on, probes are HTTPS (the kubelet's gRPC probes cannot speak TLS); without,
-    // gRPC probes are fine.
+    // the native gRPC probes against grpc.health.v1, as the design promises.
     let tls = config.tls.cert_file.is_some();
+    assert_eq!(tls, overlay == "tls", "{overlay}: TLS in its config");
     for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
         let p = &c[probe];
         if let Some(g) = p.get("grpc") {
@@ -214,25 +379,21 @@ fn kubernetes_manifests_are_consistent_with_the_code() {
     // (a subPath mount would never see a rotated Secret), from Secrets the manifests define.
     let mounts = c["volumeMounts"].as_array().unwrap();
     let volumes = pod["volumes"].as_array().unwrap();
-    let api_keys = yaml("deploy/kubernetes/api-keys.yaml");
-    let certificate = yaml("deploy/kubernetes/certificate.yaml");
-    let named: Vec<(&std::path::Path, &str)> = [
-        (
-            config.auth.api_keys_file.as_deref(),
-            api_keys["metadata"]["name"].as_str(),
-        ),
-        (
-            config.tls.cert_file.as_deref(),
-            certificate["spec"]["secretName"].as_str(),
-        ),
-        (
-            config.tls.key_file.as_deref(),
-            certificate["spec"]["secretName"].as_str(),
-        ),
-    ]
-    .into_iter()
-    .map(|(f, s)| (f.expect("the ConfigMap names the file"), s.unwrap()))
-    .collect();
+    let api_keys = find(docs, "Secret", "event-gateway-api-keys");
+    let mut named: Vec<(&std::path::Path, &str)> = vec![(
+        config
+            .auth
+            .api_keys_file
+            .as_deref()
+            .expect("the ConfigMap names the keys file"),
+        api_keys["metadata"]["name"].as_str().unwrap(),
+    )];
+    if tls {
+        let certificate = find_kind(docs, "Certificate");
+        let secret = certificate["spec"]["secretName"].as_str().unwrap();
+        named.push((config.tls.cert_file.as_deref().unwrap(), secret));
+        named.push((config.tls.key_file.as_deref().unwrap(), secret));
+    }
     for (file, secret) in named {
         let mount = mounts
             .iter()
@@ -291,13 +452,23 @@ fn kubernetes_manifests_are_consistent_with_the_code() {
         deployment["metadata"]["name"]
     );
     assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], deployment["kind"]);
-    assert_eq!(
-        deployment["spec"]["serviceName"],
-        service["metadata"]["name"]
-    );
     for port in service["spec"]["ports"].as_array().unwrap() {
         assert_eq!(port["targetPort"], 8090);
     }
+}
+
+/// Alerts and dashboard panels select on a label every scrape setup produces
+/// (`app_kubernetes_io_name`), never on `job`, which an annotation-based scrape names
+/// differently from a ServiceMonitor (#27).
+#[test]
+fn alerts_and_dashboard_do_not_select_on_job() {
+    let dashboard = std::fs::read_to_string("deploy/grafana/dashboard.json").unwrap();
+    let alerts = std::fs::read_to_string("deploy/prometheus/alerts.yaml").unwrap();
+    for (file, text) in [("dashboard", &dashboard), ("alerts", &alerts)] {
+        assert!(!text.contains("job="), "{file} selects on job");
+    }
+    let prometheus = std::fs::read_to_string("deploy/prometheus/prometheus.yml").unwrap();
+    assert!(prometheus.contains("labels: {app_kubernetes_io_name: event-gateway}"));
 }
 
 /// Metric names referenced by a PromQL expression (ours all start with these prefixes).
@@ -521,8 +692,17 @@ impl Rooted {
 /// container's environment: a manifest that cannot start fails the suite.
 #[test]
 fn the_statefulset_pod_command_line_starts() {
+    let Some(kubectl) = require(Tool::Kubectl) else {
+        return;
+    };
+    for overlay in ["plaintext", "tls"] {
+        pod_command_line_starts(&render(&kubectl, overlay));
+    }
+}
+
+fn pod_command_line_starts(docs: &[Value]) {
     let (entrypoint, cmd, image_env) = image_exec();
-    let sts = yaml("deploy/kubernetes/statefulset.yaml");
+    let sts = find(docs, "StatefulSet", "event-gateway");
     let c = &sts["spec"]["template"]["spec"]["containers"][0];
     let argv = match (strings(&c["command"]), strings(&c["args"])) {
         (Some(command), Some(args)) => [command, args].concat(),
@@ -532,8 +712,8 @@ fn the_statefulset_pod_command_line_starts() {
     };
     let r = Rooted::new();
     // Volumes as the pod mounts them: the ConfigMap's files and the API keys Secret.
-    let configmap = yaml("deploy/kubernetes/configmap.yaml");
-    let keys = yaml("deploy/kubernetes/api-keys.yaml");
+    let configmap = find_kind(docs, "ConfigMap");
+    let keys = find(docs, "Secret", "event-gateway-api-keys");
     for m in c["volumeMounts"].as_array().unwrap() {
         let mount = m["mountPath"].as_str().unwrap();
         let volume = sts["spec"]["template"]["spec"]["volumes"]

@@ -22,7 +22,7 @@ fn one_version_across_crate_openapi_binary_and_changelog() {
     );
 
     // The image the Kubernetes manifests run is this version's.
-    let statefulset = std::fs::read_to_string("deploy/kubernetes/statefulset.yaml").unwrap();
+    let statefulset = std::fs::read_to_string("deploy/kubernetes/base/statefulset.yaml").unwrap();
     assert!(statefulset.contains(&format!("image: event-gateway:{VERSION}")));
 
     // Keep a Changelog: an [Unreleased] section, then releases newest first.

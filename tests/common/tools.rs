@@ -1,4 +1,4 @@
-//! Programs from outside Cargo (tansu, promtool, the Python clients): [`require`] finds
+//! Programs from outside Cargo (tansu, promtool, kubectl, the Python clients): [`require`] finds
 //! them, or skips the test under plain `cargo test` and fails it under `scripts/test`.
 use std::path::PathBuf;
 
@@ -17,6 +17,8 @@ pub enum Tool {
     JsSdk,
     /// nftables (Debian's `nftables`), for packet loss and partitions in the chaos suite.
     Nft,
+    /// kubectl (Debian's `kubectl`), whose built-in Kustomize renders the manifests.
+    Kubectl,
 }
 
 impl Tool {
@@ -39,6 +41,7 @@ impl Tool {
                 .unwrap_or_else(|| ".venv-test/bin/python".into()),
             Tool::Grpcurl => Tool::Python.path().with_file_name("grpcurl"),
             Tool::Nft => on_path("nft").unwrap_or_else(|| "/usr/sbin/nft".into()),
+            Tool::Kubectl => on_path("kubectl").unwrap_or_else(|| "kubectl".into()),
             Tool::JsSdk => match on_path("node") {
                 Some(_) => "tests/js/node_modules/cloudevents/package.json".into(),
                 None => "node".into(),
