@@ -97,7 +97,12 @@ fn the_event_schema_has_every_field_of_the_proto() {
     let msg = pool
         .get_message_by_name("eventgateway.v1.CloudEvent")
         .unwrap();
-    let proto: BTreeSet<String> = msg.fields().map(|f| f.name().to_owned()).collect();
+    // Each field by its proto name and, where it differs, the lowerCamelCase name the
+    // proto3 JSON mapping also accepts (`data_base64` / `dataBase64`).
+    let proto: BTreeSet<String> = msg
+        .fields()
+        .flat_map(|f| [f.name().to_owned(), f.json_name().to_owned()])
+        .collect();
     let doc: BTreeSet<String> =
         docs::openapi()["components"]["schemas"]["CloudEvent"]["properties"]
             .as_object()
