@@ -428,8 +428,13 @@ impl KafkaSink {
         }
         match self.config.record_mode {
             RecordMode::Binary => {
+                // One buffer for every `ce_*` name: librdkafka copies the key, and a format!
+                // per attribute was 5K instructions per record (#31).
+                let mut key = String::with_capacity(32);
                 for (name, value) in e.binary_attributes() {
-                    let key = format!("ce_{name}");
+                    key.clear();
+                    key.push_str("ce_");
+                    key.push_str(name);
                     h = h.insert(Header {
                         key: &key,
                         value: Some(value.as_bytes()),
