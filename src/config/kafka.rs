@@ -95,7 +95,7 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
     /// librdkafka `compression.type`: none, gzip, snappy, lz4, zstd. snappy by default: per
-    /// single event it costs 1.03-1.08x no compression, lz4 1.5x, zstd 3.9-4.4x (librdkafka
+    /// single event it costs 1.06-1.1x no compression, lz4 1.5x, zstd 3.9-4.6x (librdkafka
     /// sets up its compression state per message set, and a single event is a set of one),
     /// and on batches it saves about what lz4 does on the wire (docs/benchmarks.md, "The
     /// Kafka path").
