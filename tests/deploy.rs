@@ -82,10 +82,41 @@ fn build_stage(dockerfile: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every file below `dir`, recursively, as paths relative to the crate.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// `a/b/../c` as `a/c` (paths in include_str! climb out of their module's folder).
+fn normalize(path: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// No Docker engine runs here, so this is the image's guard: it stages exactly what the build
 /// stage copies from the context (less what `.dockerignore` keeps out) and has cargo resolve
-/// the manifest, the lock file and every target it names. A target whose source the image
-/// lacks fails here as `docker build` would (`can't find auth bench at benches/auth.rs`).
+/// the manifest, the lock file and every target it names, then checks that the files the
+/// build reads past the manifest (proto/ for build.rs, include_str! targets) were copied. A
+/// target whose source the image lacks fails here as `docker build` would (`can't find auth
+/// bench at benches/auth.rs`).
 #[test]
 fn the_image_build_stage_resolves() {
     let text = std::fs::read_to_string("Dockerfile").unwrap();
@@ -141,6 +172,28 @@ fn the_image_build_stage_resolves() {
         }
     }
     assert!(copied >= 4, "{steps:#?}");
+    // What cargo reads past the manifest, which `cargo fetch` does not: build.rs compiles every
+    // file under proto/, and include_str!/include_bytes! name files from the sources.
+    let mut needed: Vec<std::path::PathBuf> = files_under(Path::new("proto"));
+    for source in files_under(Path::new("src")) {
+        let text = std::fs::read_to_string(&source).unwrap_or_default();
+        for macro_name in ["include_str!(\"", "include_bytes!(\""] {
+            for (i, _) in text.match_indices(macro_name) {
+                let rest = &text[i + macro_name.len()..];
+                let relative = &rest[..rest.find('"').unwrap()];
+                let path = source.parent().unwrap().join(relative);
+                needed.push(normalize(&path));
+            }
+        }
+    }
+    assert!(needed.len() > 3, "{needed:?}");
+    for file in &needed {
+        assert!(
+            stage.path().join(file).is_file(),
+            "the image's build needs {} but the Dockerfile does not copy it",
+            file.display()
+        );
+    }
     // `cargo fetch` parses the manifest with every target and checks the lock file (--locked)
     // without compiling: enough to prove `cargo build` would start. --offline: this test runs
     // after the crate's own build, which fetched every dependency.

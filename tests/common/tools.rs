@@ -17,7 +17,8 @@ pub enum Tool {
     JsSdk,
     /// nftables (Debian's `nftables`), for packet loss and partitions in the chaos suite.
     Nft,
-    /// kubectl (Debian's `kubectl`), whose built-in Kustomize renders the manifests.
+    /// kubectl, whose built-in Kustomize renders the manifests (preinstalled on these
+    /// machines; `scripts/test` tries apt where it is missing).
     Kubectl,
 }
 
