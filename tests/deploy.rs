@@ -84,16 +84,12 @@ fn build_stage(dockerfile: &str) -> Vec<String> {
 
 /// Every file below `dir`, recursively, as paths relative to the crate.
 fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect()
 }
 
 /// `a/b/../c` as `a/c` (paths in include_str! climb out of their module's folder).
@@ -197,33 +193,36 @@ fn the_image_build_stage_resolves() {
     // `cargo fetch` parses the manifest with every target and checks the lock file (--locked)
     // without compiling: enough to prove `cargo build` would start. --offline: this test runs
     // after the crate's own build, which fetched every dependency.
-    let out = std::process::Command::new(env!("CARGO"))
-        .args(["fetch", "--locked", "--offline"])
-        .current_dir(stage.path())
-        .output()
-        .unwrap();
+    stdout_of(
+        std::process::Command::new(env!("CARGO"))
+            .args(["fetch", "--locked", "--offline"])
+            .current_dir(stage.path()),
+        "cargo cannot resolve what the Dockerfile's build stage copies",
+    );
+}
+
+/// What `cmd` printed on stdout; a failure fails the test with `what` and all it printed.
+fn stdout_of(cmd: &mut std::process::Command, what: &str) -> Vec<u8> {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "cargo cannot resolve what the Dockerfile's build stage copies:\n{}",
+        "{what}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
 }
 
 /// The manifests as `kubectl kustomize` renders an overlay: one value per document.
 fn render(kubectl: &std::path::Path, overlay: &str) -> Vec<Value> {
-    let out = std::process::Command::new(kubectl)
-        .args([
+    let rendered = stdout_of(
+        std::process::Command::new(kubectl).args([
             "kustomize",
             &format!("deploy/kubernetes/overlays/{overlay}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {overlay}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        &format!("kubectl kustomize {overlay}"),
     );
-    serde_yaml::Deserializer::from_slice(&out.stdout)
+    serde_yaml::Deserializer::from_slice(&rendered)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect()
 }
@@ -623,15 +622,13 @@ fn alert_rules_pass_promtool() {
     let Some(promtool) = require(Tool::Promtool) else {
         return;
     };
-    let out = std::process::Command::new(promtool)
-        .args(["check", "rules", "deploy/prometheus/alerts.yaml"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    stdout_of(
+        std::process::Command::new(promtool).args([
+            "check",
+            "rules",
+            "deploy/prometheus/alerts.yaml",
+        ]),
+        "promtool check rules",
     );
 }
 

@@ -3,8 +3,8 @@
 //! standard `OTEL_*` variables ask for it), the metrics registry in [`metrics`] and the shared
 //! instrument conventions in [`instruments`], and [`throttle`] for log lines a flood could
 //! multiply. The core and the sinks may use [`instruments`], [`throttle`],
-//! [`trace_headers_of`], [`span_context_of`] and an OpenTelemetry `Meter` handed to them; only `server`
-//! touches [`metrics`].
+//! [`trace_headers_of`], [`span_context_of`] and an OpenTelemetry `Meter` handed to them;
+//! only `server` touches [`metrics`].
 pub mod export;
 pub mod instruments;
 pub mod metrics;
