@@ -109,6 +109,13 @@ pub fn init(config: &LoggingConfig) -> SdkTracerProvider {
 
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
+    // A request's span is at INFO: below that level no log line shows its fields.
+    LOGS_SHOW_SPANS.store(
+        filter
+            .max_level_hint()
+            .is_none_or(|max| max >= tracing::level_filters::LevelFilter::INFO),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let fmt = match config.format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
@@ -138,6 +145,17 @@ pub fn init(config: &LoggingConfig) -> SdkTracerProvider {
         )
         .try_init();
     provider
+}
+
+/// Whether log lines can show the fields of the gateway's INFO spans (the log filter lets
+/// INFO through somewhere); set by [`init`], true until then.
+static LOGS_SHOW_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// True when a field recorded on a request's span only for log lines (its `trace_id` and
+/// `span_id`) can appear in one: formatting them costs about a tenth of a REST request's
+/// instructions, for nothing when the log level is WARN or above (#26).
+pub fn logs_show_spans() -> bool {
+    LOGS_SHOW_SPANS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Registers the `otel_spans_*` counters of the export pipeline on `meter`.

@@ -204,11 +204,16 @@ fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
         p.extract(&HeaderExtractor(req.headers()))
     });
     let _ = span.set_parent(parent);
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    if sc.is_valid() {
-        span.record("trace_id", tracing::field::display(sc.trace_id()));
-        span.record("span_id", tracing::field::display(sc.span_id()));
+    // The ids are for log lines only (the exported span has them anyway): recorded when a
+    // log line can show them.
+    if crate::telemetry::logs_show_spans() {
+        let cx = span.context();
+        let otel = cx.span();
+        let sc = otel.span_context();
+        if sc.is_valid() {
+            span.record("trace_id", tracing::field::display(sc.trace_id()));
+            span.record("span_id", tracing::field::display(sc.span_id()));
+        }
     }
     span
 }
