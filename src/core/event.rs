@@ -50,6 +50,11 @@ impl Event {
         serde_json::to_vec(self).expect("an Event always serializes")
     }
 
+    /// [`Self::to_structured_json`] appended to `out`.
+    pub fn write_structured_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self).expect("an Event always serializes");
+    }
+
     /// Context attributes other than `data`, as (name, value) pairs, for Kafka `ce_*` headers.
     /// `datacontenttype` is not among them: binary mode carries it as `content-type`.
     pub fn binary_attributes(&self) -> Vec<(&str, std::borrow::Cow<'_, str>)> {

@@ -16,7 +16,8 @@ use super::OpenError;
 use crate::core::delivery::{EventSink, FlushReport, Stored};
 use crate::core::error::Error;
 use crate::core::event::Event;
-use crate::spool::{self, Record, Spool};
+use crate::spool::record::Entry;
+use crate::spool::{self, Spool};
 
 pub struct FileSink {
     spool: Arc<Spool>,
@@ -73,16 +74,13 @@ impl EventSink for FileSink {
     fn publish<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Vec<Result<Stored, Error>>> {
         async move {
             let now = spool::now_ms();
-            let records: Vec<Record> = events
-                .iter()
-                .map(|e| Record {
-                    spooled_at_ms: now,
-                    topic: e.topic.as_deref().map(str::to_owned),
-                    trace: Vec::new(),
-                    event: e.clone(),
-                })
-                .collect();
-            match self.spool.append(&records).await {
+            let entries = events.iter().map(|e| Entry {
+                spooled_at_ms: now,
+                topic: e.topic.as_deref(),
+                trace: &[],
+                event: e,
+            });
+            match self.spool.append_entries(entries).await {
                 Ok(first) => (0..events.len())
                     .map(|i| {
                         Ok(Stored {

@@ -357,9 +357,17 @@ impl Spool {
     /// Appends `records` and resolves once they are fsynced, with the first one's position
     /// (the rest follow in order), or why nothing of them was kept.
     pub async fn append(&self, records: &[Record]) -> Result<u64, Refused> {
+        self.append_entries(records.iter().map(Record::entry)).await
+    }
+
+    /// [`Self::append`] for records borrowed rather than owned.
+    pub async fn append_entries<'a>(
+        &self,
+        entries: impl ExactSizeIterator<Item = record::Entry<'a>>,
+    ) -> Result<u64, Refused> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
-            batch: writer::Batch::of(records),
+            batch: writer::Batch::of(entries),
             reply,
         };
         let result = match self.tx.send(job).await {
@@ -545,16 +553,13 @@ impl Journal for Spool {
     ) -> BoxFuture<'a, Result<u64, Error>> {
         Box::pin(async move {
             let now = now_ms();
-            let records: Vec<Record> = events
-                .iter()
-                .map(|e| Record {
-                    spooled_at_ms: now,
-                    topic: e.topic.as_deref().map(str::to_owned),
-                    trace: trace.to_vec(),
-                    event: e.clone(),
-                })
-                .collect();
-            Spool::append(self, &records)
+            let entries = events.iter().map(|e| record::Entry {
+                spooled_at_ms: now,
+                topic: e.topic.as_deref(),
+                trace,
+                event: e,
+            });
+            self.append_entries(entries)
                 .await
                 .map_err(Refused::into_error)
         })

@@ -15,32 +15,69 @@ pub struct Record {
     pub event: Event,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct Meta {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     topic: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     trace: Vec<(String, String)>,
+}
+
+/// [`Meta`] as written: borrowed, so encoding clones neither the topic nor the trace headers.
+#[derive(serde::Serialize)]
+struct MetaRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    trace: &'a [(String, String)],
 }
 
 /// Payload layout: version u8 = 1 | spooled-at ms u64 LE | meta length u32 LE | meta (JSON:
 /// topic, trace headers) | the event in the CloudEvents JSON format.
 const PAYLOAD_VERSION: u8 = 1;
 
-impl Record {
-    pub fn encode(&self) -> Vec<u8> {
-        let meta = serde_json::to_vec(&Meta {
-            topic: self.topic.clone(),
-            trace: self.trace.clone(),
-        })
-        .expect("meta serializes");
-        let event = self.event.to_structured_json();
-        let mut out = Vec::with_capacity(13 + meta.len() + event.len());
+/// A record to be written, borrowing what it stores: appending encodes events in place
+/// instead of cloning each into a [`Record`] first (#26).
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    pub spooled_at_ms: u64,
+    pub topic: Option<&'a str>,
+    pub trace: &'a [(String, String)],
+    pub event: &'a Event,
+}
+
+impl Entry<'_> {
+    /// Appends the payload to `out` (no intermediate buffers).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(PAYLOAD_VERSION);
         out.extend_from_slice(&self.spooled_at_ms.to_le_bytes());
-        out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-        out.extend_from_slice(&meta);
-        out.extend_from_slice(&event);
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let meta = MetaRef {
+            topic: self.topic,
+            trace: self.trace,
+        };
+        serde_json::to_writer(&mut *out, &meta).expect("meta serializes");
+        let meta_len = (out.len() - len_at - 4) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&meta_len.to_le_bytes());
+        self.event.write_structured_json(out);
+    }
+}
+
+impl Record {
+    /// The record as an [`Entry`] to append.
+    pub fn entry(&self) -> Entry<'_> {
+        Entry {
+            spooled_at_ms: self.spooled_at_ms,
+            topic: self.topic.as_deref(),
+            trace: &self.trace,
+            event: &self.event,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        self.entry().encode_into(&mut out);
         out
     }
 

@@ -102,6 +102,25 @@ pub fn frame_payload(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
+/// Starts a version 2 frame at the end of `out` whose payload the caller appends next;
+/// [`end_frame`] fills in its length and checksum. Returns where the frame starts.
+pub fn begin_frame(out: &mut Vec<u8>) -> usize {
+    let at = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN as usize]);
+    at
+}
+
+/// Finishes the frame [`begin_frame`] started at `at`, as [`frame_payload`] would have
+/// written it for the bytes appended since.
+pub fn end_frame(out: &mut [u8], at: usize) {
+    let start = at + FRAME_HEADER_LEN as usize;
+    let len = out.len() - start;
+    debug_assert!(len > 0 && len <= MAX_RECORD as usize);
+    let crc = crc32c::crc32c(&out[start..]);
+    out[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[at + 12..at + 16].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Gives the frame [`frame_payload`] put at `at` in `buf` its position and final checksum;
 /// returns where the next frame starts.
 pub fn set_position(buf: &mut [u8], at: usize, position: u64) -> usize {

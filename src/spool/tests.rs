@@ -72,6 +72,36 @@ async fn sealed_len(path: &Path) -> u64 {
     }
 }
 
+/// #26 encodes records straight into their frames: the bytes on disk must be those of the
+/// payload framed after the fact (the layout recovery and older readers know), with and
+/// without topic and trace headers.
+#[test]
+fn a_frame_encoded_in_place_is_the_framed_payload() {
+    let bare = Record {
+        topic: None,
+        trace: Vec::new(),
+        ..record("b")
+    };
+    for r in [record("a"), bare] {
+        let mut framed = Vec::new();
+        segment::frame_payload(&r.encode(), &mut framed);
+        let mut in_place = vec![7u8; 3];
+        let at = segment::begin_frame(&mut in_place);
+        r.entry().encode_into(&mut in_place);
+        segment::end_frame(&mut in_place, at);
+        assert_eq!(&in_place[3..], &framed[..]);
+        let payload = &in_place[3 + segment::FRAME_HEADER_LEN as usize..];
+        assert_eq!(payload[0], 1, "payload version");
+        let meta_len = u32::from_le_bytes(payload[9..13].try_into().unwrap()) as usize;
+        let meta: serde_json::Value = serde_json::from_slice(&payload[13..13 + meta_len]).unwrap();
+        match &r.topic {
+            Some(_) => assert_eq!(meta["topic"], "orders"),
+            None => assert_eq!(meta, serde_json::json!({})),
+        }
+        assert_eq!(&payload[13 + meta_len..], &r.event.to_structured_json()[..]);
+    }
+}
+
 #[test]
 fn a_record_round_trips() {
     let r = record("a");

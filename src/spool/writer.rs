@@ -17,8 +17,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::fs::FsFile;
+use super::record::Entry;
 use super::segment;
-use super::{Record, Refused, Segment, Settings, Shared};
+use super::{Refused, Segment, Settings, Shared};
 
 /// How often an idle writer that failed checks whether the disk has room again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -34,15 +35,16 @@ pub(crate) struct Batch {
 impl Batch {
     /// Encodes and checksums `records` on the caller's thread, so the writer thread only adds
     /// positions.
-    pub fn of(records: &[Record]) -> Batch {
-        let mut frames = Vec::with_capacity(records.len() * 512);
-        for r in records {
-            segment::frame_payload(&r.encode(), &mut frames);
+    pub fn of<'a>(entries: impl ExactSizeIterator<Item = Entry<'a>>) -> Batch {
+        let count = entries.len() as u64;
+        let mut frames = Vec::with_capacity(entries.len() * 512);
+        for e in entries {
+            // Encoded straight into the frame: no payload buffer per record to copy (#26).
+            let at = segment::begin_frame(&mut frames);
+            e.encode_into(&mut frames);
+            segment::end_frame(&mut frames, at);
         }
-        Batch {
-            frames,
-            count: records.len() as u64,
-        }
+        Batch { frames, count }
     }
 }
 

@@ -361,7 +361,10 @@ impl Sim {
             }
             groups.push(recs);
         }
-        let mut batches: Vec<Batch> = groups.iter().map(|g| Batch::of(g)).collect();
+        let mut batches: Vec<Batch> = groups
+            .iter()
+            .map(|g| Batch::of(g.iter().map(Record::entry)))
+            .collect();
         let results = writer.commit(&mut batches);
         let mut line = String::from("append");
         for (g, r) in groups.iter().zip(results) {
