@@ -3,7 +3,9 @@
 //! sinks and the transports share them without depending on the registry wiring in
 //! [`super::metrics`].
 use std::collections::HashSet;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+
+use opentelemetry::StringValue;
 
 /// Latency buckets in seconds, fine enough to tell 100 µs from 250 µs.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -36,10 +38,11 @@ pub fn method_label(method: &http::Method) -> &'static str {
 }
 
 /// Remembers the first `cap` values seen; later new values map to `other`. A read lock on the
-/// hot path; the write lock only while the set is still filling.
+/// hot path; the write lock only while the set is still filling. A label is a shared
+/// `Arc<str>`: taking one allocates nothing (#26).
 pub struct LabelCap {
     cap: usize,
-    seen: RwLock<HashSet<String>>,
+    seen: RwLock<HashSet<Arc<str>>>,
 }
 
 impl LabelCap {
@@ -50,19 +53,24 @@ impl LabelCap {
         }
     }
 
-    pub fn label(&self, value: &str) -> String {
+    pub fn label(&self, value: &str) -> StringValue {
+        const OTHER: &str = "other";
         if value.len() > LABEL_MAX_LEN {
-            return "other".to_owned();
+            return OTHER.into();
         }
-        if self.seen.read().expect("label lock").contains(value) {
-            return value.to_owned();
+        if let Some(v) = self.seen.read().expect("label lock").get(value) {
+            return Arc::clone(v).into();
         }
         let mut seen = self.seen.write().expect("label lock");
-        if seen.contains(value) || seen.len() < self.cap {
-            seen.insert(value.to_owned());
-            value.to_owned()
+        if let Some(v) = seen.get(value) {
+            return Arc::clone(v).into();
+        }
+        if seen.len() < self.cap {
+            let v: Arc<str> = Arc::from(value);
+            seen.insert(Arc::clone(&v));
+            v.into()
         } else {
-            "other".to_owned()
+            OTHER.into()
         }
     }
 }
@@ -80,23 +88,23 @@ mod tests {
     #[test]
     fn label_cap_bounds_distinct_values() {
         let cap = LabelCap::new(3);
-        assert_eq!(cap.label("a"), "a");
-        assert_eq!(cap.label("b"), "b");
-        assert_eq!(cap.label("c"), "c");
-        assert_eq!(cap.label("d"), "other");
-        assert_eq!(cap.label("a"), "a");
-        assert_eq!(cap.label("e"), "other");
+        assert_eq!(cap.label("a").as_str(), "a");
+        assert_eq!(cap.label("b").as_str(), "b");
+        assert_eq!(cap.label("c").as_str(), "c");
+        assert_eq!(cap.label("d").as_str(), "other");
+        assert_eq!(cap.label("a").as_str(), "a");
+        assert_eq!(cap.label("e").as_str(), "other");
     }
 
     #[test]
     fn long_values_read_other_without_taking_a_place() {
         let cap = LabelCap::new(2);
-        assert_eq!(cap.label(&"x".repeat(LABEL_MAX_LEN + 1)), "other");
+        assert_eq!(cap.label(&"x".repeat(LABEL_MAX_LEN + 1)).as_str(), "other");
         assert_eq!(
-            cap.label(&"y".repeat(LABEL_MAX_LEN)),
+            cap.label(&"y".repeat(LABEL_MAX_LEN)).as_str(),
             "y".repeat(LABEL_MAX_LEN)
         );
-        assert_eq!(cap.label("a"), "a");
+        assert_eq!(cap.label("a").as_str(), "a");
         assert_eq!(method_label(&"BREW".parse().unwrap()), "other");
         assert_eq!(method_label(&http::Method::POST), "POST");
     }

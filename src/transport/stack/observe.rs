@@ -8,8 +8,8 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_http::HeaderExtractor;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -73,7 +73,8 @@ impl HttpMetrics {
             } else {
                 200
             };
-            m.requests.add(0, &request_labels(method, route, ok, false));
+            m.requests
+                .add(0, &request_labels(method, *route, ok, false));
             let method = m.grpc_methods.label(&format!("/{SERVICE_NAME}/{rpc}"));
             m.grpc_requests.add(
                 0,
@@ -87,10 +88,15 @@ impl HttpMetrics {
     }
 }
 
-fn request_labels(method: &str, endpoint: &str, status: u16, grpc: bool) -> [KeyValue; 4] {
+fn request_labels(
+    method: &'static str,
+    endpoint: impl Into<StringValue>,
+    status: u16,
+    grpc: bool,
+) -> [KeyValue; 4] {
     [
-        KeyValue::new("method", method.to_owned()),
-        KeyValue::new("endpoint", endpoint.to_owned()),
+        KeyValue::new("method", method),
+        KeyValue::new("endpoint", endpoint.into()),
         KeyValue::new("status", i64::from(status)),
         KeyValue::new("protocol", if grpc { "grpc" } else { "rest" }),
     ]
@@ -102,8 +108,7 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) ->
     let endpoint = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
+        .map_or(StringValue::from("unmatched"), |p| route_label(p.as_str()));
     let grpc_path = is_grpc(req.headers()).then(|| req.uri().path().to_owned());
     let resp = next.run(req).await;
     let elapsed = started.elapsed().as_secs_f64();
@@ -122,12 +127,12 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) ->
     // the cap.
     record_outcome(resp.status(), grpc_code);
     let grpc = grpc_path.map(|path| match grpc_code {
-        Some(tonic::Code::Unimplemented) => "unmatched".to_owned(),
+        Some(tonic::Code::Unimplemented) => StringValue::from("unmatched"),
         _ => o.grpc_methods.label(&path),
     });
     let labels = request_labels(
         method,
-        grpc.as_deref().unwrap_or(&endpoint),
+        grpc.clone().unwrap_or(endpoint),
         resp.status().as_u16(),
         grpc.is_some(),
     );
@@ -146,6 +151,15 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) ->
         );
     }
     resp
+}
+
+/// A matched route as a label: the contract's routes without allocating (#26), any other
+/// route (health, metrics, docs, gRPC's catch-all) copied.
+fn route_label(route: &str) -> StringValue {
+    match ROUTES.iter().find(|(_, r, _, _)| *r == route) {
+        Some((_, r, _, _)) => StringValue::from(*r),
+        None => StringValue::from(route.to_owned()),
+    }
 }
 
 /// The server span of a request, named and attributed by OpenTelemetry's semantic
