@@ -321,6 +321,34 @@ async fn client_chosen_labels_are_capped() {
     assert_eq!(sum_matching(&s, "events_ingested_total", &[]), 150.0);
 }
 
+/// #26 counts a batch's stored events once per run of events with the same labels: runs
+/// that end, resume and differ in one label only must still add up per series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_counted_per_type_and_source() {
+    let gw = TestGateway::local().await;
+    let events: Vec<Value> = [("a", "s"), ("a", "s"), ("b", "s"), ("a", "s"), ("a", "t")]
+        .iter()
+        .map(|(ty, source)| json!({"type": format!("runs.{ty}"), "source": source}))
+        .collect();
+    let (status, _) = gw.post_batch(&events).await;
+    assert_eq!(status, 200);
+    let s = samples(&gw.metrics().await);
+    let count = |ty: &str, source: &str| {
+        sum_matching(
+            &s,
+            "events_ingested_total",
+            &[
+                &format!("type=\"runs.{ty}\""),
+                &format!("source=\"{source}\""),
+            ],
+        )
+    };
+    assert_eq!(count("a", "s"), 3.0);
+    assert_eq!(count("b", "s"), 1.0);
+    assert_eq!(count("a", "t"), 1.0);
+    assert_eq!(count("b", "t"), 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traceparent_reaches_the_kafka_record_headers() {
     let Some(_) = require(Tool::Tansu) else {
