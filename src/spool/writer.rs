@@ -36,13 +36,16 @@ impl Batch {
     /// Encodes and checksums `records` on the caller's thread, so the writer thread only adds
     /// positions.
     pub fn of<'a>(entries: impl ExactSizeIterator<Item = Entry<'a>>) -> Batch {
-        let count = entries.len() as u64;
         let mut frames = Vec::with_capacity(entries.len() * 512);
+        // Counted as framed, not taken from `len()`: positions handed out must match the
+        // frames written whatever an iterator reports.
+        let mut count = 0;
         for e in entries {
             // Encoded straight into the frame: no payload buffer per record to copy (#26).
             let at = segment::begin_frame(&mut frames);
             e.encode_into(&mut frames);
             segment::end_frame(&mut frames, at);
+            count += 1;
         }
         Batch { frames, count }
     }

@@ -110,12 +110,9 @@ pub fn init(config: &LoggingConfig) -> SdkTracerProvider {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
     // A request's span is at INFO: below that level no log line shows its fields.
-    LOGS_SHOW_SPANS.store(
-        filter
-            .max_level_hint()
-            .is_none_or(|max| max >= tracing::level_filters::LevelFilter::INFO),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    let logs_show_spans = filter
+        .max_level_hint()
+        .is_none_or(|max| max >= tracing::level_filters::LevelFilter::INFO);
     let fmt = match config.format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
@@ -125,7 +122,7 @@ pub fn init(config: &LoggingConfig) -> SdkTracerProvider {
     let spans = tracing_subscriber::filter::Targets::new()
         .with_target("event_gateway", tracing::Level::INFO)
         .with_target("tower_http", tracing::Level::INFO);
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(
             tracing_opentelemetry::layer()
@@ -144,6 +141,10 @@ pub fn init(config: &LoggingConfig) -> SdkTracerProvider {
                 .with_filter(spans),
         )
         .try_init();
+    // Only the filter that was installed decides (a second call's does not).
+    if installed.is_ok() {
+        LOGS_SHOW_SPANS.store(logs_show_spans, std::sync::atomic::Ordering::Relaxed);
+    }
     provider
 }
 
