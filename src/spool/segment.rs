@@ -19,9 +19,10 @@
 //! positions lost in between known exactly; records after damage are never given up. Version
 //! 1 segments are still read (positions count up from the header's first). The checksum
 //! covers the payload first, so a client thread can checksum its payload before the writer
-//! knows its position ([`frame_payload`], then [`set_position`]). A length of 0 is never
-//! written, so zeroes after the last record (a preallocated tail) read as the end. The payload
-//! itself is [`crate::spool::record`]'s business.
+//! knows its position ([`frame_payload`], or [`begin_frame`] and [`end_frame`] around a
+//! payload encoded in place; then [`set_position`]). A length of 0 is never written, so zeroes
+//! after the last record (a preallocated tail) read as the end. The payload itself is
+//! [`crate::spool::record`]'s business.
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -95,11 +96,9 @@ pub fn decode_header(h: &[u8]) -> Result<(u64, u16), String> {
 /// Appends a version 2 frame for `payload` to `out` whose position is not known yet: its
 /// checksum field holds the payload's own checksum until [`set_position`] finishes it.
 pub fn frame_payload(payload: &[u8], out: &mut Vec<u8>) {
-    debug_assert!(!payload.is_empty() && payload.len() <= MAX_RECORD as usize);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&0u64.to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    let at = begin_frame(out);
     out.extend_from_slice(payload);
+    end_frame(out, at);
 }
 
 /// Starts a version 2 frame at the end of `out` whose payload the caller appends next;
@@ -110,8 +109,8 @@ pub fn begin_frame(out: &mut Vec<u8>) -> usize {
     at
 }
 
-/// Finishes the frame [`begin_frame`] started at `at`, as [`frame_payload`] would have
-/// written it for the bytes appended since.
+/// Finishes the frame [`begin_frame`] started at `at` for the bytes appended since: their
+/// length, position 0 and their own checksum until [`set_position`].
 pub fn end_frame(out: &mut [u8], at: usize) {
     let start = at + FRAME_HEADER_LEN as usize;
     let len = out.len() - start;

@@ -90,7 +90,12 @@ fn a_frame_encoded_in_place_is_the_framed_payload() {
         r.entry().encode_into(&mut in_place);
         segment::end_frame(&mut in_place, at);
         assert_eq!(&in_place[3..], &framed[..]);
+        // The header by hand too: frame_payload is begin_frame/end_frame around a copy.
+        let header = &in_place[3..3 + segment::FRAME_HEADER_LEN as usize];
         let payload = &in_place[3 + segment::FRAME_HEADER_LEN as usize..];
+        assert_eq!(header[0..4], (payload.len() as u32).to_le_bytes());
+        assert_eq!(header[4..12], [0; 8], "no position yet");
+        assert_eq!(header[12..16], crc32c::crc32c(payload).to_le_bytes());
         // The payload built by hand from its documented layout, independently of the encoder.
         let meta: &[u8] = match &r.topic {
             Some(_) => br#"{"topic":"orders","trace":[["traceparent","00-abc-def-01"]]}"#,
