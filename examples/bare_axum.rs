@@ -78,6 +78,7 @@ async fn spooled(spool: Arc<Spool>, body: Bytes) -> (StatusCode, String) {
             data,
             extensions: Default::default(),
             topic: None,
+            forwarded: None,
         },
     };
     match spool.append(&[record]).await {

@@ -12,7 +12,9 @@ use std::time::Duration;
 use common::*;
 use event_gateway::Config;
 use event_gateway::config::RecordMode;
-use event_gateway::proto::{CloudEvent, IngestBatchRequest, IngestEventRequest};
+use event_gateway::proto::{
+    CloudEvent, IngestBatchRequest, IngestEventRequest, IngestStreamRequest,
+};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -623,4 +625,180 @@ async fn a_full_producer_queue_answers_503_at_once() {
     );
     broker.resume();
     assert_eq!(held.await.unwrap(), 200);
+}
+
+/// #28: `kafka.forward_headers` copies the named request headers (gRPC metadata alike) onto
+/// each record as Kafka headers, in the list's order with repeats kept, over REST single and
+/// batch, gRPC, and through the spool (`?ack=spooled`); an unlisted header never travels,
+/// and a request over `kafka.forward_headers_max_bytes` or with a non-ASCII value is refused
+/// by name with nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chosen_request_headers_become_kafka_headers_over_both_protocols() {
+    let Some(_) = require(Tool::Tansu) else {
+        return;
+    };
+    let broker = Broker::start(TOPIC, 1).await;
+    let mut config = kafka_config(&broker.bootstrap());
+    config.kafka.forward_headers = vec!["X-Tenant-Id".into(), "x-request-source".into()];
+    config.kafka.forward_headers_max_bytes = bytesize::ByteSize::b(64);
+    let gw = TestGateway::start(config).await;
+    gw.wait_ready().await;
+    let c = http();
+    let event = |id: &str| json!({"id": id, "type": "t", "source": "s"});
+    let post = |path: &str, body: Value, headers: &[(&'static str, &[u8])]| {
+        let mut req = c.post(gw.url(path)).json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, reqwest::header::HeaderValue::from_bytes(v).unwrap());
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+
+    // Sent in another order than the list's, with an unlisted header and a repeat.
+    let (status, reply) = post(
+        "/api/v1/events",
+        event("rest-1"),
+        &[
+            ("x-request-source", b"web"),
+            ("x-tenant-id", b"acme"),
+            ("x-unlisted", b"private"),
+            ("x-tenant-id", b"acme-eu"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let batch = json!({"events": [event("batch-1"), event("batch-2")]});
+    let (status, reply) = post("/api/v1/events/batch", batch, &[("x-tenant-id", b"beta")]).await;
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = post(
+        "/api/v1/events?ack=spooled",
+        event("spooled-1"),
+        &[("x-tenant-id", b"delta")],
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    let (status, reply) = post("/api/v1/events", event("none-1"), &[]).await;
+    assert_eq!(status, 200, "{reply}");
+
+    let mut client = gw.grpc().await;
+    let mut req = tonic::Request::new(IngestEventRequest {
+        event: Some(CloudEvent {
+            id: "grpc-1".into(),
+            r#type: "t".into(),
+            source: "s".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("x-tenant-id", "gamma".parse().unwrap());
+    client.ingest_event(req).await.unwrap();
+    // A stream: the metadata it opened with, on each of its events.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("x-request-source", "stream".parse().unwrap());
+    let mut results = client.ingest_stream(req).await.unwrap().into_inner();
+    let stream_event = |id: &str| CloudEvent {
+        id: id.into(),
+        r#type: "t".into(),
+        source: "s".into(),
+        ..Default::default()
+    };
+    tx.send(IngestStreamRequest {
+        sequence: Some(1),
+        events: vec![stream_event("stream-1"), stream_event("stream-2")],
+    })
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let reply = results
+            .message()
+            .await
+            .unwrap()
+            .expect("a result per event");
+        assert!(reply.error.is_none(), "{reply:?}");
+    }
+    drop(tx);
+
+    // Refused, naming the limit or the header, and nothing of either stored.
+    let long = "x".repeat(60);
+    let (status, reply) = post(
+        "/api/v1/events",
+        event("too-big"),
+        &[("x-tenant-id", long.as_bytes())],
+    )
+    .await;
+    assert_eq!(status, 413, "{reply}");
+    assert!(
+        reply
+            .to_string()
+            .contains("kafka.forward_headers_max_bytes"),
+        "{reply}"
+    );
+    let (status, reply) = post(
+        "/api/v1/events",
+        event("not-ascii"),
+        &[("x-tenant-id", b"caf\xe9")],
+    )
+    .await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply.to_string().contains("x-tenant-id"), "{reply}");
+    let mut req = tonic::Request::new(IngestEventRequest {
+        event: Some(CloudEvent {
+            id: "grpc-too-big".into(),
+            r#type: "t".into(),
+            source: "s".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("x-request-source", long.parse().unwrap());
+    let refused = client.ingest_event(req).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains("kafka.forward_headers_max_bytes"),
+        "{refused:?}"
+    );
+
+    let records = broker.read_all(TOPIC, 8, Duration::from_secs(30));
+    let forwarded: HashMap<String, Vec<(String, String)>> = records
+        .iter()
+        .map(|r| {
+            let chosen = r
+                .header_list
+                .iter()
+                .filter(|(k, _)| k.starts_with("x-"))
+                .cloned()
+                .collect();
+            (r.headers["ce_id"].clone(), chosen)
+        })
+        .collect();
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(forwarded.len(), 8, "{forwarded:?}");
+    assert_eq!(
+        forwarded["rest-1"],
+        pairs(&[
+            ("x-tenant-id", "acme"),
+            ("x-tenant-id", "acme-eu"),
+            ("x-request-source", "web")
+        ])
+    );
+    assert_eq!(forwarded["batch-1"], pairs(&[("x-tenant-id", "beta")]));
+    assert_eq!(forwarded["batch-2"], pairs(&[("x-tenant-id", "beta")]));
+    assert_eq!(forwarded["spooled-1"], pairs(&[("x-tenant-id", "delta")]));
+    assert_eq!(forwarded["grpc-1"], pairs(&[("x-tenant-id", "gamma")]));
+    assert_eq!(forwarded["none-1"], pairs(&[]));
+    for id in ["stream-1", "stream-2"] {
+        assert_eq!(forwarded[id], pairs(&[("x-request-source", "stream")]));
+    }
 }

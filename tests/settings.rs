@@ -130,6 +130,17 @@ fn matrix() -> Vec<Row> {
         ),
         text("kafka.compression", "zstd"),
         text("kafka.dead_letter_topic", "2025"),
+        row(
+            "kafka.forward_headers",
+            "x-tenant-id,x-request-source",
+            r#"["x-tenant-id", "x-request-source"]"#,
+        ),
+        Row {
+            key: "kafka.forward_headers_max_bytes",
+            value: "64B",
+            with: &[("kafka.forward_headers", "x-tenant-id")],
+            shows: Some(r#""64 B""#),
+        },
         row("kafka.idempotence", "false", "false"),
         text("kafka.key_strategy", "subject"),
         row("kafka.linger", "5ms", r#""5ms""#),
@@ -505,6 +516,27 @@ async fn effect(
                 .expect("a log line");
             let line: Value = serde_json::from_str(&first).expect("a JSON log line");
             assert!(line.get("level").is_some(), "{first}");
+        }
+        "kafka.forward_headers" | "kafka.forward_headers_max_bytes" => {
+            // Over the limit (1 KiB by default, 64 B in its own row): refused by name.
+            let send = |n: usize| {
+                c.post(format!("{base}/api/v1/events"))
+                    .header("x-tenant-id", "t".repeat(n))
+                    .json(&json!({"type": "user.created", "source": "matrix", "data": {"user_id": "1", "email": "e"}}))
+                    .send()
+            };
+            let r = send(40).await.unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+            let r = send(if key == "kafka.forward_headers" {
+                2000
+            } else {
+                100
+            })
+            .await
+            .unwrap();
+            assert_eq!(r.status(), 413);
+            let body = r.text().await.unwrap();
+            assert!(body.contains("kafka.forward_headers_max_bytes"), "{body}");
         }
         "auth.required" => {
             let r = matrix_event(&c, base, "user.created").await;

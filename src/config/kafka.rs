@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::de::{list_or_csv, scalar_map};
@@ -112,6 +113,15 @@ pub struct KafkaConfig {
     /// Spooled records Kafka refuses for good (too large, topic gone, not authorized) go
     /// here after a bounded retry, with headers naming the error; unset: they are parked.
     pub dead_letter_topic: Option<String>,
+    /// Request headers (gRPC metadata alike) copied onto each of the request's records as
+    /// Kafka headers, under the same (lowercase) name, in this list's order (a repeated
+    /// header in the order sent); a stream's are those it opened with. Credentials and names
+    /// the gateway writes itself are refused at load ([`forward_header_refused`]).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub forward_headers: Vec<String>,
+    /// The most bytes (names and values) of forwarded headers one request may carry; a
+    /// request over it is refused (413 / INVALID_ARGUMENT naming this key), never cut.
+    pub forward_headers_max_bytes: ByteSize,
     /// TLS and SASL towards the brokers.
     pub security: KafkaSecurity,
     /// Any other librdkafka property, passed through verbatim (set last, so it wins). Values
@@ -264,6 +274,8 @@ impl Default for KafkaConfig {
             record_mode: RecordMode::Binary,
             key_strategy: KeyStrategy::PartitionkeyOrSubject,
             dead_letter_topic: None,
+            forward_headers: Vec::new(),
+            forward_headers_max_bytes: ByteSize::kib(1),
             security: KafkaSecurity::default(),
             librdkafka: BTreeMap::new(),
         }
@@ -296,8 +308,82 @@ impl KafkaConfig {
             errors
                 .push("kafka.dead_letter_topic must not be empty (leave it unset for none)".into());
         }
+        self.check_forward_headers(errors);
         self.security.check(errors);
     }
+
+    fn check_forward_headers(&self, errors: &mut Vec<String>) {
+        for name in &self.forward_headers {
+            let lower = name.trim().to_ascii_lowercase();
+            let valid = !lower.is_empty()
+                && lower
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !valid {
+                errors.push(format!(
+                    "kafka.forward_headers: `{name}` is not an HTTP header name"
+                ));
+            } else if let Some(why) = forward_header_refused(&lower) {
+                errors.push(format!("kafka.forward_headers: `{name}` is refused: {why}"));
+            }
+        }
+        let max = self.forward_headers_max_bytes.as_u64();
+        if !self.forward_headers.is_empty()
+            && !(1..=FORWARD_HEADERS_MAX_BYTES_CEILING).contains(&max)
+        {
+            errors.push(format!(
+                "kafka.forward_headers_max_bytes ({max} bytes) must be between 1 and {FORWARD_HEADERS_MAX_BYTES_CEILING} (the records' header room above limits.max_event_size is 64 KiB)"
+            ));
+        }
+    }
+}
+
+/// The API-key request header (`transport::stack::authn` looks it up by this name).
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// The ceiling of `kafka.forward_headers_max_bytes`: a quarter of the 64 KiB that
+/// `limits.max_event_size` must leave below `kafka.message_max_bytes` for a record's
+/// headers, so forwarded headers cannot push a record over the broker's limit.
+pub const FORWARD_HEADERS_MAX_BYTES_CEILING: u64 = 16 * 1024;
+
+/// Header names `kafka.forward_headers` refuses, and why: credentials (a topic's readers
+/// are not meant to see them), and what the gateway writes on records itself (a forwarded
+/// copy would be taken for the gateway's own).
+pub const FORWARD_HEADERS_REFUSED: &[(&str, &str)] = &[
+    ("authorization", "a credential"),
+    ("proxy-authorization", "a credential"),
+    ("cookie", "a credential"),
+    ("set-cookie", "a credential"),
+    (API_KEY_HEADER, "a credential (the API-key header)"),
+    ("content-type", "the gateway writes it on every record"),
+    (
+        "traceparent",
+        "the gateway writes the trace context on every record",
+    ),
+    (
+        "tracestate",
+        "the gateway writes the trace context on every record",
+    ),
+];
+
+/// Why `name` (lowercase) may not be forwarded, or `None` if it may.
+pub fn forward_header_refused(name: &str) -> Option<&'static str> {
+    if let Some((_, why)) = FORWARD_HEADERS_REFUSED.iter().find(|(n, _)| *n == name) {
+        return Some(why);
+    }
+    if name.starts_with("ce_") || name.starts_with("ce-") {
+        return Some("CloudEvents attributes travel as the gateway's own ce_* headers");
+    }
+    if name.starts_with("grpc-") || name.starts_with(':') {
+        return Some("reserved by gRPC / HTTP/2");
+    }
+    if name.ends_with("-bin") {
+        return Some("binary gRPC metadata is not forwarded");
+    }
+    if name.starts_with("eventgateway-") {
+        return Some("the gateway writes eventgateway-* headers on dead-lettered records");
+    }
+    None
 }
 
 impl KafkaSecurity {

@@ -19,8 +19,9 @@ pub mod watch;
 pub use auth::{AuthConfig, ClientAuth, HealthDetails, JwtConfig, TlsConfig};
 pub use env::{ENV_PREFIX, TEXT_KEYS, keys};
 pub use kafka::{
-    KafkaConfig, KafkaSecurity, KeyStrategy, RecordMode, RequiredAcks, SaslMechanism, Secret,
-    SecurityProtocol,
+    API_KEY_HEADER, FORWARD_HEADERS_MAX_BYTES_CEILING, FORWARD_HEADERS_REFUSED, KafkaConfig,
+    KafkaSecurity, KeyStrategy, RecordMode, RequiredAcks, SaslMechanism, Secret, SecurityProtocol,
+    forward_header_refused,
 };
 pub use limits::{LimitsConfig, MAX_DATA_DEPTH_CEILING, PerformanceConfig, RateLimitConfig};
 pub use ops::{LogFormat, LoggingConfig, MetricsConfig, ShutdownConfig};
@@ -483,6 +484,60 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("a string, a number or a boolean"), "{e}");
+    }
+
+    /// #28: `kafka.forward_headers` takes header names (from the variable as a list too) and
+    /// refuses, at load and by name, every credential header and what the gateway writes on
+    /// records itself.
+    #[test]
+    fn forward_headers_refuse_credentials_and_the_gateways_own_names() {
+        let c = load_with(
+            None,
+            &[(
+                "GATEWAY_KAFKA_FORWARD_HEADERS",
+                "X-Tenant-Id,x-request-source",
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.kafka.forward_headers, ["X-Tenant-Id", "x-request-source"]);
+        for name in [
+            "authorization",
+            "Authorization",
+            "proxy-authorization",
+            "cookie",
+            "set-cookie",
+            "x-api-key",
+            "X-API-KEY",
+            "traceparent",
+            "content-type",
+            "ce_type",
+            "ce-id",
+            "grpc-timeout",
+            "trace-bin",
+            "eventgateway-error",
+        ] {
+            let e = load_with(None, &[("GATEWAY_KAFKA_FORWARD_HEADERS", name)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("kafka.forward_headers") && e.contains(name) && e.contains("refused"),
+                "{name}: {e}"
+            );
+        }
+        let e = load_with(None, &[("GATEWAY_KAFKA_FORWARD_HEADERS", "x tenant")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an HTTP header name"), "{e}");
+        let e = load_with(
+            None,
+            &[
+                ("GATEWAY_KAFKA_FORWARD_HEADERS", "x-tenant-id"),
+                ("GATEWAY_KAFKA_FORWARD_HEADERS_MAX_BYTES", "1MiB"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("kafka.forward_headers_max_bytes"), "{e}");
     }
 
     /// #24: Kafka's own spelling of the protocol and mechanism names, in any case.

@@ -37,7 +37,14 @@ pub struct Event {
     /// Where it goes: its type's topic from the registry, or None for the sink's default. Not
     /// a CloudEvents attribute: never part of the encodings.
     pub topic: Option<std::sync::Arc<str>>,
+    /// The request headers `kafka.forward_headers` names, as (name, value) in the order the
+    /// request carried them: each of the request's Kafka records gets them as headers. Not a
+    /// CloudEvents attribute; one list shared by every event of a request.
+    pub forwarded: Option<Forwarded>,
 }
+
+/// Forwarded request headers ([`Event::forwarded`]).
+pub type Forwarded = std::sync::Arc<[(String, String)]>;
 
 impl Event {
     /// `time` in RFC 3339 with a `Z` suffix, as the CloudEvents JSON format writes it.
@@ -193,6 +200,7 @@ impl Event {
             data,
             extensions,
             topic: None,
+            forwarded: None,
         })
     }
 }
@@ -260,6 +268,7 @@ impl Event {
             data: Data::None,
             extensions: Default::default(),
             topic: None,
+            forwarded: None,
         }
     }
 }
@@ -282,6 +291,7 @@ mod tests {
             data,
             extensions: BTreeMap::from([("partitionkey".into(), "k".into())]),
             topic: None,
+            forwarded: None,
         }
     }
 

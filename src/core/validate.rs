@@ -301,6 +301,7 @@ fn normalise(incoming: Incoming, contract: Option<&TypeContract>, now: DateTime<
         data,
         extensions: ev.extensions.into_iter().collect(),
         topic: contract.and_then(|c| c.topic.clone()),
+        forwarded: None,
     }
 }
 

@@ -154,6 +154,7 @@ pub(super) fn build(config: &Config) -> Result<App, StartupError> {
         &config.performance,
         &config.server.trusted_proxies,
         auth.clone(),
+        stack::ForwardHeaders::new(&config.kafka),
     );
     let ingest = ingest_routes(config, &gateway, &admission);
     let mut ops = health::router(

@@ -21,6 +21,10 @@ struct Meta {
     topic: Option<String>,
     #[serde(default)]
     trace: Vec<(String, String)>,
+    /// The event's forwarded request headers (`kafka.forward_headers`); absent in records
+    /// written before they existed, and when there are none.
+    #[serde(default)]
+    headers: Vec<(String, String)>,
 }
 
 /// [`Meta`] as written: borrowed, so encoding clones neither the topic nor the trace headers.
@@ -30,10 +34,12 @@ struct MetaRef<'a> {
     topic: Option<&'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     trace: &'a [(String, String)],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    headers: &'a [(String, String)],
 }
 
 /// Payload layout: version u8 = 1 | spooled-at ms u64 LE | meta length u32 LE | meta (JSON:
-/// topic, trace headers) | the event in the CloudEvents JSON format.
+/// topic, trace headers, forwarded headers) | the event in the CloudEvents JSON format.
 const PAYLOAD_VERSION: u8 = 1;
 
 /// A record to be written, borrowing what it stores: appending encodes events in place
@@ -56,6 +62,7 @@ impl Entry<'_> {
         let meta = MetaRef {
             topic: self.topic,
             trace: self.trace,
+            headers: self.event.forwarded.as_deref().unwrap_or_default(),
         };
         serde_json::to_writer(&mut *out, &meta).expect("meta serializes");
         let meta_len = (out.len() - len_at - 4) as u32;
@@ -105,6 +112,7 @@ impl Record {
             serde_json::from_slice(meta).map_err(|e| format!("record metadata: {e}"))?;
         let mut event = Event::from_structured_json(event)?;
         event.topic = meta.topic.as_deref().map(Arc::from);
+        event.forwarded = (!meta.headers.is_empty()).then(|| Arc::from(meta.headers));
         Ok(Record {
             spooled_at_ms,
             topic: meta.topic,

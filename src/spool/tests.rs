@@ -15,6 +15,7 @@ pub(crate) fn record(id: &str) -> Record {
         trace: vec![("traceparent".into(), "00-abc-def-01".into())],
         event: Event {
             topic: Some(Arc::from("orders")),
+            forwarded: None,
             ..Event::for_test(id)
         },
     }
@@ -70,6 +71,26 @@ async fn sealed_len(path: &Path) -> u64 {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// #28: a record keeps its event's forwarded request headers (`kafka.forward_headers`), in
+/// order, repeats included, so a spooled event reaches Kafka with them as a direct one does;
+/// a record written without them (before they existed) reads back with none.
+#[test]
+fn a_record_keeps_its_forwarded_headers_in_order() {
+    let mut r = record("f");
+    let forwarded: crate::core::event::Forwarded = Arc::from(vec![
+        ("x-tenant-id".to_owned(), "acme".to_owned()),
+        ("x-request-source".to_owned(), "web".to_owned()),
+        ("x-tenant-id".to_owned(), "acme-eu".to_owned()),
+    ]);
+    r.event.forwarded = Some(forwarded.clone());
+    let back = Record::decode(&r.encode()).unwrap();
+    assert_eq!(back.event.forwarded.as_deref(), Some(&forwarded[..]));
+    assert_eq!(back.trace, r.trace);
+    assert_eq!(back.topic.as_deref(), Some("orders"));
+    let without = Record::decode(&record("g").encode()).unwrap();
+    assert!(without.event.forwarded.is_none());
 }
 
 /// #26 encodes records straight into their frames: the bytes on disk must be those of the

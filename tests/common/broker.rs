@@ -220,21 +220,23 @@ pub fn read_topic_with(
     while Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
-                let mut headers = HashMap::new();
+                let mut header_list = Vec::new();
                 if let Some(h) = m.headers() {
                     for hd in h.iter() {
-                        headers.insert(
+                        header_list.push((
                             hd.key.to_owned(),
                             String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
-                        );
+                        ));
                     }
                 }
+                let headers = header_list.iter().cloned().collect();
                 out.push(Record {
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     value: m.payload().map(|v| v.to_vec()),
                     headers,
+                    header_list,
                 });
             }
             Some(Err(e)) => panic!("consumer error: {e}"),
@@ -262,7 +264,10 @@ pub struct Record {
     pub offset: i64,
     pub key: Option<String>,
     pub value: Option<Vec<u8>>,
+    /// The headers by name (the last of a repeated one).
     pub headers: HashMap<String, String>,
+    /// Every header in record order, repeats included.
+    pub header_list: Vec<(String, String)>,
 }
 
 impl Record {

@@ -121,6 +121,7 @@ pub(super) fn load_certificates(path: &Path) -> Result<CertificateGrants, String
             authtype: AUTHTYPE_SERVICE,
             grants: Arc::new(grants),
             credential: Credential::None,
+            forwarded: None,
         };
         out.insert(e.san, principal);
     }

@@ -213,6 +213,7 @@ impl Authenticator {
                 exp,
                 key: Arc::new(jwk.clone()),
             },
+            forwarded: None,
         };
         Ok((principal, exp))
     }

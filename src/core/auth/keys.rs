@@ -60,6 +60,7 @@ pub(super) fn load_keys(path: &Path) -> Result<KeyRing, String> {
             authtype: AUTHTYPE_API_KEY,
             grants: Arc::new(grants),
             credential: Credential::ApiKey(digest),
+            forwarded: None,
         };
         if ring.insert(digest, principal).is_some() {
             return Err(at("the same key (sha256) is listed twice".into()));

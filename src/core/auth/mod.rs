@@ -60,6 +60,10 @@ pub struct Principal {
     pub grants: Arc<Grants>,
     /// What the principal was proven by, to check again later (an open stream).
     pub credential: Credential,
+    /// The request's headers named by `kafka.forward_headers`, put here by the stack beside
+    /// who sent them: [`stamp`] copies them onto every event the request brings (a stream's
+    /// are those it opened with).
+    pub forwarded: Option<crate::core::event::Forwarded>,
 }
 
 /// The credential a principal was proven by, as far as it can go stale: an API key can be
@@ -94,6 +98,7 @@ impl Principal {
             authtype: AUTHTYPE_NONE,
             grants: ANY.clone(),
             credential: Credential::None,
+            forwarded: None,
         }
     }
 
@@ -318,6 +323,7 @@ impl Authenticator {
                 ..Grants::default()
             }),
             credential: Credential::None,
+            forwarded: None,
         }
     }
 
@@ -436,8 +442,10 @@ impl Authenticator {
 }
 
 /// Sets the CloudEvents Auth Context extension from `principal`, replacing whatever the
-/// client sent under those names: provenance is the gateway's word, never the client's.
+/// client sent under those names: provenance is the gateway's word, never the client's. And
+/// the request's forwarded headers (`kafka.forward_headers`), which travel with the event.
 pub fn stamp(principal: &Principal, event: &mut Event) {
+    event.forwarded.clone_from(&principal.forwarded);
     event
         .extensions
         .insert("authtype".into(), principal.authtype.into());

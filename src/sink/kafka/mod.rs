@@ -416,11 +416,20 @@ impl KafkaSink {
     }
 
     fn record_headers(&self, e: &Event, trace: &[(String, String)]) -> OwnedHeaders {
-        let mut h = OwnedHeaders::new_with_capacity(10 + e.extensions.len());
+        let mut h = OwnedHeaders::new_with_capacity(
+            10 + e.extensions.len() + e.forwarded.as_ref().map_or(0, |f| f.len()),
+        );
         // The gateway's own span context (a child of the client's traceparent, if any), so
         // consumers continue the request's trace. The event's own `traceparent` extension, if
         // any, travels unchanged as `ce_traceparent`.
         for (k, v) in trace {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        // `kafka.forward_headers`: the request's chosen headers, as it sent them.
+        for (k, v) in e.forwarded.iter().flat_map(|f| f.iter()) {
             h = h.insert(Header {
                 key: k,
                 value: Some(v.as_bytes()),

@@ -165,6 +165,7 @@ fn record(id: String, key: Option<&str>, at_ms: u64) -> Record {
             data: Data::None,
             extensions: Default::default(),
             topic: Some(Arc::from("t")),
+            forwarded: None,
         },
     }
 }

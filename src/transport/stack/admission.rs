@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{BoxError, ServiceBuilder};
 
-use super::authn::{authenticate_request, principal, principal_of};
+use super::authn::{ForwardHeaders, authenticate_request, principal, principal_of};
 use super::client::{X_FORWARDED_FOR, client_ip, client_key};
 use super::rate::{LIMITER_GC_INTERVAL, RateLimit, take_token};
 use crate::config::{PerformanceConfig, RateLimitConfig};
@@ -31,7 +31,7 @@ use crate::transport::status::{self, is_grpc};
 /// A unary request's admission, first part: authentication, then the token bucket (the
 /// tower layers below shed and time out).
 async fn admit_unary(State(a): State<Arc<Admission>>, mut req: Request, next: Next) -> Response {
-    if let Some(refused) = authenticate_request(&a.auth, &mut req) {
+    if let Some(refused) = authenticate_request(&a.auth, a.forward.as_ref(), &mut req) {
         return refused;
     }
     req.extensions_mut().insert(BodyRead::default());
@@ -197,6 +197,8 @@ pub struct Admission {
     stream_lifetime: Option<Duration>,
     trusted_proxies: Vec<ipnet::IpNet>,
     auth: Arc<Authenticator>,
+    /// `kafka.forward_headers`, captured with the principal; `None` when none are.
+    forward: Option<ForwardHeaders>,
 }
 
 impl Admission {
@@ -205,6 +207,7 @@ impl Admission {
         perf: &PerformanceConfig,
         trusted_proxies: &[String],
         auth: Arc<Authenticator>,
+        forward: Option<ForwardHeaders>,
     ) -> Arc<Self> {
         let trusted_proxies = trusted_proxies
             .iter()
@@ -234,6 +237,7 @@ impl Admission {
                 .then_some(perf.max_stream_lifetime),
             trusted_proxies,
             auth,
+            forward,
         });
         if a.rate.is_some() {
             let weak = Arc::downgrade(&a);
@@ -356,7 +360,7 @@ impl Admit for StreamAdmit {
 }
 
 async fn open_stream(State(a): State<Arc<Admission>>, mut req: Request, next: Next) -> Response {
-    if let Some(refused) = authenticate_request(&a.auth, &mut req) {
+    if let Some(refused) = authenticate_request(&a.auth, a.forward.as_ref(), &mut req) {
         return refused;
     }
     let key = client_key(&req, &a.trusted_proxies);

@@ -8,16 +8,17 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
-use http::HeaderName;
+use http::{HeaderMap, HeaderName};
 
 use crate::core::auth::{Authenticator, Credentials, Principal};
-use crate::core::error::Error;
+use crate::core::error::{Error, FieldViolation};
+use crate::core::event::Forwarded;
 use crate::transport::status::{self, is_grpc};
 
 /// Header carrying an API key (the other way is `Authorization: Bearer <key>`). Headers are
 /// looked up by `HeaderName`, never by `&str`: a string name is parsed on every lookup (and
 /// http's parser trips valgrind's uninitialised-read check in the release smoke run).
-pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+pub const API_KEY_HEADER: HeaderName = HeaderName::from_static(crate::config::API_KEY_HEADER);
 
 /// The verified subject (SAN, else CN) of the client's certificate, put on every request of
 /// an mTLS connection by the accept loop.
@@ -49,16 +50,80 @@ pub fn principal_of(a: &Authenticator, req: &Request) -> Result<Principal, Error
     a.authenticate(&credentials)
 }
 
-/// Puts the request's [`Principal`] on it; or returns the refusal to send instead, 401 /
-/// UNAUTHENTICATED for the caller's protocol.
-pub(super) fn authenticate_request(a: &Authenticator, req: &mut Request) -> Option<Response> {
-    let outcome = principal_of(a, req);
+/// Puts the request's [`Principal`] on it, with the headers `forward` names; or returns the
+/// refusal to send instead: 401 / UNAUTHENTICATED for the caller's protocol, or the
+/// forwarded headers' own refusal (after authentication, so an anonymous caller learns
+/// nothing of the policy).
+pub(super) fn authenticate_request(
+    a: &Authenticator,
+    forward: Option<&ForwardHeaders>,
+    req: &mut Request,
+) -> Option<Response> {
+    let outcome = principal_of(a, req).and_then(|mut p| {
+        if let Some(f) = forward {
+            p.forwarded = f.capture(req.headers())?;
+        }
+        Ok(p)
+    });
     match outcome {
         Ok(p) => {
             req.extensions_mut().insert(p);
             None
         }
         Err(e) => Some(status::respond(is_grpc(req.headers()), e)),
+    }
+}
+
+/// `kafka.forward_headers`: the request headers (gRPC metadata alike) that travel onto each
+/// of its records as Kafka headers, and how many bytes of them one request may bring.
+pub struct ForwardHeaders {
+    names: Vec<HeaderName>,
+    max_bytes: u64,
+}
+
+impl ForwardHeaders {
+    /// `None` when no header is forwarded: then the stack does nothing per request. The names
+    /// were checked at config load.
+    pub fn new(kafka: &crate::config::KafkaConfig) -> Option<Self> {
+        let names: Vec<HeaderName> = kafka
+            .forward_headers
+            .iter()
+            .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
+            .collect();
+        (!names.is_empty()).then(|| Self {
+            names,
+            max_bytes: kafka.forward_headers_max_bytes.as_u64(),
+        })
+    }
+
+    /// The named headers `headers` holds, in the order of `kafka.forward_headers` (a repeated
+    /// header in the order sent), or `None` when it holds none of them. A value that is not
+    /// visible ASCII is refused rather than altered, and so is more than `max_bytes` of them
+    /// (names and values): neither is cut, since a consumer routing on a half header would
+    /// route wrong.
+    pub fn capture(&self, headers: &HeaderMap) -> Result<Option<Forwarded>, Error> {
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for name in &self.names {
+            for value in headers.get_all(name) {
+                let value = value.to_str().map_err(|_| {
+                    Error::InvalidArgument(vec![FieldViolation::new(
+                        format!("header {name}"),
+                        "a header kafka.forward_headers forwards must be visible ASCII",
+                    )])
+                })?;
+                size += (name.as_str().len() + value.len()) as u64;
+                out.push((name.as_str().to_owned(), value.to_owned()));
+            }
+        }
+        if size > self.max_bytes {
+            return Err(Error::TooLarge {
+                what: "forwarded headers (kafka.forward_headers_max_bytes)".into(),
+                limit: self.max_bytes,
+                size: Some(size),
+            });
+        }
+        Ok((!out.is_empty()).then(|| Forwarded::from(out)))
     }
 }
 
@@ -70,7 +135,7 @@ async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    if let Some(refused) = authenticate_request(&a, &mut req) {
+    if let Some(refused) = authenticate_request(&a, None, &mut req) {
         return refused;
     }
     if req

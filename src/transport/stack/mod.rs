@@ -10,7 +10,9 @@
 //! 4. authentication, on the ingest routes (and `/metrics` with `auth.protect_metrics`):
 //!    credentials (API key, JWT, client certificate) become the request's [`Principal`], or a
 //!    401 / UNAUTHENTICATED; before admission, so that the rate-limit bucket is the
-//!    principal's and nothing an unauthenticated client sends selects one;
+//!    principal's and nothing an unauthenticated client sends selects one; the headers
+//!    `kafka.forward_headers` names are captured beside the principal (refused here when
+//!    over `kafka.forward_headers_max_bytes`), for the core to put on each record;
 //! 5. admission, on the ingest routes only (health, metrics and reflection stay reachable
 //!    under overload): per-client token bucket, then the client's share of the slots
 //!    (`performance.max_concurrent_requests_per_client`), then load shedding at
@@ -35,5 +37,5 @@ mod observe;
 mod rate;
 
 pub use admission::{Admission, BodyRead};
-pub use authn::{API_KEY_HEADER, PeerIdentity, authenticated, principal};
+pub use authn::{API_KEY_HEADER, ForwardHeaders, PeerIdentity, authenticated, principal};
 pub use observe::{HttpMetrics, observed};
