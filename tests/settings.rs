@@ -44,6 +44,7 @@ const fn text(key: &'static str, value: &'static str) -> Row {
     }
 }
 
+const CORS_ORIGIN: &[(&str, &str)] = &[("server.cors.allowed_origins", "https://app.example.com")];
 const SASL: &[(&str, &str)] = &[
     ("kafka.security.protocol", "sasl_plaintext"),
     ("kafka.security.sasl_mechanism", "PLAIN"),
@@ -122,6 +123,29 @@ fn matrix() -> Vec<Row> {
             shows: Some(r#"["10.0.0.0/8", "127.0.0.1/32"]"#),
         },
         row("server.write_timeout", "20s", r#""20s""#),
+        row(
+            "server.cors.allowed_origins",
+            "https://app.example.com,http://localhost:5173",
+            r#"["https://app.example.com", "http://localhost:5173"]"#,
+        ),
+        Row {
+            key: "server.cors.allowed_methods",
+            value: "POST",
+            with: CORS_ORIGIN,
+            shows: Some(r#"["POST"]"#),
+        },
+        Row {
+            key: "server.cors.allowed_headers",
+            value: "content-type,x-tenant-id",
+            with: CORS_ORIGIN,
+            shows: Some(r#"["content-type", "x-tenant-id"]"#),
+        },
+        Row {
+            key: "server.cors.max_age",
+            value: "1h",
+            with: CORS_ORIGIN,
+            shows: Some(r#""1h""#),
+        },
         row("kafka.batch_size", "500", "500"),
         row(
             "kafka.brokers",
@@ -537,6 +561,44 @@ async fn effect(
             assert_eq!(r.status(), 413);
             let body = r.text().await.unwrap();
             assert!(body.contains("kafka.forward_headers_max_bytes"), "{body}");
+        }
+        k if k.starts_with("server.cors.") => {
+            // A browser's preflight from the listed origin is answered (no credentials, no
+            // route of its own); one from any other origin is refused.
+            let preflight = |origin: &'static str| {
+                c.request(reqwest::Method::OPTIONS, format!("{base}/api/v1/events"))
+                    .header("origin", origin)
+                    .header("access-control-request-method", "POST")
+                    .header("access-control-request-headers", "content-type,x-tenant-id")
+                    .send()
+            };
+            let r = preflight("https://app.example.com").await.unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            let h = |name: &str| {
+                r.headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            };
+            assert_eq!(h("access-control-allow-origin"), "https://app.example.com");
+            match k {
+                "server.cors.allowed_methods" => {
+                    assert_eq!(h("access-control-allow-methods"), "POST")
+                }
+                "server.cors.allowed_headers" => {
+                    assert!(h("access-control-allow-headers").contains("x-tenant-id"))
+                }
+                "server.cors.max_age" => assert_eq!(h("access-control-max-age"), "3600"),
+                _ => {}
+            }
+            let r = preflight("https://evil.example").await.unwrap();
+            assert_eq!(r.status(), 403);
+            assert!(
+                r.text()
+                    .await
+                    .unwrap()
+                    .contains("server.cors.allowed_origins")
+            );
         }
         "auth.required" => {
             let r = matrix_event(&c, base, "user.created").await;

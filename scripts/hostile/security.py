@@ -1,5 +1,6 @@
-"""The hostile-input run's security rows (#24 items 1, 2 and 4), against a second gateway
-started with API keys, a trusted proxy (127.0.0.1) and a small rate limit (5/s, burst 5).
+"""The hostile-input run's security rows (#24 items 1, 2 and 4; #28's hostile browser origin),
+against a second gateway started with API keys, a trusted proxy (127.0.0.1), a small rate
+limit (5/s, burst 5) and one CORS origin (https://app.example.com).
 Prints one line per probe with what was expected. Run it through scripts/hostile/run.
 Usage: python security.py BIN REPO_DIR"""
 import hashlib
@@ -33,12 +34,14 @@ def write_keys(*keys):
 
 write_keys(KEY_A, KEY_B)
 env = dict(os.environ, GATEWAY_SERVER_ADDRESS=f"127.0.0.1:{port}",
-           GATEWAY_STORAGE_DATA_DIR=data + "/data", GATEWAY_LOGGING_LEVEL="error",
+           GATEWAY_STORAGE_DATA_DIR=data + "/data", GATEWAY_LOGGING_LEVEL="warn",
+           GATEWAY_SERVER_CORS_ALLOWED_ORIGINS="https://app.example.com",
            GATEWAY_SERVER_TRUSTED_PROXIES="127.0.0.1/32",
            GATEWAY_RATE_LIMIT_REQUESTS_PER_SECOND="5", GATEWAY_RATE_LIMIT_BURST_SIZE="5",
            GATEWAY_AUTH_API_KEYS_FILE=f"{data}/keys.yaml")
+log = open(f"{data}/gateway.log", "w")
 proc = subprocess.Popen([BIN, "--config", f"{REPO}/config.yaml"], env=env,
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        stdout=log, stderr=subprocess.DEVNULL)
 EVENT = b'{"specversion":"1.0","id":"h1","type":"user.created","source":"hostile","data":{"user_id":"1"}}'
 
 
@@ -122,6 +125,39 @@ for i in range(12):
     st, _ = req("GET", "/health/detailed", headers=[("authorization", f"Bearer bogus-{i}")])
     statuses[st] = statuses.get(st, 0) + 1
 print(f"/health/detailed with bad credentials x12: {statuses} (want 5 x 200 brief, then 429)", flush=True)
+
+# 5. (#28) A hostile browser origin: 1,000 requests and preflights from unlisted origins, some
+# 8 KiB long, with a valid key; refused with 403 before the rate limit, each reply bounded (the
+# origin quoted cut to 200 characters), the log one line per 10 s; a WebSocket from such a page
+# with the key offered as a subprotocol is refused too; the listed origin's preflight passes.
+time.sleep(1.5)
+statuses, longest, start = {}, 0, time.monotonic()
+for i in range(1000):
+    origin = f"https://evil-{i}.example" if i % 2 else "https://" + "e" * 8000 + ".example"
+    method, body = ("OPTIONS", b"") if i % 3 == 0 else ("POST", EVENT)
+    hs = [("origin", origin), ("x-api-key", KEY_A)]
+    if method == "OPTIONS":
+        hs.append(("access-control-request-method", "POST"))
+    st, b = req(method, "/api/v1/events", body, hs)
+    statuses[st] = statuses.get(st, 0) + 1
+    longest = max(longest, len(b))
+took = time.monotonic() - start
+time.sleep(0.2)
+log.flush()
+lines = sum("server.cors.allowed_origins" in line for line in open(f"{data}/gateway.log"))
+print(f"unlisted browser origins x1000 with a valid key: {statuses} in {took:.1f}s, largest reply "
+      f"{longest} B, {lines} log line(s) (want 1000 x 403, replies < 1 KiB, 1 line per 10 s)", flush=True)
+try:
+    ws = connect(f"ws://127.0.0.1:{port}/api/v1/events/ws", origin="https://evil.example",
+                 subprotocols=["eventgateway.v1", f"bearer.{KEY_A}"])
+    ws.close()
+    outcome = "opened"
+except Exception as e:  # websockets raises InvalidStatus on a refused handshake
+    outcome = getattr(getattr(e, "response", None), "status_code", repr(e))
+print(f"WebSocket from an unlisted origin with a key as its subprotocol: {outcome} (want 403)", flush=True)
+st, _ = req("OPTIONS", "/api/v1/events", b"", [("origin", "https://app.example.com"),
+                                                 ("access-control-request-method", "POST")])
+print(f"preflight from the listed origin: {st} (want 200)", flush=True)
 
 proc.terminate()
 print("secured gateway exit code", proc.wait())

@@ -12,6 +12,7 @@ use super::Config;
 const SECTIONS: &[(&str, &str)] = &[
     ("server_http1", "server.http1"),
     ("server_http2", "server.http2"),
+    ("server_cors", "server.cors"),
     ("server", "server"),
     ("kafka_security", "kafka.security"),
     ("kafka", "kafka"),

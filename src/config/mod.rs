@@ -25,7 +25,7 @@ pub use kafka::{
 };
 pub use limits::{LimitsConfig, MAX_DATA_DEPTH_CEILING, PerformanceConfig, RateLimitConfig};
 pub use ops::{LogFormat, LoggingConfig, MetricsConfig, ShutdownConfig};
-pub use server::{Http1Config, Http2Config, ServerConfig};
+pub use server::{CorsConfig, Http1Config, Http2Config, ServerConfig};
 pub use storage::{AckConfig, AckLevel, DedupConfig, SpoolConfig, StorageConfig};
 pub use types::{SchemaSource, TypeEntryConfig, TypesConfig, TypesPolicy};
 
@@ -538,6 +538,48 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("kafka.forward_headers_max_bytes"), "{e}");
+    }
+
+    /// #28: `server.cors` takes origins as browsers send them and refuses anything else
+    /// (a path, a trailing slash, no scheme), naming the key.
+    #[test]
+    fn cors_origins_are_origins() {
+        let c = load_with(
+            None,
+            &[(
+                "GATEWAY_SERVER_CORS_ALLOWED_ORIGINS",
+                "https://app.example.com,http://localhost:5173,http://[::1]:8080",
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.server.cors.allowed_origins.len(), 3);
+        assert!(c.server.cors.enabled());
+        assert!(!Config::default().server.cors.enabled(), "off by default");
+        for bad in [
+            "https://app.example.com/",
+            "https://app.example.com/page",
+            "app.example.com",
+            "ftp://app.example.com",
+            "https://",
+        ] {
+            let e = load_with(None, &[("GATEWAY_SERVER_CORS_ALLOWED_ORIGINS", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("server.cors.allowed_origins") && e.contains(bad),
+                "{bad}: {e}"
+            );
+        }
+        let e = load_with(
+            None,
+            &[
+                ("GATEWAY_SERVER_CORS_ALLOWED_ORIGINS", "*"),
+                ("GATEWAY_SERVER_CORS_MAX_AGE", "2d"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("server.cors.max_age"), "{e}");
     }
 
     /// #24: Kafka's own spelling of the protocol and mechanism names, in any case.

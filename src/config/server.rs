@@ -1,5 +1,5 @@
 //! `server.*`: the listener (address, timeouts, connection limits, HTTP/1 and HTTP/2
-//! settings, trusted proxies).
+//! settings, trusted proxies, cross-origin requests from browsers).
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -36,6 +36,119 @@ pub struct ServerConfig {
     pub max_connections_per_peer: usize,
     pub http1: Http1Config,
     pub http2: Http2Config,
+    /// Cross-origin requests from browsers; off (no origin listed) by default.
+    pub cors: CorsConfig,
+}
+
+/// `server.cors`: which web origins' pages may call the gateway from a browser. With none
+/// listed (the default) the gateway answers no preflight and checks no `Origin`; with some, a
+/// preflight is answered by the stack before admission and authentication, and a request
+/// whose `Origin` is neither listed nor the gateway's own is refused (403) and logged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Origins as browsers send them (`https://app.example.com`, `http://localhost:5173`:
+    /// scheme, host, port if not the default; no path), or `*` for any origin. Empty: off.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub allowed_origins: Vec<String>,
+    /// Methods a preflight allows.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub allowed_methods: Vec<String>,
+    /// Request headers a preflight allows (`*`: whatever the preflight asks for).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub allowed_headers: Vec<String>,
+    /// How long a browser may keep a preflight's answer (at most 24h; browsers cap it lower).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allowed_methods: vec!["GET".into(), "POST".into()],
+            // What the gateway reads: JSON and CloudEvents content types, credentials, the
+            // request id, trace context, idempotent retries' preferences, and the CloudEvents
+            // HTTP binary mode's `ce-*` attributes the JavaScript SDK sends.
+            allowed_headers: [
+                "content-type",
+                "content-encoding",
+                "authorization",
+                "x-api-key",
+                "x-request-id",
+                "traceparent",
+                "tracestate",
+                "prefer",
+                "ce-specversion",
+                "ce-id",
+                "ce-source",
+                "ce-type",
+                "ce-subject",
+                "ce-time",
+                "ce-dataschema",
+                "ce-partitionkey",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+impl CorsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.allowed_origins.is_empty()
+    }
+
+    fn check(&self, errors: &mut Vec<String>) {
+        for origin in &self.allowed_origins {
+            if origin != "*" && !is_origin(origin) {
+                errors.push(format!(
+                    "server.cors.allowed_origins: `{origin}` is not an origin like https://app.example.com (scheme://host[:port], no path, no trailing slash) or *"
+                ));
+            }
+        }
+        for m in &self.allowed_methods {
+            if http_token(m).is_none() {
+                errors.push(format!(
+                    "server.cors.allowed_methods: `{m}` is not a method"
+                ));
+            }
+        }
+        for h in &self.allowed_headers {
+            if h != "*" && http_token(h).is_none() {
+                errors.push(format!(
+                    "server.cors.allowed_headers: `{h}` is not a header name"
+                ));
+            }
+        }
+        if self.max_age > Duration::from_secs(24 * 3600) {
+            errors.push("server.cors.max_age must be at most 24h".into());
+        }
+    }
+}
+
+/// An RFC 6454 serialized origin of an http(s) URL: `scheme://host[:port]`, nothing after.
+fn is_origin(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        && rest.bytes().any(|b| b.is_ascii_alphanumeric())
+}
+
+/// `s` if it is an RFC 9110 token (a method or a header name).
+fn http_token(s: &str) -> Option<&str> {
+    (!s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)))
+    .then_some(s)
 }
 
 /// HTTP/1 limits (hyper's settings).
@@ -102,6 +215,7 @@ impl Default for ServerConfig {
             max_connections_per_peer: 1_000,
             http1: Http1Config::default(),
             http2: Http2Config::default(),
+            cors: CorsConfig::default(),
         }
     }
 }
@@ -146,6 +260,7 @@ impl ServerConfig {
         if self.max_connections == 0 {
             errors.push("server.max_connections must be above 0".into());
         }
+        self.cors.check(errors);
         for (i, cidr) in self.trusted_proxies.iter().enumerate() {
             if parse_cidr(cidr).is_none() {
                 errors.push(format!(

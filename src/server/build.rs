@@ -176,7 +176,10 @@ pub(super) fn build(config: &Config) -> Result<App, StartupError> {
     }
     // Operational routes are outside admission: they stay reachable when ingest is saturated.
     let router = stack::observed(
-        ingest.merge(ops).fallback(rest::fallback),
+        stack::cors(
+            ingest.merge(ops).fallback(rest::fallback),
+            &config.server.cors,
+        ),
         http_metrics.clone(),
     );
     Ok(App {

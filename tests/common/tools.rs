@@ -15,6 +15,8 @@ pub enum Tool {
     Grpcurl,
     /// Node.js with the CloudEvents JavaScript SDK installed in `tests/js` (npm).
     JsSdk,
+    /// Headless Chromium (Debian's `chromium`) driven by playwright-core from `tests/js`.
+    Browser,
     /// nftables (Debian's `nftables`), for packet loss and partitions in the chaos suite.
     Nft,
     /// kubectl, whose built-in Kustomize renders the manifests (preinstalled on these
@@ -43,6 +45,11 @@ impl Tool {
             Tool::Grpcurl => Tool::Python.path().with_file_name("grpcurl"),
             Tool::Nft => on_path("nft").unwrap_or_else(|| "/usr/sbin/nft".into()),
             Tool::Kubectl => on_path("kubectl").unwrap_or_else(|| "kubectl".into()),
+            Tool::Browser => match (on_path("node"), on_path("chromium")) {
+                (Some(_), Some(_)) => "tests/js/node_modules/playwright-core/package.json".into(),
+                (None, _) => "node".into(),
+                (_, None) => "chromium".into(),
+            },
             Tool::JsSdk => match on_path("node") {
                 Some(_) => "tests/js/node_modules/cloudevents/package.json".into(),
                 None => "node".into(),

@@ -41,6 +41,11 @@ struct WsState {
     idle_timeout: Duration,
 }
 
+/// The subprotocol the gateway selects when a client offers it: browsers sending their
+/// token as a `bearer.<token>` offer must offer this one too (a browser fails a handshake
+/// that selects none of several offers).
+pub const WS_SUBPROTOCOL: &str = "eventgateway.v1";
+
 /// The WebSocket route. Frames over `max_message` bytes close the socket with 1009.
 pub fn router(
     gateway: Arc<Gateway>,
@@ -82,7 +87,10 @@ async fn upgrade(
     };
     // The request's span goes with the socket, so its trace context reaches the records.
     let span = tracing::Span::current();
-    ws.max_message_size(s.max_message)
+    // A browser that offered its token as a subprotocol (`transport::stack::authn`) gets
+    // `eventgateway.v1` selected; never the token, which would echo it back.
+    ws.protocols([WS_SUBPROTOCOL])
+        .max_message_size(s.max_message)
         .max_frame_size(s.max_message)
         .on_upgrade(move |socket| session(s, opened, socket).instrument(span))
 }

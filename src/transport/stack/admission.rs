@@ -1,4 +1,4 @@
-//! Admission, the stack's fifth layer, on the ingest routes: the rate limit, the client's share
+//! Admission, the stack's sixth layer, on the ingest routes: the rate limit, the client's share
 //! of the concurrency slots, load shedding at `performance.max_concurrent_requests`, the
 //! `performance.request_timeout` deadline; and for streams a `performance.max_streams` slot
 //! when they open, then the same checks per event through the [`Admit`] put on the request.

@@ -1,4 +1,4 @@
-//! Authentication, the stack's fourth layer: the request's credentials (API key, JWT, client
+//! Authentication, the stack's fifth layer: the request's credentials (API key, JWT, client
 //! certificate) become its [`Principal`], or the request ends in 401 / UNAUTHENTICATED. On the
 //! ingest routes (and `/metrics` under `auth.protect_metrics`), before admission, so the
 //! rate-limit bucket is the principal's.
@@ -42,12 +42,37 @@ pub fn principal_of(a: &Authenticator, req: &Request) -> Result<Principal, Error
         let (scheme, token) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
+    // A browser cannot set headers on a WebSocket: its token may come as a subprotocol it
+    // offers instead (`bearer.<token>`, beside `eventgateway.v1`, the one the gateway
+    // selects, so the token is never echoed). Never a query parameter: URLs end up in
+    // access logs and browser history. Only on an upgrade, and only without a header.
+    let bearer = bearer.or_else(|| {
+        req.headers()
+            .get(http::header::UPGRADE)
+            .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+            .then(|| websocket_bearer(req.headers()))
+            .flatten()
+    });
     let credentials = Credentials {
         bearer,
         api_key: header(&API_KEY_HEADER),
         certificate: req.extensions().get::<PeerIdentity>().map(|p| p.0.as_str()),
     };
     a.authenticate(&credentials)
+}
+
+/// The prefix of a WebSocket subprotocol offer that carries a bearer token.
+pub const WEBSOCKET_BEARER_PREFIX: &str = "bearer.";
+
+/// The token of the first `bearer.<token>` among the `Sec-WebSocket-Protocol` offers.
+fn websocket_bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(WEBSOCKET_BEARER_PREFIX))
+        .filter(|t| !t.is_empty())
 }
 
 /// Puts the request's [`Principal`] on it, with the headers `forward` names; or returns the

@@ -7,13 +7,15 @@
 //!    which travel the same way): the span is current while the sink runs, so trace context
 //!    reaches the Kafka record headers;
 //! 3. metrics: outside admission so that rejections (401, 403, 429, 503, 504) are counted too;
-//! 4. authentication, on the ingest routes (and `/metrics` with `auth.protect_metrics`):
+//! 4. browsers (`server.cors`, only when an origin is listed): preflights answered here,
+//!    before authentication and admission; a request from an `Origin` not listed refused;
+//! 5. authentication, on the ingest routes (and `/metrics` with `auth.protect_metrics`):
 //!    credentials (API key, JWT, client certificate) become the request's [`Principal`], or a
 //!    401 / UNAUTHENTICATED; before admission, so that the rate-limit bucket is the
 //!    principal's and nothing an unauthenticated client sends selects one; the headers
 //!    `kafka.forward_headers` names are captured beside the principal (refused here when
 //!    over `kafka.forward_headers_max_bytes`), for the core to put on each record;
-//! 5. admission, on the ingest routes only (health, metrics and reflection stay reachable
+//! 6. admission, on the ingest routes only (health, metrics and reflection stay reachable
 //!    under overload): per-client token bucket, then the client's share of the slots
 //!    (`performance.max_concurrent_requests_per_client`), then load shedding at
 //!    `performance.max_concurrent_requests`, then the `performance.request_timeout` deadline.
@@ -28,14 +30,16 @@
 //! (RESOURCE_EXHAUSTED with RetryInfo, UNAVAILABLE, DEADLINE_EXCEEDED), never a bare HTTP
 //! status that gRPC would read as UNAVAILABLE.
 //!
-//! One file per concern: `observe` (spans and metrics), `authn`, `client` (the client's
-//! address), `rate` (the token buckets) and `admission`.
+//! One file per concern: `observe` (spans and metrics), `cors`, `authn`, `client` (the
+//! client's address), `rate` (the token buckets) and `admission`.
 mod admission;
 mod authn;
 mod client;
+mod cors;
 mod observe;
 mod rate;
 
 pub use admission::{Admission, BodyRead};
 pub use authn::{API_KEY_HEADER, ForwardHeaders, PeerIdentity, authenticated, principal};
+pub use cors::cors;
 pub use observe::{HttpMetrics, observed};

@@ -1,0 +1,146 @@
+//! Browsers, the stack's fourth layer, right inside observation and before all the ingest
+//! routes add (authentication, admission): `server.cors`. A preflight (`OPTIONS` with
+//! `Access-Control-Request-Method`) is answered here by tower-http's CORS layer, so it needs no
+//! credentials and takes no rate-limit token; a request carrying an `Origin` that is neither
+//! listed nor the gateway's own is refused with 403 (in the caller's protocol) and logged at
+//! most once per 10 s with the count held back. Browsers apply CORS to `fetch` but not to
+//! WebSockets, which any page may open: the `Origin` check is what keeps a page of an
+//! unlisted origin from using a token it holds over the WebSocket. With no origin listed
+//! (the default) this layer is not installed: no preflight is answered, no `Origin` checked.
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::Response;
+use http::{HeaderName, HeaderValue, Method, header};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+use crate::config::CorsConfig;
+use crate::core::error::{Error, FieldViolation};
+use crate::telemetry::throttle::LogThrottle;
+use crate::transport::status::{self, is_grpc};
+
+/// Headers a page's script may read from a reply: the request id (to quote in a support
+/// request), the retry delay and rate-limit state, and which preference was applied.
+const EXPOSED: [HeaderName; 5] = [
+    HeaderName::from_static("x-request-id"),
+    header::RETRY_AFTER,
+    HeaderName::from_static("ratelimit"),
+    HeaderName::from_static("ratelimit-policy"),
+    HeaderName::from_static("preference-applied"),
+];
+
+/// The longest part of a refused `Origin` quoted in the reply and the log (a header can be
+/// tens of KiB; a real origin is short).
+const QUOTED_ORIGIN_MAX: usize = 200;
+
+/// Which origins may call, for the `Origin` check.
+struct Origins {
+    /// `*` listed: every origin.
+    any: bool,
+    listed: Vec<HeaderValue>,
+    refused_log: LogThrottle,
+}
+
+impl Origins {
+    /// Listed, `*`, or the gateway's own (the `Origin`'s host and port are those the request
+    /// was sent to: a page the gateway itself served, such as its API docs).
+    fn allow(&self, origin: &HeaderValue, req: &Request) -> bool {
+        if self.any || self.listed.iter().any(|o| o == origin) {
+            return true;
+        }
+        let Some(authority) = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, a)| a)
+        else {
+            return false;
+        };
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        host.is_some_and(|h| h.eq_ignore_ascii_case(authority))
+    }
+}
+
+/// Installs `server.cors` around `router` (every route and the fallback), or returns it as
+/// it is when no origin is listed.
+pub fn cors(router: Router, config: &CorsConfig) -> Router {
+    if !config.enabled() {
+        return router;
+    }
+    let any = config.allowed_origins.iter().any(|o| o == "*");
+    let listed: Vec<HeaderValue> = config
+        .allowed_origins
+        .iter()
+        .filter(|o| *o != "*")
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    let methods: Vec<Method> = config
+        .allowed_methods
+        .iter()
+        .filter_map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+        .collect();
+    let headers = if config.allowed_headers.iter().any(|h| h == "*") {
+        AllowHeaders::mirror_request()
+    } else {
+        AllowHeaders::list(
+            config
+                .allowed_headers
+                .iter()
+                .filter_map(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()),
+        )
+    };
+    // Never `Access-Control-Allow-Credentials`: the gateway reads no cookies, and a page
+    // sends its token in `Authorization` (or the WebSocket's subprotocol offer) explicitly.
+    let layer = CorsLayer::new()
+        .allow_origin(if any {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(listed.clone())
+        })
+        .allow_methods(methods)
+        .allow_headers(headers)
+        .expose_headers(EXPOSED)
+        .max_age(config.max_age);
+    let origins = Arc::new(Origins {
+        any,
+        listed,
+        refused_log: LogThrottle::new(Duration::from_secs(10)),
+    });
+    router
+        .layer(layer)
+        .layer(from_fn_with_state(origins, check_origin))
+}
+
+/// Refuses a request whose `Origin` may not call (see the module's paragraph).
+async fn check_origin(State(o): State<Arc<Origins>>, req: Request, next: Next) -> Response {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return next.run(req).await;
+    };
+    if o.allow(origin, &req) {
+        return next.run(req).await;
+    }
+    let shown: String = String::from_utf8_lossy(origin.as_bytes())
+        .chars()
+        .take(QUOTED_ORIGIN_MAX)
+        .collect();
+    if let Some(n) = o.refused_log.due() {
+        tracing::warn!(
+            origin = %shown,
+            path = req.uri().path(),
+            refused = n,
+            "request from a browser origin not in server.cors.allowed_origins refused (403); `refused` counts those since the last such line"
+        );
+    }
+    let e = Error::PermissionDenied(vec![FieldViolation::new(
+        "header Origin",
+        format!("origin `{shown}` is not in server.cors.allowed_origins"),
+    )]);
+    status::respond(is_grpc(req.headers()), e)
+}
