@@ -4,6 +4,7 @@
 //! below imports only from the ones listed after it (`tests/layers.rs` checks it).
 pub mod config;
 pub mod core;
+pub mod idp;
 pub mod proto;
 pub mod server;
 pub mod sink;

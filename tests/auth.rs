@@ -1026,7 +1026,7 @@ async fn streams_end_when_their_token_expires_or_their_lifetime_is_up() {
     std::fs::rename(&tmp, &jwks_file).unwrap();
     let withdrawn = start.elapsed();
     let (ws_end, grpc_end) = (ws_end.await.unwrap(), grpc_end.await.unwrap());
-    let why = "unauthenticated: the token's signing key was withdrawn from auth.jwt.jwks_file";
+    let why = "unauthenticated: the token's signing key was withdrawn from the key set (auth.jwt)";
     assert_eq!(ws_end.how, format!("1008 {why}"));
     assert_eq!(grpc_end.how, format!("Unauthenticated {why}"));
     for end in [&ws_end, &grpc_end] {

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "server",
         &[
+            "idp",
             "transport::http",
             "transport::grpc",
             "transport::tls",
@@ -69,6 +70,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         "transport::shared",
         &["core", "telemetry", "config", "proto"],
     ),
+    // Identity providers: fetches the JWT signing keys and hands them to the core.
+    ("idp", &["core", "telemetry", "config"]),
     // Storage: a sink may use the spool (the local log is one); the spool knows no sink.
     ("sink", &["spool", "core", "telemetry", "config", "proto"]),
     ("spool", &["core", "telemetry", "config"]),

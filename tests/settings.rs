@@ -67,6 +67,11 @@ const TLS_OPTIONAL: &[(&str, &str)] = &[
     ("tls.key_file", "{dir}/server.key"),
     ("tls.client_auth", "optional"),
 ];
+const JWT_URL: &[(&str, &str)] = &[
+    ("auth.jwt.jwks_url", "{idp}/jwks"),
+    ("auth.jwt.issuer", "https://issuer.example"),
+    ("auth.jwt.audience", "event-gateway"),
+];
 const JWT: &[(&str, &str)] = &[
     ("auth.jwt.jwks_file", "{dir}/jwks.json"),
     ("auth.jwt.issuer", "https://issuer.example"),
@@ -324,6 +329,42 @@ fn matrix() -> Vec<Row> {
         },
         row("auth.jwt.leeway", "10s", r#""10s""#),
         Row {
+            key: "auth.jwt.jwks_url",
+            value: "{idp}/jwks",
+            with: &[
+                ("auth.jwt.issuer", "https://issuer.example"),
+                ("auth.jwt.audience", "event-gateway"),
+            ],
+            shows: None,
+        },
+        Row {
+            key: "auth.jwt.discovery",
+            value: "true",
+            with: &[
+                ("auth.jwt.issuer", "{idp}"),
+                ("auth.jwt.audience", "event-gateway"),
+            ],
+            shows: Some("true"),
+        },
+        Row {
+            key: "auth.jwt.ca_file",
+            value: "{dir}/ca.pem",
+            with: JWT_URL,
+            shows: None,
+        },
+        Row {
+            key: "auth.jwt.jwks_refresh_min",
+            value: "5s",
+            with: JWT_URL,
+            shows: Some(r#""5s""#),
+        },
+        Row {
+            key: "auth.jwt.jwks_refresh_max",
+            value: "10m",
+            with: JWT_URL,
+            shows: Some(r#""10m""#),
+        },
+        Row {
             key: "auth.jwt.types_claim",
             value: "999",
             with: JWT,
@@ -374,6 +415,24 @@ fn fixtures(dir: &std::path::Path) {
     let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "alg": "ES256",
         "use": "sig", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]});
     std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
+}
+
+/// A stand-in identity provider for the `auth.jwt.jwks_url` and `discovery` rows (a real one
+/// is tests/idp.rs's): `{dir}/jwks.json` at `/jwks`, and discovery naming it. Its base URL.
+async fn serve_provider(dir: &std::path::Path) -> String {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let jwks = std::fs::read_to_string(dir.join("jwks.json")).unwrap();
+    let discovery = json!({"issuer": base, "jwks_uri": format!("{base}/jwks")}).to_string();
+    let app = axum::Router::new()
+        .route("/jwks", get(move || async move { jwks }))
+        .route(
+            "/.well-known/openid-configuration",
+            get(move || async move { discovery }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
 }
 
 fn client() -> reqwest::Client {
@@ -470,10 +529,15 @@ async fn every_key_set_on_the_real_binary_takes_effect() {
     let dir = tempfile::tempdir().unwrap();
     fixtures(dir.path());
     let d = dir.path().display().to_string();
+    let idp = serve_provider(dir.path()).await;
     let mut checked = 0;
     for r in &rows {
         let port = free_port();
-        let fill = |v: &str| v.replace("{dir}", &d).replace("{port}", &port.to_string());
+        let fill = |v: &str| {
+            v.replace("{dir}", &d)
+                .replace("{port}", &port.to_string())
+                .replace("{idp}", &idp)
+        };
         let value = fill(r.value);
         let mut env = vec![(env_name(r.key), value.clone())];
         env.extend(r.with.iter().map(|(k, v)| (env_name(k), fill(v))));
@@ -598,6 +662,27 @@ async fn effect(
                     .await
                     .unwrap()
                     .contains("server.cors.allowed_origins")
+            );
+        }
+        "auth.jwt.jwks_url"
+        | "auth.jwt.discovery"
+        | "auth.jwt.ca_file"
+        | "auth.jwt.jwks_refresh_min"
+        | "auth.jwt.jwks_refresh_max" => {
+            // The provider's keys were fetched before the gateway served.
+            let text = c
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with("auth_jwks_fetches_total{outcome=\"ok\"")
+                        && l.ends_with(" 1")),
+                "{text}"
             );
         }
         "auth.required" => {

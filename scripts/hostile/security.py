@@ -161,4 +161,49 @@ print(f"preflight from the listed origin: {st} (want 200)", flush=True)
 
 proc.terminate()
 print("secured gateway exit code", proc.wait())
+
+# 6. (#28) A hostile identity provider: the gateway asked to fetch its JWT keys from a server
+# that stalls, sends 2 MiB, sends no JWK Set, or redirects in a loop. Each start must end
+# soon (10 s bound per fetch) with an error naming the URL and what was wrong, exit code 1.
+import http.server
+import threading
+
+
+class Hostile(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.path == "/slow":
+            time.sleep(30)
+            return
+        if self.path == "/loop":
+            self.send_response(302)
+            self.send_header("location", "/loop")
+            self.end_headers()
+            return
+        body = b"[" * (2 * 1024 * 1024) if self.path == "/huge" else b"<html>not keys</html>"
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.end_headers()  # no content-length: the size shows only while reading
+        self.wfile.write(body)
+
+
+idp = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+idp.daemon_threads = True
+threading.Thread(target=idp.serve_forever, daemon=True).start()
+for path in ["/slow", "/huge", "/malformed", "/loop"]:
+    env = dict(os.environ, GATEWAY_SERVER_ADDRESS=f"127.0.0.1:{port}",
+               GATEWAY_STORAGE_DATA_DIR=data + "/data", GATEWAY_LOGGING_LEVEL="error",
+               GATEWAY_AUTH_JWT_JWKS_URL=f"http://127.0.0.1:{idp.server_address[1]}{path}",
+               GATEWAY_AUTH_JWT_ISSUER="https://idp.example", GATEWAY_AUTH_JWT_AUDIENCE="gw")
+    start = time.monotonic()
+    out = subprocess.run([BIN, "--config", f"{REPO}/config.yaml"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    said = next((line for line in (out.stderr + out.stdout).splitlines() if "identity provider" in line),
+                "(nothing)")
+    said = said[said.find("identity provider"):][:150]
+    print(f"hostile provider {path}: exit {out.returncode} after {time.monotonic() - start:.1f}s: "
+          f"{said} (want exit 1 within ~10 s, naming the URL)", flush=True)
+idp.shutdown()
 shutil.rmtree(data)

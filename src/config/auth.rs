@@ -49,12 +49,33 @@ pub enum HealthDetails {
     Everyone,
 }
 
-/// `auth.jwt`: bearer tokens signed by a key of a JWKS file.
+/// `auth.jwt`: bearer tokens signed by a key of a JWK Set: a file, or an identity provider's
+/// (`jwks_url`, or found by OpenID Connect discovery from `issuer`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
     /// The signing keys (a JWK Set), reloaded when the file changes.
     pub jwks_file: Option<PathBuf>,
+    /// The signing keys at a URL (a provider's `jwks_uri`): HTTPS, or plain HTTP to a
+    /// loopback address only. Fetched at start (the gateway does not start without them)
+    /// and refreshed as the provider's `Cache-Control: max-age` says, within
+    /// `jwks_refresh_min`..`jwks_refresh_max`.
+    pub jwks_url: Option<String>,
+    /// Find `jwks_uri` by OpenID Connect discovery: `<issuer>/.well-known/openid-configuration`,
+    /// whose `issuer` must be `issuer` exactly.
+    pub discovery: bool,
+    /// A PEM bundle of CAs to trust for the provider, besides the system's roots (a private
+    /// Keycloak, say).
+    pub ca_file: Option<PathBuf>,
+    /// The least time between two fetches of the provider's keys: the floor of the refresh
+    /// interval, the wait after a failed fetch, and the rate limit on fetches asked by
+    /// tokens naming an unknown `kid`.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh_min: Duration,
+    /// The longest the provider's keys go unrefreshed (also the interval when it sends no
+    /// `max-age`).
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh_max: Duration,
     /// Required `iss`.
     pub issuer: Option<String>,
     /// Required `aud`.
@@ -70,6 +91,11 @@ impl Default for JwtConfig {
     fn default() -> Self {
         Self {
             jwks_file: None,
+            jwks_url: None,
+            discovery: false,
+            ca_file: None,
+            jwks_refresh_min: Duration::from_secs(30),
+            jwks_refresh_max: Duration::from_secs(15 * 60),
             issuer: None,
             audience: None,
             leeway: Duration::from_secs(30),
@@ -102,17 +128,93 @@ pub enum ClientAuth {
     Optional,
 }
 
-impl AuthConfig {
-    /// The `auth.*` rules of this section alone, each naming its key.
-    pub(super) fn check(&self, errors: &mut Vec<String>) {
-        if self.jwt.jwks_file.is_some()
-            && (self.jwt.issuer.is_none() || self.jwt.audience.is_none())
-        {
+impl JwtConfig {
+    /// Whether the keys come from an identity provider (`jwks_url` or `discovery`).
+    pub fn fetches_keys(&self) -> bool {
+        self.jwks_url.is_some() || self.discovery
+    }
+
+    /// Whether any source of keys is configured.
+    pub fn enabled(&self) -> bool {
+        self.jwks_file.is_some() || self.fetches_keys()
+    }
+
+    fn check(&self, errors: &mut Vec<String>) {
+        let sources = [
+            self.jwks_file.is_some(),
+            self.jwks_url.is_some(),
+            self.discovery,
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
             errors.push(
-                "auth.jwt.jwks_file needs auth.jwt.issuer and auth.jwt.audience (tokens are checked against both)"
+                "auth.jwt: set one of jwks_file, jwks_url and discovery (each is a whole source of keys)"
                     .into(),
             );
         }
+        if self.enabled() && (self.issuer.is_none() || self.audience.is_none()) {
+            errors.push(
+                "auth.jwt.jwks_file, jwks_url or discovery needs auth.jwt.issuer and auth.jwt.audience (tokens are checked against both)"
+                    .into(),
+            );
+        }
+        if let Some(url) = &self.jwks_url
+            && let Err(why) = provider_url(url)
+        {
+            errors.push(format!("auth.jwt.jwks_url `{url}`: {why}"));
+        }
+        if self.discovery
+            && let Some(issuer) = &self.issuer
+            && let Err(why) = provider_url(issuer)
+        {
+            errors.push(format!(
+                "auth.jwt.issuer `{issuer}` (with auth.jwt.discovery): {why}"
+            ));
+        }
+        if self.ca_file.is_some() && !self.fetches_keys() {
+            errors.push("auth.jwt.ca_file needs auth.jwt.jwks_url or auth.jwt.discovery".into());
+        }
+        if self.jwks_refresh_min < Duration::from_secs(1)
+            || self.jwks_refresh_min > self.jwks_refresh_max
+        {
+            errors.push(format!(
+                "auth.jwt.jwks_refresh_min ({:?}) must be at least 1s and at most auth.jwt.jwks_refresh_max ({:?})",
+                self.jwks_refresh_min, self.jwks_refresh_max
+            ));
+        }
+    }
+}
+
+/// Whether `url` may be fetched for keys: HTTPS, or plain HTTP to a loopback host only (a
+/// provider in the same pod, a test); the reason otherwise. Redirects are held to the same
+/// rule (`crate::idp`).
+pub fn provider_url(url: &str) -> Result<(), String> {
+    let parsed = fluent_uri::Uri::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let host = parsed
+        .authority()
+        .map(|a| a.host().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .ok_or("no host")?;
+    match parsed.scheme().as_str().to_ascii_lowercase().as_str() {
+        "https" => Ok(()),
+        "http" if is_loopback_host(&host) => Ok(()),
+        "http" => Err("plain HTTP is allowed only to a loopback address; use https".into()),
+        other => Err(format!("scheme `{other}` is not https")),
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl AuthConfig {
+    /// The `auth.*` rules of this section alone, each naming its key.
+    pub(super) fn check(&self, errors: &mut Vec<String>) {
+        self.jwt.check(errors);
         for (i, cidr) in self.health_details_from.iter().flatten().enumerate() {
             if parse_cidr(cidr).is_none() {
                 errors.push(format!(

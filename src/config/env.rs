@@ -59,6 +59,8 @@ pub const TEXT_KEYS: &[&str] = &[
     "auth.api_keys_file",
     "auth.certificates_file",
     "auth.jwt.jwks_file",
+    "auth.jwt.jwks_url",
+    "auth.jwt.ca_file",
     "auth.jwt.issuer",
     "auth.jwt.audience",
     "auth.jwt.types_claim",

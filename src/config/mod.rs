@@ -16,7 +16,7 @@ mod storage;
 mod types;
 pub mod watch;
 
-pub use auth::{AuthConfig, ClientAuth, HealthDetails, JwtConfig, TlsConfig};
+pub use auth::{AuthConfig, ClientAuth, HealthDetails, JwtConfig, TlsConfig, provider_url};
 pub use env::{ENV_PREFIX, TEXT_KEYS, keys};
 pub use kafka::{
     API_KEY_HEADER, FORWARD_HEADERS_MAX_BYTES_CEILING, FORWARD_HEADERS_REFUSED, KafkaConfig,
@@ -158,11 +158,11 @@ impl Config {
             ));
         }
         let can_authenticate = self.auth.api_keys_file.is_some()
-            || self.auth.jwt.jwks_file.is_some()
+            || self.auth.jwt.enabled()
             || self.tls.client_ca_file.is_some();
         if self.auth.required && !can_authenticate {
             errors.push(
-                "auth.required needs a way to authenticate: auth.api_keys_file, auth.jwt.jwks_file or tls.client_ca_file"
+                "auth.required needs a way to authenticate: auth.api_keys_file, auth.jwt (jwks_file, jwks_url or discovery) or tls.client_ca_file"
                     .into(),
             );
         }
@@ -174,7 +174,7 @@ impl Config {
         }
         if self.auth.protect_metrics && !can_authenticate {
             errors.push(
-                "auth.protect_metrics needs a way to authenticate a scrape: auth.api_keys_file, auth.jwt.jwks_file or tls.client_ca_file"
+                "auth.protect_metrics needs a way to authenticate a scrape: auth.api_keys_file, auth.jwt (jwks_file, jwks_url or discovery) or tls.client_ca_file"
                     .into(),
             );
         }
@@ -580,6 +580,73 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("server.cors.max_age"), "{e}");
+    }
+
+    /// #28: the provider's keys come over HTTPS (plain HTTP to loopback only), from one
+    /// source, with an issuer and an audience.
+    #[test]
+    fn provider_keys_need_https_one_source_and_an_issuer() {
+        let jwt = |extra: &[(&'static str, &'static str)]| {
+            let mut env = vec![
+                (
+                    "GATEWAY_AUTH_JWT_ISSUER",
+                    "https://idp.example/realms/events",
+                ),
+                ("GATEWAY_AUTH_JWT_AUDIENCE", "event-gateway"),
+            ];
+            env.extend_from_slice(extra);
+            load_with(None, &env)
+        };
+        for ok in [
+            "https://idp.example/keys",
+            "http://127.0.0.1:8080/keys",
+            "http://[::1]:8080/keys",
+            "http://localhost:8080/keys",
+        ] {
+            let c = jwt(&[("GATEWAY_AUTH_JWT_JWKS_URL", ok)]).unwrap();
+            assert!(c.auth.jwt.fetches_keys(), "{ok}");
+        }
+        for (bad, why) in [
+            (
+                "http://idp.example/keys",
+                "plain HTTP is allowed only to a loopback",
+            ),
+            ("ftp://idp.example/keys", "not https"),
+            ("not a url", "auth.jwt.jwks_url"),
+        ] {
+            let e = jwt(&[("GATEWAY_AUTH_JWT_JWKS_URL", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let e = jwt(&[
+            ("GATEWAY_AUTH_JWT_DISCOVERY", "true"),
+            ("GATEWAY_AUTH_JWT_JWKS_URL", "https://idp.example/keys"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("set one of jwks_file, jwks_url and discovery"),
+            "{e}"
+        );
+        let e = load_with(
+            None,
+            &[
+                ("GATEWAY_AUTH_JWT_DISCOVERY", "true"),
+                ("GATEWAY_AUTH_JWT_ISSUER", "http://idp.example"),
+                ("GATEWAY_AUTH_JWT_AUDIENCE", "a"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("auth.jwt.issuer") && e.contains("https"), "{e}");
+        let e = load_with(None, &[("GATEWAY_AUTH_JWT_DISCOVERY", "true")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("needs auth.jwt.issuer and auth.jwt.audience"),
+            "{e}"
+        );
     }
 
     /// #24: Kafka's own spelling of the protocol and mechanism names, in any case.

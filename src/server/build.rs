@@ -20,6 +20,7 @@ use crate::core::dedup::Dedup;
 use crate::core::delivery::{EventSink, Journal};
 use crate::core::service::{Durability, Gateway};
 use crate::core::validate::Limits;
+use crate::idp::KeyFetcher;
 use crate::proto;
 use crate::sink;
 use crate::spool::Spool;
@@ -66,6 +67,8 @@ pub(super) struct App {
     pub(super) _types_watcher: Option<notify::PollWatcher>,
     /// Reloads the API keys and the JWKS while it lives.
     pub(super) _keys_watcher: Option<notify::PollWatcher>,
+    /// Refreshes the identity provider's keys while it lives.
+    pub(super) _key_fetcher: Option<KeyFetcher>,
     /// The listener's TLS, when configured, and its file watcher.
     pub(super) tls: Option<Arc<tls::Tls>>,
     pub(super) _tls_watcher: Option<notify::PollWatcher>,
@@ -137,6 +140,13 @@ pub(super) fn build(config: &Config) -> Result<App, StartupError> {
     });
     let auth = Authenticator::new(&config.auth, &meter)?;
     let keys_watcher = auth.watch(FILE_POLL);
+    // The identity provider's keys before the first request (build runs on a blocking
+    // thread, off the runtime's workers: waiting here holds no worker).
+    let key_fetcher = tokio::runtime::Handle::current().block_on(KeyFetcher::start(
+        &config.auth.jwt,
+        auth.clone(),
+        &meter,
+    ))?;
     let gateway = Arc::new(Gateway::new(
         sink,
         limits,
@@ -190,6 +200,7 @@ pub(super) fn build(config: &Config) -> Result<App, StartupError> {
         http_metrics,
         _types_watcher: types_watcher,
         _keys_watcher: keys_watcher,
+        _key_fetcher: key_fetcher,
         tls,
         _tls_watcher: tls_watcher,
     })

@@ -43,6 +43,10 @@ pub enum StartupError {
     Auth(#[from] crate::core::auth::AuthError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The identity provider's keys could not be fetched at start (a network or provider
+    /// fault, not the configuration's: exit code 1, and a restart may succeed).
+    #[error(transparent)]
+    IdentityProvider(#[from] crate::idp::FetchError),
 }
 
 impl StartupError {
@@ -52,7 +56,9 @@ impl StartupError {
         match self {
             StartupError::Contracts(_) | StartupError::Auth(_) | StartupError::Tls(_) => true,
             StartupError::Sink(e) => matches!(e, sink::OpenError::Kafka(_)),
-            StartupError::Reflection(_) | StartupError::Listener(_) => false,
+            StartupError::Reflection(_)
+            | StartupError::Listener(_)
+            | StartupError::IdentityProvider(_) => false,
         }
     }
 }

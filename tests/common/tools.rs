@@ -17,6 +17,8 @@ pub enum Tool {
     JsSdk,
     /// Headless Chromium (Debian's `chromium`) driven by playwright-core from `tests/js`.
     Browser,
+    /// npm's oidc-provider (a certified OpenID provider) in `tests/js`, run by node.
+    OidcProvider,
     /// nftables (Debian's `nftables`), for packet loss and partitions in the chaos suite.
     Nft,
     /// kubectl, whose built-in Kustomize renders the manifests (preinstalled on these
@@ -49,6 +51,10 @@ impl Tool {
                 (Some(_), Some(_)) => "tests/js/node_modules/playwright-core/package.json".into(),
                 (None, _) => "node".into(),
                 (_, None) => "chromium".into(),
+            },
+            Tool::OidcProvider => match on_path("node") {
+                Some(_) => "tests/js/node_modules/oidc-provider/package.json".into(),
+                None => "node".into(),
             },
             Tool::JsSdk => match on_path("node") {
                 Some(_) => "tests/js/node_modules/cloudevents/package.json".into(),

@@ -1,4 +1,5 @@
-//! JWT bearer tokens: the JWKS from `auth.jwt.jwks_file`, the full check (signature,
+//! JWT bearer tokens: the JWKS from `auth.jwt.jwks_file` (or an identity provider's, fetched
+//! by `crate::idp`), the full check (signature,
 //! algorithm, `exp`, `nbf`, `iss`, `aud`, `sub`), and a bounded memory of verified tokens tied
 //! to the key set's generation, so a token is verified once and forgotten when the keys change.
 use std::collections::HashMap;
@@ -18,12 +19,26 @@ use super::{AUTHTYPE_SERVICE, Authenticator, Credential, Principal};
 /// JWT verification: the JWK Set in force and the claims every token must carry.
 pub(super) struct Jwt {
     pub(super) keys: ArcSwap<jsonwebtoken::jwk::JwkSet>,
-    pub(super) file: PathBuf,
+    /// `auth.jwt.jwks_file`, reloaded when it changes; `None` for a provider's keys, which
+    /// `crate::idp` fetches and hands over.
+    pub(super) file: Option<PathBuf>,
     pub(super) config: JwtConfig,
     pub(super) verified: Verified,
     /// Bumped (before the cache is cleared) whenever the key set is replaced: a verification
     /// that began under an older key set must not be remembered under the new one.
     pub(super) generation: AtomicU64,
+    /// Notified when a token names a `kid` the set lacks (see `Authenticator::unknown_kid`).
+    pub(super) unknown_kid: tokio::sync::Notify,
+}
+
+impl Jwt {
+    /// Puts `keys` in force: the generation bumped before the memory of verified tokens is
+    /// cleared, so a verification racing the swap is not remembered ([`remember`]).
+    pub(super) fn replace_keys(&self, keys: jsonwebtoken::jwk::JwkSet) {
+        self.keys.store(Arc::new(keys));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.verified.0.lock().expect("not poisoned").clear();
+    }
 }
 
 /// Tokens already verified, by SHA-256 of the token, with the principal and the token's
@@ -140,7 +155,15 @@ impl Authenticator {
             None if keys.keys.len() == 1 => keys.keys.first(),
             None => None,
         }
-        .ok_or_else(|| invalid("no key of auth.jwt.jwks_file matches the token's `kid`".into()))?;
+        .ok_or_else(|| {
+            if jwt.file.is_none() && header.kid.is_some() {
+                // Perhaps the provider rotated: the fetcher looks again (rate-limited).
+                jwt.unknown_kid.notify_one();
+                invalid("no key of the identity provider's key set matches the token's `kid` (the keys are being fetched again; retry shortly)".into())
+            } else {
+                invalid("no key of auth.jwt.jwks_file matches the token's `kid`".into())
+            }
+        })?;
         let key = jsonwebtoken::DecodingKey::from_jwk(jwk)
             .map_err(|e| invalid(format!("signing key unusable: {e}")))?;
         let mut v = jsonwebtoken::Validation::new(header.alg);
@@ -226,10 +249,11 @@ mod tests {
     fn jwt() -> Jwt {
         Jwt {
             keys: ArcSwap::from_pointee(jsonwebtoken::jwk::JwkSet { keys: Vec::new() }),
-            file: PathBuf::from("unused.json"),
+            file: Some(PathBuf::from("unused.json")),
             config: JwtConfig::default(),
             verified: Verified::default(),
             generation: AtomicU64::new(0),
+            unknown_kid: tokio::sync::Notify::new(),
         }
     }
 
@@ -242,9 +266,8 @@ mod tests {
         let digest = [7u8; 32];
         let exp = unix_now() + 3600;
         let began_under = jwt.generation.load(Ordering::Acquire);
-        // The reload, exactly as `Authenticator::reload` does it.
-        jwt.generation.fetch_add(1, Ordering::AcqRel);
-        jwt.verified.0.lock().unwrap().clear();
+        // The reload, exactly as `Authenticator::reload` and the provider's fetcher do it.
+        jwt.replace_keys(jsonwebtoken::jwk::JwkSet { keys: Vec::new() });
         remember(&jwt, digest, &Principal::anonymous(), exp, began_under);
         assert!(
             jwt.verified.0.lock().unwrap().get(&digest).is_none(),

@@ -162,10 +162,21 @@ impl Authenticator {
         let jwt = match &config.jwt.jwks_file {
             Some(p) => Some(Jwt {
                 keys: ArcSwap::from_pointee(load_jwks(p).map_err(AuthError)?),
-                file: p.clone(),
+                file: Some(p.clone()),
                 config: config.jwt.clone(),
                 verified: Verified::default(),
                 generation: AtomicU64::new(0),
+                unknown_kid: tokio::sync::Notify::new(),
+            }),
+            // The identity provider's keys (`jwks_url`, `discovery`): none until the fetcher
+            // (`crate::idp`) hands over the first set, which it does before serving.
+            None if config.jwt.fetches_keys() => Some(Jwt {
+                keys: ArcSwap::from_pointee(jsonwebtoken::jwk::JwkSet { keys: Vec::new() }),
+                file: None,
+                config: config.jwt.clone(),
+                verified: Verified::default(),
+                generation: AtomicU64::new(0),
+                unknown_kid: tokio::sync::Notify::new(),
             }),
             None => None,
         };
@@ -214,7 +225,7 @@ impl Authenticator {
             .iter()
             .map(|(_, p)| p.clone())
             .chain(self.certificates.iter().map(|(_, p)| p.clone()))
-            .chain(self.jwt.iter().map(|j| j.file.clone()))
+            .chain(self.jwt.iter().filter_map(|j| j.file.clone()))
             .collect();
         let this = Arc::downgrade(self);
         crate::config::watch::poll(&files, interval, "API key and JWKS files", move || {
@@ -249,12 +260,10 @@ impl Authenticator {
                 }
             }
         }
-        if let Some(jwt) = &self.jwt {
-            match load_jwks(&jwt.file) {
+        if let Some((jwt, file)) = self.jwt.as_ref().and_then(|j| Some((j, j.file.as_ref()?))) {
+            match load_jwks(file) {
                 Ok(new) => {
-                    jwt.keys.store(Arc::new(new));
-                    jwt.generation.fetch_add(1, Ordering::AcqRel);
-                    jwt.verified.0.lock().expect("not poisoned").clear();
+                    jwt.replace_keys(new);
                 }
                 Err(e) => {
                     self.reload_failures.fetch_add(1, Ordering::Relaxed);
@@ -262,6 +271,39 @@ impl Authenticator {
                 }
             }
         }
+    }
+
+    /// Puts the identity provider's freshly fetched key set in force (`crate::idp`); false
+    /// when it is the set already in force (then remembered tokens stay remembered).
+    pub fn replace_provider_keys(&self, keys: jsonwebtoken::jwk::JwkSet) -> bool {
+        match &self.jwt {
+            Some(jwt) if *jwt.keys.load_full() != keys => {
+                jwt.replace_keys(keys);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Signalled when a token names a `kid` the key set in force lacks: the fetcher's cue to
+    /// fetch the provider's keys again (at most once per `auth.jwt.jwks_refresh_min`).
+    pub fn unknown_kid(&self) -> Option<&tokio::sync::Notify> {
+        self.jwt.as_ref().map(|j| &j.unknown_kid)
+    }
+
+    /// The `kid`s of the key set in force (for the fetcher's log lines).
+    pub fn jwt_key_ids(&self) -> Vec<String> {
+        self.jwt
+            .as_ref()
+            .map(|j| {
+                j.keys
+                    .load()
+                    .keys
+                    .iter()
+                    .map(|k| k.common.key_id.clone().unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Whether any way to authenticate is configured (else credentials are not looked at).
@@ -362,7 +404,7 @@ impl Authenticator {
                 if !jwt.keys.load().keys.iter().any(|k| k == key.as_ref()) {
                     return refused(
                         AuthFailure::Invalid,
-                        "the token's signing key was withdrawn from auth.jwt.jwks_file",
+                        "the token's signing key was withdrawn from the key set (auth.jwt)",
                     );
                 }
                 Ok(())
