@@ -136,8 +136,9 @@ async fn tokens_of_a_real_openid_provider_work_and_follow_its_key_rotation() {
 
     // The provider rotates: restarted with a new key only. Its new token is accepted without
     // restarting the gateway; the old key left the set, so the old token no longer is.
-    drop(provider);
-    let provider = start_provider(port, "k2").await;
+    let mut provider = provider;
+    provider.kill().await.unwrap();
+    let mut provider = start_provider(port, "k2").await;
     let t2 = token(port).await;
     assert_eq!(kid_of(&t2), "k2");
     wait_until(
@@ -151,7 +152,7 @@ async fn tokens_of_a_real_openid_provider_work_and_follow_its_key_rotation() {
     // The provider goes away: tokens naming unknown keys ask for fetches, which fail; the
     // keys in force stay, and so does readiness. Fifty made-up `kid`s fetch at most once per
     // jwks_refresh_min (1 s here).
-    drop(provider);
+    provider.kill().await.unwrap();
     let before = fetches(&gw, "ok").await + fetches(&gw, "error").await;
     let started = std::time::Instant::now();
     let forged = |kid: usize| {
@@ -223,6 +224,14 @@ async fn a_hostile_provider_gets_bounded_refusals_naming_what_was_wrong() {
         .route(
             "/to-plain-http",
             get(|| async { Redirect::temporary("http://provider.example/jwks") }),
+        )
+        .route(
+            "/two-hops",
+            get(|| async { Redirect::temporary("/one-hop") }),
+        )
+        .route(
+            "/one-hop",
+            get(|| async { Redirect::temporary("/no-signing-key") }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

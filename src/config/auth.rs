@@ -175,9 +175,10 @@ impl JwtConfig {
         }
         if self.jwks_refresh_min < Duration::from_secs(1)
             || self.jwks_refresh_min > self.jwks_refresh_max
+            || self.jwks_refresh_max > Duration::from_secs(24 * 3600)
         {
             errors.push(format!(
-                "auth.jwt.jwks_refresh_min ({:?}) must be at least 1s and at most auth.jwt.jwks_refresh_max ({:?})",
+                "auth.jwt.jwks_refresh_min ({:?}) must be at least 1s and at most auth.jwt.jwks_refresh_max ({:?}), itself at most 24h",
                 self.jwks_refresh_min, self.jwks_refresh_max
             ));
         }
@@ -189,6 +190,10 @@ impl JwtConfig {
 /// rule (`crate::idp`).
 pub fn provider_url(url: &str) -> Result<(), String> {
     let parsed = fluent_uri::Uri::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if parsed.authority().is_some_and(|a| a.userinfo().is_some()) {
+        // It would be sent as Basic credentials and shown wherever the URL is.
+        return Err("no user name or password in the URL".into());
+    }
     let host = parsed
         .authority()
         .map(|a| a.host().to_ascii_lowercase())

@@ -355,6 +355,14 @@ pub const FORWARD_HEADERS_REFUSED: &[(&str, &str)] = &[
     ("cookie", "a credential"),
     ("set-cookie", "a credential"),
     (API_KEY_HEADER, "a credential (the API-key header)"),
+    (
+        "x-forwarded-access-token",
+        "a credential (set by authenticating proxies)",
+    ),
+    (
+        "cf-access-jwt-assertion",
+        "a credential (set by authenticating proxies)",
+    ),
     ("content-type", "the gateway writes it on every record"),
     (
         "traceparent",
@@ -373,6 +381,13 @@ pub fn forward_header_refused(name: &str) -> Option<&'static str> {
     }
     if name.starts_with("ce_") || name.starts_with("ce-") {
         return Some("CloudEvents attributes travel as the gateway's own ce_* headers");
+    }
+    if name.starts_with("sec-") {
+        // `sec-websocket-protocol` carries a browser's token (`bearer.<token>`).
+        return Some("sec-* headers are the browser's (the WebSocket's may carry a token)");
+    }
+    if name.starts_with("x-amzn-oidc-") {
+        return Some("a credential (set by authenticating proxies)");
     }
     if name.starts_with("grpc-") || name.starts_with(':') {
         return Some("reserved by gRPC / HTTP/2");

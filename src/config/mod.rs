@@ -515,6 +515,8 @@ mod tests {
             "grpc-timeout",
             "trace-bin",
             "eventgateway-error",
+            "sec-websocket-protocol",
+            "x-amzn-oidc-accesstoken",
         ] {
             let e = load_with(None, &[("GATEWAY_KAFKA_FORWARD_HEADERS", name)])
                 .unwrap_err()
@@ -613,6 +615,10 @@ mod tests {
             ),
             ("ftp://idp.example/keys", "not https"),
             ("not a url", "auth.jwt.jwks_url"),
+            (
+                "https://user:secret@idp.example/keys",
+                "no user name or password",
+            ),
         ] {
             let e = jwt(&[("GATEWAY_AUTH_JWT_JWKS_URL", bad)])
                 .unwrap_err()

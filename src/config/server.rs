@@ -43,7 +43,8 @@ pub struct ServerConfig {
 /// `server.cors`: which web origins' pages may call the gateway from a browser. With none
 /// listed (the default) the gateway answers no preflight and checks no `Origin`; with some, a
 /// preflight is answered by the stack before admission and authentication, and a request
-/// whose `Origin` is neither listed nor the gateway's own is refused (403) and logged.
+/// whose `Origin` is not listed is refused (403) and logged (list the gateway's own origin too
+/// if a page it serves calls it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {

@@ -87,10 +87,12 @@ impl KeyFetcher {
 
 /// The HTTP client: bounded in time, redirects held to the URL rule, the extra CAs trusted.
 fn client(config: &JwtConfig) -> Result<reqwest::Client, FetchError> {
-    let policy = reqwest::redirect::Policy::custom(|attempt| {
-        if attempt.previous().len() >= MAX_REDIRECTS {
+    let plain = plain_http_allowed(config);
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        // `previous()` holds the URL first asked for, then each redirect followed.
+        if attempt.previous().len() > MAX_REDIRECTS {
             attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
-        } else if let Err(why) = provider_url(attempt.url().as_str()) {
+        } else if let Err(why) = followable(attempt.url().as_str(), plain) {
             let to = attempt.url().to_string();
             attempt.error(format!("redirected to {to}: {why}"))
         } else {
@@ -102,6 +104,11 @@ fn client(config: &JwtConfig) -> Result<reqwest::Client, FetchError> {
         .connect_timeout(FETCH_TIMEOUT)
         .redirect(policy)
         .user_agent(concat!("event-gateway/", env!("CARGO_PKG_VERSION")));
+    if plain {
+        // A loopback provider is reached directly: a proxy from HTTP_PROXY / ALL_PROXY would
+        // see the plain-HTTP request and reach its own loopback, not ours.
+        builder = builder.no_proxy();
+    }
     if let Some(path) = &config.ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| FetchError(format!("auth.jwt.ca_file {}: {e}", path.display())))?;
@@ -114,6 +121,35 @@ fn client(config: &JwtConfig) -> Result<reqwest::Client, FetchError> {
     builder
         .build()
         .map_err(|e| FetchError(format!("cannot build the HTTP client: {e}")))
+}
+
+/// Whether plain HTTP may be followed at all: only when the configured URL (`jwks_url`, else
+/// the issuer) is itself plain HTTP to loopback. A provider reached over HTTPS can never send
+/// the gateway to plain HTTP, not even on the loopback (a sidecar's admin port).
+fn plain_http_allowed(config: &JwtConfig) -> bool {
+    let configured = config
+        .jwks_url
+        .as_deref()
+        .or(config.issuer.as_deref())
+        .unwrap_or_default();
+    configured
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+        && provider_url(configured).is_ok()
+}
+
+/// A URL the provider sends the gateway to (a redirect, discovery's `jwks_uri`): the
+/// configuration's rule ([`provider_url`]), and plain HTTP only where it began so.
+fn followable(url: &str, plain: bool) -> Result<(), String> {
+    provider_url(url)?;
+    if !plain
+        && !url
+            .get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    {
+        return Err("a provider reached over HTTPS may not send the gateway to plain HTTP".into());
+    }
+    Ok(())
 }
 
 impl Source {
@@ -160,7 +196,7 @@ impl Source {
                 c.issuer
             )));
         }
-        provider_url(&c.jwks_uri)
+        followable(&c.jwks_uri, plain_http_allowed(&self.config))
             .map_err(|why| FetchError(format!("{url}: jwks_uri `{}`: {why}", c.jwks_uri)))?;
         Ok(c.jwks_uri)
     }
@@ -305,6 +341,29 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A provider reached over HTTPS cannot send the gateway to plain HTTP, not even on the
+    /// loopback; one configured on plain loopback HTTP may stay there.
+    #[test]
+    fn https_providers_cannot_send_the_gateway_to_plain_http() {
+        let mut c = JwtConfig {
+            jwks_url: Some("https://idp.example/keys".into()),
+            ..JwtConfig::default()
+        };
+        assert!(!plain_http_allowed(&c));
+        assert!(followable("http://127.0.0.1:9/keys", false).is_err());
+        assert!(followable("https://idp.example/other", false).is_ok());
+        c.jwks_url = Some("http://127.0.0.1:8080/keys".into());
+        assert!(plain_http_allowed(&c));
+        assert!(followable("http://127.0.0.1:9/keys", true).is_ok());
+        assert!(followable("http://idp.example/keys", true).is_err());
+        let discovery = JwtConfig {
+            discovery: true,
+            issuer: Some("https://idp.example".into()),
+            ..JwtConfig::default()
+        };
+        assert!(!plain_http_allowed(&discovery));
+    }
 
     #[test]
     fn max_age_reads_the_directive_and_no_cache_is_zero() {

@@ -1,8 +1,8 @@
 //! Browsers, the stack's fourth layer, right inside observation and before all the ingest
 //! routes add (authentication, admission): `server.cors`. A preflight (`OPTIONS` with
 //! `Access-Control-Request-Method`) is answered here by tower-http's CORS layer, so it needs no
-//! credentials and takes no rate-limit token; a request carrying an `Origin` that is neither
-//! listed nor the gateway's own is refused with 403 (in the caller's protocol) and logged at
+//! credentials and takes no rate-limit token; a request carrying an `Origin` that is not listed
+//! is refused with 403 (in the caller's protocol) and logged at
 //! most once per 10 s with the count held back. Browsers apply CORS to `fetch` but not to
 //! WebSockets, which any page may open: the `Origin` check is what keeps a page of an
 //! unlisted origin from using a token it holds over the WebSocket. With no origin listed
@@ -45,26 +45,10 @@ struct Origins {
 }
 
 impl Origins {
-    /// Listed, `*`, or the gateway's own (the `Origin`'s host and port are those the request
-    /// was sent to: a page the gateway itself served, such as its API docs).
-    fn allow(&self, origin: &HeaderValue, req: &Request) -> bool {
-        if self.any || self.listed.iter().any(|o| o == origin) {
-            return true;
-        }
-        let Some(authority) = origin
-            .to_str()
-            .ok()
-            .and_then(|o| o.split_once("://"))
-            .map(|(_, a)| a)
-        else {
-            return false;
-        };
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()));
-        host.is_some_and(|h| h.eq_ignore_ascii_case(authority))
+    /// Listed, or `*` listed. The gateway's own origin is not guessed from `Host` (a plain-HTTP
+    /// page under the same name, DNS rebinding): list it if a page it serves calls it.
+    fn allow(&self, origin: &HeaderValue) -> bool {
+        self.any || self.listed.iter().any(|o| o == origin)
     }
 }
 
@@ -75,11 +59,12 @@ pub fn cors(router: Router, config: &CorsConfig) -> Router {
         return router;
     }
     let any = config.allowed_origins.iter().any(|o| o == "*");
+    // Browsers send scheme and host in lowercase: so is the list, whatever the config says.
     let listed: Vec<HeaderValue> = config
         .allowed_origins
         .iter()
         .filter(|o| *o != "*")
-        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .filter_map(|o| HeaderValue::from_str(&o.to_ascii_lowercase()).ok())
         .collect();
     let methods: Vec<Method> = config
         .allowed_methods
@@ -123,7 +108,7 @@ async fn check_origin(State(o): State<Arc<Origins>>, req: Request, next: Next) -
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return next.run(req).await;
     };
-    if o.allow(origin, &req) {
+    if o.allow(origin) {
         return next.run(req).await;
     }
     let shown: String = String::from_utf8_lossy(origin.as_bytes())
