@@ -256,6 +256,44 @@ async fn metrics_reflect_known_traffic_and_pass_promtool() {
         ),
         1.0
     );
+    // A contract route's success goes into series bound at start (#26); every other
+    // outcome into the same instruments unbound: both must count, over both protocols.
+    assert_eq!(
+        sum_matching(
+            &s,
+            "http_requests_total",
+            &[
+                "endpoint=\"/eventgateway.v1.EventGatewayService/IngestEvent\"",
+                "status=\"200\"",
+                "protocol=\"grpc\"",
+            ]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sum_matching(
+            &s,
+            "http_request_duration_seconds_count",
+            &["endpoint=\"/api/v1/events\"", "status=\"200\"", "protocol=\"rest\""]
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sum_matching(
+            &s,
+            "http_request_duration_seconds_count",
+            &["endpoint=\"/api/v1/events\"", "status=\"400\""]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sum_matching(&s, "sink_publish_duration_seconds_count", &["sink=\"local-log\""]),
+        5.0,
+        "{text}"
+    );
     // Sub-millisecond buckets exist and the histogram counted every request.
     assert!(
         text.contains("http_request_duration_seconds_bucket{") && text.contains("le=\"0.0001\"")
