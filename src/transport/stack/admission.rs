@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{BoxError, ServiceBuilder};
 
 use super::authn::{ForwardHeaders, authenticate_request, principal, principal_of};
-use super::client::{X_FORWARDED_FOR, client_ip, client_key};
+use super::client::{ClientKey, X_FORWARDED_FOR, client_ip, client_key};
 use super::rate::{LIMITER_GC_INTERVAL, RateLimit, take_token};
 use crate::config::{PerformanceConfig, RateLimitConfig};
 use crate::core::auth::{Authenticator, Principal};
@@ -69,7 +69,7 @@ async fn admit_unary(State(a): State<Arc<Admission>>, mut req: Request, next: Ne
 }
 
 /// Runs the rest of the stack holding one of the client's share of the slots, or refuses.
-async fn within_share(a: &Admission, key: String, req: Request, next: Next) -> Response {
+async fn within_share(a: &Admission, key: ClientKey, req: Request, next: Next) -> Response {
     match a.share.take(key) {
         Ok(_held) => next.run(req).await,
         Err(e) => status::respond(is_grpc(req.headers()), e),
@@ -86,13 +86,13 @@ struct Share {
     /// What is counted and the setting that caps it, for the refusal's message.
     what: &'static str,
     setting: &'static str,
-    in_flight: Mutex<HashMap<String, usize>>,
+    in_flight: Mutex<HashMap<ClientKey, usize>>,
 }
 
 /// One slot of a client's share, given back on drop.
 struct ShareSlot {
     share: Arc<Share>,
-    key: String,
+    key: ClientKey,
 }
 
 impl Share {
@@ -105,7 +105,7 @@ impl Share {
         })
     }
 
-    fn take(self: &Arc<Self>, key: String) -> Result<Option<ShareSlot>, Error> {
+    fn take(self: &Arc<Self>, key: ClientKey) -> Result<Option<ShareSlot>, Error> {
         if self.max == 0 {
             return Ok(None);
         }
@@ -277,11 +277,7 @@ impl Admission {
     /// than the rate limit lets it send.
     pub fn authenticate_limited(&self, req: &Request) -> Result<Principal, Error> {
         if let Some(rl) = &self.rate {
-            let key = match client_ip(req, &self.trusted_proxies) {
-                Some(ip) => format!("ip:{ip}"),
-                None => "ip:unknown".into(),
-            };
-            rl.check(&key)?;
+            rl.check(&ClientKey::of_ip(client_ip(req, &self.trusted_proxies)))?;
         }
         principal_of(&self.auth, req)
     }
@@ -315,7 +311,7 @@ impl Admission {
 struct StreamAdmit {
     admission: Arc<Admission>,
     principal: Principal,
-    key: String,
+    key: ClientKey,
     /// When `performance.max_stream_lifetime` runs out, if it is set.
     closes_at: Option<std::time::Instant>,
     /// The stream's `max_streams` slot and its client's `max_streams_per_client` one.

@@ -83,18 +83,34 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
     host.parse().ok()
 }
 
+/// Whose bucket and share a request takes from: a value rather than a formatted string
+/// (formatting the address cost about 1.9K instructions per request, #26).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum ClientKey {
+    /// An authenticated principal: how it authenticated (`api_key`, `jwt`, ...) and its id.
+    Principal(&'static str, String),
+    /// An unauthenticated client's address ([`client_ip`]).
+    Ip(IpAddr),
+    /// No address known (a connection without one, as in tests).
+    Unknown,
+}
+
+impl ClientKey {
+    /// The key of an address, or of no address.
+    pub(super) fn of_ip(ip: Option<IpAddr>) -> Self {
+        ip.map_or(Self::Unknown, Self::Ip)
+    }
+}
+
 /// The bucket's key: the authenticated principal, else the client's address. Nothing an
 /// unauthenticated client sends (a header, an unknown key) selects a bucket.
-pub(super) fn client_key(req: &Request, trusted: &[ipnet::IpNet]) -> String {
+pub(super) fn client_key(req: &Request, trusted: &[ipnet::IpNet]) -> ClientKey {
     if let Some(p) = req.extensions().get::<Principal>()
         && p.is_authenticated()
     {
-        return format!("{}:{}", p.authtype, p.id);
+        return ClientKey::Principal(p.authtype, p.id.clone());
     }
-    match client_ip(req, trusted) {
-        Some(ip) => format!("ip:{ip}"),
-        None => "ip:unknown".into(),
-    }
+    ClientKey::of_ip(client_ip(req, trusted))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use super::client::ClientKey;
 use crate::core::auth::Principal;
 use crate::core::error::Error;
 
@@ -25,7 +26,7 @@ const LIMITER_MAX_KEYS: usize = 100_000;
 const LIMITER_SIZE_CHECK_EVERY: u64 = 1024;
 
 pub(super) struct RateLimit {
-    limiter: DefaultKeyedRateLimiter<String>,
+    limiter: DefaultKeyedRateLimiter<ClientKey>,
     pub(super) rps: u32,
     pub(super) burst: u32,
     checks: std::sync::atomic::AtomicU64,
@@ -59,7 +60,7 @@ impl RateLimit {
     }
 
     /// Takes one token from `key`'s bucket, or says how long until one is there.
-    pub(super) fn check(&self, key: &String) -> Result<(), Error> {
+    pub(super) fn check(&self, key: &ClientKey) -> Result<(), Error> {
         self.bound();
         self.limiter
             .check_key(key)
@@ -78,7 +79,7 @@ impl RateLimit {
 pub(super) fn take_token(
     rl: &RateLimit,
     principal: Option<&Principal>,
-    key: &String,
+    key: &ClientKey,
 ) -> Result<(), Error> {
     match principal.and_then(|p| p.grants.rate_limit.as_ref()) {
         Some(own) => own.limiter.check().map_err(|not_until| Error::RateLimited {
@@ -118,7 +119,7 @@ mod tests {
         let before = rss_kib();
         let mut most = 0;
         for i in 0..1_000_000u32 {
-            let key = format!("ip:{}", std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let key = ClientKey::Ip(std::net::Ipv4Addr::from(0x0a00_0000 + i).into());
             assert!(rl.check(&key).is_ok());
             if i % 4096 == 0 {
                 most = most.max(rl.limiter.len());
