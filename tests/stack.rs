@@ -275,7 +275,11 @@ async fn metrics_reflect_known_traffic_and_pass_promtool() {
         sum_matching(
             &s,
             "http_request_duration_seconds_count",
-            &["endpoint=\"/api/v1/events\"", "status=\"200\"", "protocol=\"rest\""]
+            &[
+                "endpoint=\"/api/v1/events\"",
+                "status=\"200\"",
+                "protocol=\"rest\""
+            ]
         ),
         3.0,
         "{text}"
@@ -290,7 +294,11 @@ async fn metrics_reflect_known_traffic_and_pass_promtool() {
         "{text}"
     );
     assert_eq!(
-        sum_matching(&s, "sink_publish_duration_seconds_count", &["sink=\"local-log\""]),
+        sum_matching(
+            &s,
+            "sink_publish_duration_seconds_count",
+            &["sink=\"local-log\""]
+        ),
         5.0,
         "{text}"
     );

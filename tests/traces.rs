@@ -38,6 +38,8 @@ struct Exported {
     name: String,
     kind: i32,
     attrs: HashMap<String, String>,
+    /// The attributes sent as integers (the conventions' status codes are ints).
+    int_attrs: Vec<String>,
     links: Vec<(String, String)>,
     resource: HashMap<String, String>,
 }
@@ -78,6 +80,17 @@ impl Received {
                         name: s.name,
                         kind: s.kind,
                         attrs: text_of(&s.attributes),
+                        int_attrs: s
+                            .attributes
+                            .iter()
+                            .filter(|kv| {
+                                matches!(
+                                    kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                                    Some(AnyValue::IntValue(_))
+                                )
+                            })
+                            .map(|kv| kv.key.clone())
+                            .collect(),
                         links: s
                             .links
                             .iter()
@@ -294,6 +307,12 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
     assert_eq!(server.attrs["http.request.method"], "POST");
     assert_eq!(server.attrs["http.route"], "/api/v1/events");
     assert_eq!(server.attrs["http.response.status_code"], "200");
+    assert!(
+        server
+            .int_attrs
+            .contains(&"http.response.status_code".to_owned()),
+        "an int, as the conventions say"
+    );
     assert_eq!(server.resource["service.name"], "event-gateway");
     assert_eq!(
         server.resource["service.version"],
@@ -336,6 +355,7 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
     );
     assert_eq!(rpc.attrs["rpc.method"], "IngestEvent");
     assert_eq!(rpc.attrs["rpc.grpc.status_code"], "0");
+    assert!(rpc.int_attrs.contains(&"rpc.grpc.status_code".to_owned()));
     got.wait_for("the gRPC send span", |s| {
         s.trace_id == t2 && s.parent == rpc.span_id && s.kind == 4
     })
