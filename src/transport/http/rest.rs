@@ -397,6 +397,9 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
             expected,
         });
     };
+    if cloudevents::is_plain_json(raw.as_bytes()) {
+        return Ok(());
+    }
     let text = raw.to_str().unwrap_or("(not text)");
     let ok = text.parse::<mime::Mime>().is_ok_and(|m| {
         m.type_() == mime::APPLICATION
