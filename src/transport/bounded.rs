@@ -47,11 +47,14 @@ pub fn json_array<T: DeserializeOwned>(json: &[u8], max: usize) -> Result<Vec<T>
     }
 }
 
-struct Seed<'t, T> {
-    max: usize,
+/// An array of at most `max` elements of `T` as one value inside a larger document (a
+/// field's value): decoded in the same pass as the document around it. Past `max` it is
+/// counted and `total` set, and it decodes to an empty list.
+pub struct Seed<'t, T> {
+    pub max: usize,
     /// Set when the array is over `max`: its whole length.
-    total: &'t mut Option<usize>,
-    element: PhantomData<T>,
+    pub total: &'t mut Option<usize>,
+    pub element: PhantomData<T>,
 }
 
 impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Seed<'_, T> {
