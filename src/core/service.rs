@@ -628,7 +628,7 @@ impl Gateway {
                 "event".into()
             })?;
         Ok(Validated {
-            size: checked.size,
+            size: checked.size(),
             max_event_size: self.limits.max_event_size,
         })
     }
