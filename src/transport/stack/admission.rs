@@ -2,7 +2,6 @@
 //! of the concurrency slots, load shedding at `performance.max_concurrent_requests`, the
 //! `performance.request_timeout` deadline; and for streams a `performance.max_streams` slot
 //! when they open, then the same checks per event through the [`Admit`] put on the request.
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,7 +85,10 @@ struct Share {
     /// What is counted and the setting that caps it, for the refusal's message.
     what: &'static str,
     setting: &'static str,
-    in_flight: Mutex<HashMap<ClientKey, usize>>,
+    /// hashbrown's default hasher (foldhash) rather than std's SipHash: the map is hashed
+    /// twice per request and per stream event (take, give back), and its keys are held
+    /// only while in flight, at most the pool's slots (#26).
+    in_flight: Mutex<hashbrown::HashMap<ClientKey, usize>>,
 }
 
 /// One slot of a client's share, given back on drop.
