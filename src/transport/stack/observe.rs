@@ -69,7 +69,7 @@ impl BoundSeries {
 
 impl HttpMetrics {
     pub fn new(meter: &Meter) -> Self {
-        let m = Self {
+        let mut m = Self {
             requests: meter
                 .u64_counter("http_requests")
                 .with_description("HTTP requests by method, endpoint (route) and status")
@@ -98,16 +98,11 @@ impl HttpMetrics {
             rest_ok: Vec::with_capacity(ROUTES.len()),
             grpc_ok: Vec::with_capacity(ROUTES.len()),
         };
-        let mut m = m;
         // Each RPC's successful series exists from the start at 0, over both protocols, so
         // a fresh gateway's dashboards and `rate()` alerts read 0 rather than "no data".
         for (method, route, rpc, _) in ROUTES {
             // The WebSocket route's success is the handshake's 101.
-            let ok = if *route == crate::transport::routes::ROUTE_EVENTS_WS {
-                101
-            } else {
-                200
-            };
+            let ok = if *route == ROUTE_EVENTS_WS { 101 } else { 200 };
             let labels = request_labels(method, *route, ok, false);
             m.requests.add(0, &labels);
             m.rest_ok
@@ -150,7 +145,7 @@ impl HttpMetrics {
             None => {
                 let i = route?;
                 let (m, r, _, _) = ROUTES[i];
-                let ok = if r == crate::transport::routes::ROUTE_EVENTS_WS {
+                let ok = if r == ROUTE_EVENTS_WS {
                     http::StatusCode::SWITCHING_PROTOCOLS
                 } else {
                     http::StatusCode::OK
