@@ -626,6 +626,8 @@ mod tests {
         assert!(err(r#"{"events":{}}"#).contains("expected an array"));
         assert!(err(r#"{"events":[]} x"#).contains("trailing characters"));
         assert!(err(r#"[]"#).contains("invalid JSON body"));
+        // An object, as the contract says: not the array form a derive would also take.
+        assert!(err(r#"[[{"type":"a","source":"s"}],"spooled"]"#).contains("invalid type"));
         // Over the ceiling: counted, whatever the rest holds, and refused by count.
         let over = err(r#"{"events":[{},{},{},{"x":[1]},5]}"#);
         assert!(over.contains("has 5 events, over the limit of 3"), "{over}");
