@@ -80,7 +80,8 @@ impl<'a> Context<'a> {
     }
 }
 
-/// A valid event together with its size in the CloudEvents JSON format.
+/// A valid event; its size in the CloudEvents JSON format is counted when asked for
+/// ([`Checked::size`]), the size rule first trying a bound that needs no counting.
 pub struct Checked {
     pub event: Event,
 }
@@ -755,8 +756,7 @@ fn structured_size(event: &Event) -> usize {
 /// anything: serde_json writes each byte of a string in at most 6 (`\u001f`), a raw `data`
 /// as it is, `data_base64` in 4 per 3; every member adds its quotes, colon and comma, and
 /// the braces, `specversion` and `time` (at most 33 characters: chrono writes a year beyond
-/// 9999 in up to 7) stay under 96. A test holds
-/// it above the count for hostile strings.
+/// 9999 in up to 7) stay under 96. A test holds it above the count for hostile strings.
 fn structured_size_bound(event: &Event) -> usize {
     let member = |key: &str, value_len: usize| 6 * (key.len() + value_len) + 6;
     let mut n = 96 + member("id", event.id.len());
