@@ -120,8 +120,7 @@ pub fn init(config: &LoggingConfig) -> SdkTracerProvider {
     // Filters per layer: the log level chooses log lines only; spans for traces are the
     // gateway's own at INFO and above whatever the log level says.
     let spans = tracing_subscriber::filter::Targets::new()
-        .with_target("event_gateway", tracing::Level::INFO)
-        .with_target("tower_http", tracing::Level::INFO);
+        .with_target("event_gateway", tracing::Level::INFO);
     let installed = tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(

@@ -3,19 +3,20 @@
 //!
 //! 1. request id (`x-request-id`, set when absent, echoed on the reply): every later layer and
 //!    log line can name the request;
-//! 2. trace span, parented on an incoming W3C `traceparent` (HTTP header or gRPC metadata,
-//!    which travel the same way): the span is current while the sink runs, so trace context
-//!    reaches the Kafka record headers;
-//! 3. metrics: outside admission so that rejections (401, 403, 429, 503, 504) are counted too;
-//! 4. browsers (`server.cors`, only when an origin is listed): preflights answered here,
+//! 2. the trace span and the metrics (one layer, `observe`): the span is parented on an
+//!    incoming W3C `traceparent` (HTTP header or gRPC metadata, which travel the same way)
+//!    and current while the handler and the sink run, so trace context reaches the Kafka
+//!    record headers; the metrics are outside admission so that rejections (401, 403, 429,
+//!    503, 504) are counted too;
+//! 3. browsers (`server.cors`, only when an origin is listed): preflights answered here,
 //!    before authentication and admission; a request from an `Origin` not listed refused;
-//! 5. authentication, on the ingest routes (and `/metrics` with `auth.protect_metrics`):
+//! 4. authentication, on the ingest routes (and `/metrics` with `auth.protect_metrics`):
 //!    credentials (API key, JWT, client certificate) become the request's [`Principal`], or a
 //!    401 / UNAUTHENTICATED; before admission, so that the rate-limit bucket is the
 //!    principal's and nothing an unauthenticated client sends selects one; the headers
 //!    `kafka.forward_headers` names are captured beside the principal (refused here when
 //!    over `kafka.forward_headers_max_bytes`), for the core to put on each record;
-//! 6. admission, on the ingest routes only (health, metrics and reflection stay reachable
+//! 5. admission, on the ingest routes only (health, metrics and reflection stay reachable
 //!    under overload): per-client token bucket, then the client's share of the slots
 //!    (`performance.max_concurrent_requests_per_client`), then load shedding at
 //!    `performance.max_concurrent_requests`, then the `performance.request_timeout` deadline.

@@ -1,6 +1,6 @@
-//! Metrics and spans, the stack's second and third layers: one span per request (parented on
-//! an incoming W3C `traceparent`), and the `http_*` instruments, counted outside admission so
-//! that rejections are counted too.
+//! Metrics and spans, the stack's second layer: one span per request (parented on an
+//! incoming W3C `traceparent`, current while the handler runs), and the `http_*`
+//! instruments, counted outside admission so that rejections are counted too.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +15,6 @@ use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_http::HeaderExtractor;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::proto::SERVICE_NAME;
@@ -171,13 +170,21 @@ fn request_labels(
 }
 
 async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
+    use tracing::Instrument as _;
     let started = Instant::now();
+    let span = make_span(&req);
     let method = crate::telemetry::instruments::method_label(req.method());
     // A clone of the matched route shares its text (an `Arc<str>`).
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map(|p| route_index(p.as_str()));
     let grpc_path = is_grpc(req.headers()).then(|| req.uri().path().to_owned());
-    let resp = next.run(req).await;
+    // The span is entered on each poll of the handler (not of the reply's body, which the
+    // handlers here fill before answering: a stream's loop and a WebSocket session carry a
+    // clone of it themselves). tower-http's TraceLayer entered it on every poll of the body
+    // too, and its DEBUG events and failure classifier ran per request: about 4K
+    // instructions of a REST request for lines nobody logs (#26).
+    let mut run = std::pin::pin!(next.run(req).instrument(span));
+    let resp = (&mut run).await;
     let elapsed = started.elapsed().as_secs_f64();
     // A unary reply carries grpc-status in its headers when it failed before any message
     // (every error here); a success carries it in the trailers: OK.
@@ -189,7 +196,7 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) ->
             .map(tonic::Code::from)
             .unwrap_or(tonic::Code::Ok)
     });
-    record_outcome(resp.status(), grpc_code);
+    record_outcome(run.span(), resp.status(), grpc_code);
     if let Some((series, calls)) = o.bound_ok(
         method,
         route.flatten(),
@@ -333,8 +340,7 @@ fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
 
 /// The outcome on the request's server span: the status code, and the span's status set to
 /// error where the conventions say so (HTTP 5xx; the gRPC codes a server is at fault for).
-fn record_outcome(status: http::StatusCode, grpc: Option<tonic::Code>) {
-    let span = tracing::Span::current();
+fn record_outcome(span: &tracing::Span, status: http::StatusCode, grpc: Option<tonic::Code>) {
     use tonic::Code as C;
     let failed = match grpc {
         Some(code) => {
@@ -361,19 +367,13 @@ fn record_outcome(status: http::StatusCode, grpc: Option<tonic::Code>) {
     }
 }
 
-/// Wraps every route (ingest, health, metrics, reflection) in id, trace and metrics layers.
+/// Wraps every route (ingest, health, metrics, reflection) in the id layers and `observe`
+/// (the span and the metrics).
 pub fn observed(router: Router, metrics: Arc<HttpMetrics>) -> Router {
     router.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(
-                TraceLayer::new_for_http()
-                    .make_span_with(make_span)
-                    // 5xx answers (503 while not ready, for one) are expected states here,
-                    // each already logged where it arises: no second ERROR line per request.
-                    .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-            )
             .layer(from_fn_with_state(metrics, observe)),
     )
 }
