@@ -54,12 +54,59 @@ impl Event {
 
     /// The event in the CloudEvents JSON format (one line, no trailing newline).
     pub fn to_structured_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an Event always serializes")
+        let mut out = Vec::with_capacity(256);
+        self.write_structured_json(&mut out);
+        out
     }
 
-    /// [`Self::to_structured_json`] appended to `out`.
+    /// [`Self::to_structured_json`] appended to `out`: the bytes the `Serialize` impl below
+    /// writes (a unit test holds the two together), written directly. Through serde_json
+    /// every key and value went through its escaper, which reads a string byte by byte
+    /// through a table (about 160 instructions a string, 15 strings an event: a sixth of a
+    /// batch event's cost, #26); the keys here are constants, and a value is checked for
+    /// anything to escape in one pass the compiler vectorizes, serde_json escaping the rest.
     pub fn write_structured_json(&self, out: &mut Vec<u8>) {
-        serde_json::to_writer(out, self).expect("an Event always serializes");
+        out.extend_from_slice(b"{\"specversion\":\"");
+        out.extend_from_slice(SPEC_VERSION.as_bytes());
+        out.extend_from_slice(b"\",\"id\":");
+        write_json_str(out, &self.id);
+        out.extend_from_slice(b",\"source\":");
+        write_json_str(out, &self.source);
+        out.extend_from_slice(b",\"type\":");
+        write_json_str(out, &self.ty);
+        if let Some(s) = &self.subject {
+            out.extend_from_slice(b",\"subject\":");
+            write_json_str(out, s);
+        }
+        out.extend_from_slice(b",\"time\":");
+        write_json_str(out, &self.time_rfc3339());
+        if let Some(s) = &self.datacontenttype {
+            out.extend_from_slice(b",\"datacontenttype\":");
+            write_json_str(out, s);
+        }
+        if let Some(s) = &self.dataschema {
+            out.extend_from_slice(b",\"dataschema\":");
+            write_json_str(out, s);
+        }
+        for (k, v) in &self.extensions {
+            out.push(b',');
+            write_json_str(out, k);
+            out.push(b':');
+            write_json_str(out, v);
+        }
+        match &self.data {
+            Data::None => {}
+            // serde_json writes a RawValue as its text, unchanged.
+            Data::Json(raw) => {
+                out.extend_from_slice(b",\"data\":");
+                out.extend_from_slice(raw.get().as_bytes());
+            }
+            Data::Binary(b) => {
+                out.extend_from_slice(b",\"data_base64\":");
+                write_json_str(out, &base64_encode(b));
+            }
+        }
+        out.push(b'}');
     }
 
     /// Context attributes other than `data`, as (name, value) pairs, for Kafka `ce_*` headers.
@@ -205,6 +252,32 @@ impl Event {
     }
 }
 
+/// `s` as a JSON string appended to `out`, as serde_json writes it: quoted as is when no
+/// byte needs escaping (no control character, quote or backslash), else through serde_json.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    if is_plain(s.as_bytes()) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, s).expect("a str always serializes");
+    }
+}
+
+/// True when no byte of `b` needs a JSON escape: 16 bytes at a time without a branch per
+/// byte (the compiler makes vector compares of it), the tail as the last 16 bytes again
+/// (overlapping), byte by byte only when shorter than 16.
+#[inline]
+fn is_plain(b: &[u8]) -> bool {
+    let escapes = |x: u8| (x < 0x20) | (x == b'"') | (x == b'\\');
+    let any = |chunk: &[u8]| chunk.iter().fold(false, |any, &x| any | escapes(x));
+    if b.len() < 16 {
+        return !b.iter().any(|&x| escapes(x));
+    }
+    !(b.chunks_exact(16).any(any) || any(&b[b.len() - 16..]))
+}
+
 /// Standard base64 with padding, as the CloudEvents JSON format's `data_base64` requires.
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
@@ -303,6 +376,62 @@ mod tests {
             json,
             r#"{"specversion":"1.0","id":"id-1","source":"svc","type":"t.created","subject":"s","time":"2026-01-02T03:04:05.123Z","partitionkey":"k","data":{"a":1,"b":[true,null,"x"]}}"#
         );
+    }
+
+    /// The direct writer and the `Serialize` impl (which the size count uses) write the same
+    /// bytes, for values that need escaping and values that do not.
+    #[test]
+    fn the_direct_writer_writes_what_serde_writes() {
+        let texts = [
+            "",
+            "plain",
+            "a\"quote",
+            "back\\slash",
+            "tab\there",
+            "\u{1}\u{1f}\u{7f}",
+            "é ü 日本 🎉",
+            "a long value past sixteen bytes with a \" late in it",
+            "a long value past sixteen bytes, all of it plain text",
+            "</script>",
+        ];
+        let datas = || {
+            [
+                Data::None,
+                Data::Json(RawValue::from_string(r#"{"a": [1, "x\n"]}"#.into()).unwrap()),
+                Data::Binary(b"\x00\xffbytes".to_vec()),
+            ]
+        };
+        // Every length around the 16-byte steps, with one byte to escape at every place.
+        for len in 0..40 {
+            for at in 0..=len {
+                for bad in ['"', '\\', '\n', '\u{1f}'] {
+                    let mut t: String = "a".repeat(len);
+                    if at < len {
+                        t.replace_range(at..at + 1, &bad.to_string());
+                    }
+                    let mut out = Vec::new();
+                    write_json_str(&mut out, &t);
+                    assert_eq!(out, serde_json::to_vec(&t).unwrap(), "{t:?}");
+                }
+            }
+        }
+        for (i, t) in texts.iter().enumerate() {
+            for data in datas() {
+                let mut e = event(data);
+                e.id = (*t).into();
+                e.source = texts[(i + 1) % texts.len()].into();
+                e.ty = texts[(i + 2) % texts.len()].into();
+                e.subject = (i % 2 == 0).then(|| texts[(i + 3) % texts.len()].into());
+                e.datacontenttype = (i % 3 == 0).then(|| (*t).into());
+                e.dataschema = (i % 3 == 1).then(|| (*t).into());
+                e.extensions.insert(format!("ext{i}"), (*t).into());
+                let serde = serde_json::to_vec(&e).unwrap();
+                assert_eq!(
+                    String::from_utf8(e.to_structured_json()).unwrap(),
+                    String::from_utf8(serde).unwrap()
+                );
+            }
+        }
     }
 
     #[test]
