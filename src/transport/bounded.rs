@@ -32,7 +32,18 @@ pub fn events<T: DeserializeOwned>(json: &[u8], max: usize, what: &str) -> Resul
 
 /// `json` as an array of at most `max` elements of `T`.
 pub fn json_array<T: DeserializeOwned>(json: &[u8], max: usize) -> Result<Vec<T>, ArrayError> {
-    let mut de = serde_json::Deserializer::from_slice(json);
+    // Over text when it is UTF-8 (checked once, not string by string), else over the bytes
+    // so that the error is serde_json's (as REST's bodies, #26).
+    match std::str::from_utf8(json) {
+        Ok(text) => array_from(serde_json::Deserializer::from_str(text), max),
+        Err(_) => array_from(serde_json::Deserializer::from_slice(json), max),
+    }
+}
+
+fn array_from<'de, T: DeserializeOwned, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+    max: usize,
+) -> Result<Vec<T>, ArrayError> {
     let mut total = None;
     let seed = Seed {
         max,
