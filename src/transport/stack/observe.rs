@@ -268,7 +268,9 @@ fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
     use opentelemetry::trace::TraceContextExt as _;
     let request_id = req
         .headers()
-        .get("x-request-id")
+        // A `HeaderName`, not text: a name given as text is parsed and checked on every
+        // lookup (#26).
+        .get(const { http::HeaderName::from_static("x-request-id") })
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let path = req.uri().path();
