@@ -387,6 +387,50 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
     );
 }
 
+/// With `dedup.window` on, the first of an id is written from a task of its own (so that a
+/// client giving up cannot leave its claim open): that task carries the request's span, so
+/// the record still continues the caller's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_dedup_on_the_record_continues_the_requests_trace() {
+    let Some(_) = require(Tool::Tansu) else {
+        return;
+    };
+    let broker = Broker::start(TOPIC, 1).await;
+    let (otlp, got) = grpc_receiver(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "kafka:\n  brokers: [\"{}\"]\n  topic: {TOPIC}\ndedup:\n  window: 10m\n",
+        broker.bootstrap()
+    );
+    let (_child, port) = gateway(dir.path(), &yaml, &[otlp_endpoint(otlp)], Stdio::null()).await;
+    let c = http();
+    let ready = format!("http://127.0.0.1:{port}/health/ready");
+    wait_until(Duration::from_secs(30), "ready", || {
+        let r = c.get(&ready).send();
+        async move { r.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    let (t, p) = (random_hex(16), random_hex(8));
+    let tp = traceparent(&t, &p, true);
+    assert_eq!(
+        post(port, "/api/v1/events", Some(&tp), "dedup-1").await,
+        200
+    );
+    let server = got
+        .wait_for("the server span", |s| s.trace_id == t && s.kind == 2)
+        .await;
+    let send = got
+        .wait_for("the send span, a child of the server span", |s| {
+            s.trace_id == t && s.parent == server.span_id && s.kind == 4
+        })
+        .await;
+    let records = broker.read_all(TOPIC, 1, Duration::from_secs(30));
+    assert_eq!(
+        records[0].headers["traceparent"],
+        traceparent(&t, &send.span_id, true)
+    );
+}
+
 /// #29: the spooled path: a `create` span (child of the request's) whose context the record
 /// keeps, and the forwarder's `send` span linked to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
