@@ -197,6 +197,13 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) ->
             .unwrap_or(tonic::Code::Ok)
     });
     record_outcome(run.span(), resp.status(), grpc_code);
+    // One DEBUG line per request, inside its span (tower-http's TraceLayer wrote two).
+    tracing::debug!(
+        parent: run.span(),
+        status = resp.status().as_u16(),
+        latency_ms = elapsed * 1e3,
+        "finished processing request"
+    );
     if let Some((series, calls)) = o.bound_ok(
         method,
         route.flatten(),
