@@ -13,7 +13,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{BoxError, ServiceBuilder};
 
@@ -33,19 +33,20 @@ async fn admit_unary(State(a): State<Arc<Admission>>, mut req: Request, next: Ne
     if let Some(refused) = authenticate_request(&a.auth, a.forward.as_ref(), &mut req) {
         return refused;
     }
-    req.extensions_mut().insert(BodyRead::default());
+    let body_read = BodyRead::default();
+    req.extensions_mut().insert(body_read.clone());
+    let grpc = is_grpc(req.headers());
     let key = client_key(&req, &a.trusted_proxies);
     let Some(rl) = &a.rate else {
-        return within_share(&a, key, req, next).await;
+        return rendered(within_share(&a, key, req, next).await, grpc, &body_read);
     };
     match take_token(rl, req.extensions().get::<Principal>(), &key) {
-        Ok(()) => within_share(&a, key, req, next).await,
+        Ok(()) => rendered(within_share(&a, key, req, next).await, grpc, &body_read),
         Err(e) => {
             let wait = match &e {
                 Error::RateLimited { retry_after, .. } => *retry_after,
                 _ => Duration::ZERO,
             };
-            let grpc = is_grpc(req.headers());
             let mut resp = status::respond(grpc, e);
             if !grpc {
                 // IETF draft-ietf-httpapi-ratelimit-headers: quota q per window w seconds,
@@ -159,23 +160,47 @@ impl BodyRead {
     }
 }
 
-/// Renders what tower's load-shed and timeout layers return, for the caller's protocol.
-async fn admission_error(
-    headers: HeaderMap,
-    body: Option<axum::Extension<BodyRead>>,
-    err: BoxError,
-) -> Response {
-    let grpc = is_grpc(&headers);
-    let e = if err.is::<tower::load_shed::error::Overloaded>() {
-        overloaded()
+/// What tower's load-shed and timeout layers refused a request with, carried on an empty
+/// response out of the error handler for [`rendered`] to answer in the caller's protocol.
+/// The handler answered itself before, taking the request's headers and `BodyRead` as
+/// extractors: axum runs an error handler's extractors on every request, so every admitted
+/// request cloned its header map for an error it did not have (about 1.5K instructions of
+/// a REST request, #26).
+#[derive(Clone)]
+enum Refusal {
+    Overloaded,
+    Elapsed,
+    Other(String),
+}
+
+/// The error handler of the unary admission layers: the refusal, for [`rendered`].
+async fn admission_error(err: BoxError) -> Response {
+    let refusal = if err.is::<tower::load_shed::error::Overloaded>() {
+        Refusal::Overloaded
     } else if err.is::<tower::timeout::error::Elapsed>() {
-        let waiting_for_body = body.is_some_and(|b| !b.0.0.load(Ordering::Relaxed));
-        if waiting_for_body && !grpc {
-            return status::respond(false, Rejection::SlowBody);
-        }
-        Error::DeadlineExceeded("performance.request_timeout passed".into())
+        Refusal::Elapsed
     } else {
-        Error::Internal(format!("request stack: {err}"))
+        Refusal::Other(err.to_string())
+    };
+    let mut resp = Response::default();
+    resp.extensions_mut().insert(refusal);
+    resp
+}
+
+/// `resp`, or the answer to the [`Refusal`] it carries, for the caller's protocol.
+fn rendered(mut resp: Response, grpc: bool, body: &BodyRead) -> Response {
+    let Some(refusal) = resp.extensions_mut().remove::<Refusal>() else {
+        return resp;
+    };
+    let e = match refusal {
+        Refusal::Overloaded => overloaded(),
+        Refusal::Elapsed => {
+            if !grpc && !body.0.load(Ordering::Relaxed) {
+                return status::respond(false, Rejection::SlowBody);
+            }
+            Error::DeadlineExceeded("performance.request_timeout passed".into())
+        }
+        Refusal::Other(e) => Error::Internal(format!("request stack: {e}")),
     };
     status::respond(grpc, e)
 }
