@@ -385,6 +385,20 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
             && l["span"]["span_id"] == server.span_id.as_str()),
         "no log line with the request's trace_id and span_id"
     );
+    // At DEBUG, the request's own line: its status and latency, inside its span.
+    let done = lines
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "finished processing request"
+                && l["span"]["trace_id"] == t1.as_str()
+        })
+        .expect("the request's 'finished processing request' line");
+    assert_eq!(done["fields"]["status"], 200);
+    assert!(
+        done["fields"]["latency_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms >= 0.0)
+    );
 }
 
 /// With `dedup.window` on, the first of an id is written from a task of its own (so that a
