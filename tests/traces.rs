@@ -233,6 +233,17 @@ async fn gateway(
     }
 }
 
+/// Until the gateway on `port` says it is ready (its broker reached).
+async fn wait_ready(port: u16) {
+    let c = http();
+    let ready = format!("http://127.0.0.1:{port}/health/ready");
+    wait_until(Duration::from_secs(30), "ready", || {
+        let r = c.get(&ready).send();
+        async move { r.await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+}
+
 fn traceparent(trace: &str, parent: &str, sampled: bool) -> String {
     format!("00-{trace}-{parent}-{}", if sampled { "01" } else { "00" })
 }
@@ -284,13 +295,7 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
         }
         out
     });
-    let c = http();
-    let ready = format!("http://127.0.0.1:{port}/health/ready");
-    wait_until(Duration::from_secs(30), "ready", || {
-        let r = c.get(&ready).send();
-        async move { r.await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
+    wait_ready(port).await;
 
     // REST.
     let (t1, p1) = (random_hex(16), random_hex(8));
@@ -417,13 +422,7 @@ async fn with_dedup_on_the_record_continues_the_requests_trace() {
         broker.bootstrap()
     );
     let (_child, port) = gateway(dir.path(), &yaml, &[otlp_endpoint(otlp)], Stdio::null()).await;
-    let c = http();
-    let ready = format!("http://127.0.0.1:{port}/health/ready");
-    wait_until(Duration::from_secs(30), "ready", || {
-        let r = c.get(&ready).send();
-        async move { r.await.is_ok_and(|r| r.status() == 200) }
-    })
-    .await;
+    wait_ready(port).await;
     let (t, p) = (random_hex(16), random_hex(8));
     let tp = traceparent(&t, &p, true);
     assert_eq!(
