@@ -254,7 +254,7 @@ impl Event {
 
 /// `s` as a JSON string appended to `out`, as serde_json writes it: quoted as is when no
 /// byte needs escaping (no control character, quote or backslash), else through serde_json.
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     if is_plain(s.as_bytes()) {
         out.reserve(s.len() + 2);
         out.push(b'"');

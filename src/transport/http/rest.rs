@@ -29,6 +29,7 @@ use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
 use crate::transport::bounded;
 use crate::transport::http::cloudevents::{self, Mode};
+use crate::transport::http::json as reply_json;
 use crate::transport::reply::{
     ack_request, batch_reply, event_reply, is_spooled, types_reply, validate_reply,
 };
@@ -377,7 +378,11 @@ async fn ingest_event(State(s): State<RestState>, req: Request) -> Result<Respon
         .map_err(|e| rename_for(mode, e))?;
     let reply = event_reply(ingested);
     let spooled = is_spooled(reply.ack);
-    Ok(acked(json(&reply), spooled, prefer_async))
+    Ok(acked(
+        json_bytes(reply_json::event_response(&reply)),
+        spooled,
+        prefer_async,
+    ))
 }
 
 /// `POST /api/v1/events/batch`: `{"events": [...]}`, or a batch-mode body (a JSON array of
@@ -406,7 +411,11 @@ async fn ingest_batch(State(s): State<RestState>, req: Request) -> Result<Respon
     let items = s.gateway.ingest_batch(&principal, events, ack).await?;
     let reply = batch_reply(items);
     let spooled = is_spooled(reply.ack);
-    Ok(acked(json(&reply), spooled, prefer_async))
+    Ok(acked(
+        json_bytes(reply_json::batch_response(&reply)),
+        spooled,
+        prefer_async,
+    ))
 }
 
 /// `POST /api/v1/events/validate`: one event, in any single-event mode.
@@ -477,7 +486,11 @@ pub async fn fallback(req: Request) -> Response {
 }
 
 fn json<T: Serialize>(value: &T) -> Response {
-    let body = serde_json::to_vec(value).expect("replies always serialize");
+    json_bytes(serde_json::to_vec(value).expect("replies always serialize"))
+}
+
+/// A JSON reply's bytes as a 200 `application/json` response.
+fn json_bytes(body: Vec<u8>) -> Response {
     (
         [(
             header::CONTENT_TYPE,

@@ -30,6 +30,7 @@ use crate::core::error::Error;
 use crate::core::service::Gateway;
 use crate::core::stream::{self, Admit, End, StreamAdmission, Submission};
 use crate::transport::http::cloudevents::decode_structured_value;
+use crate::transport::http::json;
 use crate::transport::reply::stream_reply;
 use crate::transport::routes::{ROUTE_EVENTS_WS, Rejection, method_not_allowed};
 
@@ -165,9 +166,7 @@ async fn session(s: WsState, opened: Result<Arc<dyn Admit>, Error>, mut socket: 
             let frame = tokio::select! {
                 report = reports.recv() => match report {
                     Some(r) => {
-                        let reply = serde_json::to_string(&stream_reply(r))
-                            .expect("replies always serialize");
-                        Message::Text(reply.into())
+                        Message::Text(json::stream_response(&stream_reply(r)).into())
                     }
                     None => break,
                 },
