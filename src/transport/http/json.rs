@@ -5,7 +5,7 @@
 //! serde_json each key and value is escaped a byte at a time and each 64-bit integer becomes
 //! a `String` first: about 2K instructions per reply or per batch item (#26). The other
 //! replies (validate, types, errors) are rare or small and stay with serde_json.
-use crate::core::event::write_json_str;
+use crate::core::event::{write_json_str, write_rfc3339};
 use crate::proto::{
     AckMode, EventResult, IngestBatchResponse, IngestEventResponse, IngestStreamResponse, Outcome,
 };
@@ -18,10 +18,11 @@ pub fn event_response(r: &IngestEventResponse) -> Vec<u8> {
     int(&mut out, b",\"partition\":", r.partition);
     quoted(&mut out, b",\"offset\":", r.offset);
     if let Some(ts) = r.time {
-        // As pbjson writes a Timestamp: RFC 3339 through chrono, offset as `+00:00`.
+        // As pbjson writes a Timestamp: chrono's RFC 3339 with the offset as `+00:00`.
         let t = chrono::DateTime::<chrono::Utc>::try_from(ts).expect("replies always serialize");
-        out.extend_from_slice(b",\"time\":");
-        write_json_str(&mut out, &t.to_rfc3339());
+        out.extend_from_slice(b",\"time\":\"");
+        write_rfc3339(&mut out, &t, false);
+        out.push(b'"');
     }
     out.extend_from_slice(b",\"ack\":\"");
     out.extend_from_slice(ack_name(r.ack).as_bytes());
