@@ -456,6 +456,58 @@ async fn traceparent_reaches_the_kafka_record_headers() {
     }
 }
 
+/// Every reply carries the request's `x-request-id`: the client's own when it sent one, else
+/// one the gateway made (a UUID), over REST and over gRPC, call after call on one HTTP/2
+/// connection (where the gateway writes it as a never-indexed literal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_id_is_echoed_over_both_protocols() {
+    let gw = TestGateway::start(limited(1000, 1000)).await;
+    let post = |id: Option<&str>| {
+        let mut req = http()
+            .post(gw.url("/api/v1/events"))
+            .header("content-type", "application/json")
+            .body(SEED_EVENT);
+        if let Some(id) = id {
+            req = req.header("x-request-id", id);
+        }
+        req.send()
+    };
+    let r = post(Some("client-id-1")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "client-id-1");
+    let r = post(None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let made = r.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(made).is_ok(), "{made}");
+
+    let mut client = gw.grpc().await;
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..40 {
+        let mut req = tonic::Request::new(IngestEventRequest {
+            event: Some(serde_json::from_str(SEED_EVENT).unwrap()),
+            ..Default::default()
+        });
+        if i % 2 == 0 {
+            req.metadata_mut()
+                .insert("x-request-id", format!("grpc-{i}").parse().unwrap());
+        }
+        let reply = client.ingest_event(req).await.unwrap();
+        let id = reply
+            .metadata()
+            .get("x-request-id")
+            .expect("the reply's x-request-id")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        if i % 2 == 0 {
+            assert_eq!(id, format!("grpc-{i}"));
+        } else {
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        }
+        assert!(seen.insert(id), "ids repeat");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_is_cut_off_by_the_header_read_timeout() {
     let dir = tempfile::tempdir().unwrap();

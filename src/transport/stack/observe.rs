@@ -1,6 +1,7 @@
 //! Metrics and spans, the stack's second layer: one span per request (parented on an
-//! incoming W3C `traceparent`, current while the handler runs), and the `http_*`
-//! instruments, counted outside admission so that rejections are counted too.
+//! incoming W3C `traceparent`, current while the handler runs), the `http_*` instruments,
+//! counted outside admission so that rejections are counted too, and the request's id
+//! echoed on its reply.
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use opentelemetry::metrics::{
 use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_http::HeaderExtractor;
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestUuid, SetRequestIdLayer};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::proto::SERVICE_NAME;
@@ -169,10 +170,14 @@ fn request_labels(
     ]
 }
 
+/// A `HeaderName`, not text: a name given as text is parsed and checked on every lookup (#26).
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
     use tracing::Instrument as _;
     let started = Instant::now();
-    let span = make_span(&req);
+    let request_id = req.headers().get(X_REQUEST_ID).cloned();
+    let span = make_span(&req, request_id.as_ref());
     let method = crate::telemetry::instruments::method_label(req.method());
     // A clone of the matched route shares its text (an `Arc<str>`).
     let matched = req.extensions().get::<MatchedPath>().cloned();
@@ -184,7 +189,8 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) ->
     // too, and its DEBUG events and failure classifier ran per request: about 4K
     // instructions of a REST request for lines nobody logs (#26).
     let mut run = std::pin::pin!(next.run(req).instrument(span));
-    let resp = (&mut run).await;
+    let mut resp = (&mut run).await;
+    echo_request_id(&mut resp, request_id);
     let elapsed = started.elapsed().as_secs_f64();
     // A unary reply carries grpc-status in its headers when it failed before any message
     // (every error here); a success carries it in the trailers: OK.
@@ -251,6 +257,21 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) ->
     resp
 }
 
+/// The request's id on its reply, marked sensitive: HTTP/2's header compression (HPACK) then
+/// writes it as a literal that is never indexed. Each reply's id is new: indexed, every one
+/// went into the connection's table, pushing out the headers that do repeat, and each was
+/// compared with all the ids already there (about 2K instructions a gRPC call, #26). On
+/// HTTP/1 the mark changes nothing. tower-http's `PropagateRequestIdLayer` did the echo
+/// before, as a layer of its own, without the mark.
+fn echo_request_id(resp: &mut Response, id: Option<http::HeaderValue>) {
+    if let Some(mut id) = id
+        && !resp.headers().contains_key(X_REQUEST_ID)
+    {
+        id.set_sensitive(true);
+        resp.headers_mut().insert(X_REQUEST_ID, id);
+    }
+}
+
 /// A matched route's place in the contract's `ROUTES`, if it is one of them (the others:
 /// health, metrics, docs, gRPC's catch-all).
 fn route_index(route: &str) -> Option<usize> {
@@ -271,15 +292,12 @@ const SPAN_NAMES: &[(&str, &str, &str)] = &[
 /// `http.response.status_code`; gRPC: `{service}/{method}`, `rpc.system`, `rpc.service`,
 /// `rpc.method`, `rpc.grpc.status_code`), parented on the caller's W3C `traceparent`, and
 /// carrying its own `trace_id` and `span_id` for the log lines written inside it.
-fn make_span(req: &http::Request<axum::body::Body>) -> tracing::Span {
+fn make_span(
+    req: &http::Request<axum::body::Body>,
+    request_id: Option<&http::HeaderValue>,
+) -> tracing::Span {
     use opentelemetry::trace::TraceContextExt as _;
-    let request_id = req
-        .headers()
-        // A `HeaderName`, not text: a name given as text is parsed and checked on every
-        // lookup (#26).
-        .get(const { http::HeaderName::from_static("x-request-id") })
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
     let path = req.uri().path();
     let empty = tracing::field::Empty;
     let span = if is_grpc(req.headers()) {
@@ -376,13 +394,13 @@ fn record_outcome(span: &tracing::Span, status: http::StatusCode, grpc: Option<t
     }
 }
 
-/// Wraps every route (ingest, health, metrics, reflection) in the id layers and `observe`
-/// (the span and the metrics).
+/// Wraps every route (ingest, health, metrics, reflection) in the request id layer (a UUID
+/// when the request has no `x-request-id`) and `observe` (the span, the metrics, and the id
+/// echoed on the reply).
 pub fn observed(router: Router, metrics: Arc<HttpMetrics>) -> Router {
     router.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::x_request_id())
             .layer(from_fn_with_state(metrics, observe)),
     )
 }
