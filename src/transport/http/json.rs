@@ -183,6 +183,14 @@ mod tests {
                 seconds: 0,
                 nanos: 1,
             }),
+            Some(pbjson_types::Timestamp {
+                seconds: -1,
+                nanos: 7_000,
+            }),
+            Some(pbjson_types::Timestamp {
+                seconds: 253_402_300_800, // 10000-01-01: chrono writes it whole
+                nanos: 0,
+            }),
         ];
         for id in IDS {
             for time in times {
@@ -238,7 +246,12 @@ mod tests {
     #[test]
     fn stream_response_writes_what_pbjson_writes() {
         for (i, id) in IDS.iter().enumerate() {
-            for outcome in [Outcome::Stored, Outcome::Failed, Outcome::Spooled] {
+            for outcome in [
+                Outcome::Unspecified,
+                Outcome::Stored,
+                Outcome::Failed,
+                Outcome::Spooled,
+            ] {
                 let r = IngestStreamResponse {
                     sequence: [0, 1, u64::MAX][i % 3],
                     id: (*id).into(),
