@@ -143,6 +143,43 @@ async fn a_grpc_stream_stores_every_event_once_in_the_order_it_arrived() {
     }
 }
 
+/// Many events taken at once (whole requests of 100): the stream's loop polls hundreds of
+/// them in one turn, past tokio's cooperative budget, and still stores them in the order
+/// they arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_taken_many_at_a_time_are_stored_in_the_order_they_arrived() {
+    let gw = TestGateway::local().await;
+    let s = open_stream(&gw).await.unwrap();
+    for r in 0..5 {
+        let events = (0..100)
+            .map(|i| event(&format!("e{}", r * 100 + i)))
+            .collect();
+        s.send(request(None, events)).await;
+    }
+    let (results, end) = s.finish().await;
+    end.expect("a stream the client closed ends with OK");
+    let results = by_sequence(results);
+    assert_eq!(results.len(), 500);
+    for r in results.values() {
+        assert_eq!(r.outcome, Outcome::Stored as i32, "{r:?}");
+    }
+    let lines = gw.log_lines();
+    assert_eq!(lines.len(), 500);
+    let out_of_order: Vec<_> = results
+        .iter()
+        .filter(|(seq, r)| r.offset != **seq as i64)
+        .map(|(seq, r)| (*seq, r.offset))
+        .take(5)
+        .collect();
+    assert!(
+        out_of_order.is_empty(),
+        "(sequence, offset) stored out of order: {out_of_order:?}"
+    );
+    for (seq, line) in lines.iter().enumerate() {
+        assert_eq!(line["id"], format!("e{seq}"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_event_in_the_middle_of_a_stream_fails_alone() {
     let gw = TestGateway::local().await;

@@ -45,8 +45,6 @@ pub use record::Record;
 use segment::{Frame, Reader};
 use writer::{Job, Writer};
 
-/// Appends waiting for the writer; past this, `append` waits (backpressure).
-const QUEUE_DEPTH: usize = 4096;
 /// Where segments with damage go once forwarded past, for an operator to look at.
 pub const DAMAGED_DIR: &str = "damaged";
 
@@ -195,7 +193,13 @@ pub struct Recovery {
 
 pub struct Spool {
     settings: Settings,
-    tx: mpsc::Sender<Job>,
+    /// Unbounded: what waits here is bounded by admission (every append is a request's or a
+    /// stream event's, which holds its slot until the reply), and an append takes its place
+    /// in the queue synchronously, in its first poll. A bounded queue's `send` could take a
+    /// permit, then yield to tokio's cooperative budget before queueing the job: appends
+    /// polled in one order were queued in another, and the events of a stream, polled many
+    /// in one turn, were stored out of the order they arrived (tests/streaming.rs).
+    tx: mpsc::UnboundedSender<Job>,
     shared: Arc<Shared>,
     recovery: Recovery,
 }
@@ -289,7 +293,7 @@ impl Spool {
         for reason in ["full", "too_old", "io"] {
             shared.refused.add(0, &[KeyValue::new("reason", reason)]);
         }
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer::new(settings.clone(), shared.clone(), rx);
         let spool = Arc::new(Spool {
             settings,
@@ -370,7 +374,7 @@ impl Spool {
             batch: writer::Batch::of(entries),
             reply,
         };
-        let result = match self.tx.send(job).await {
+        let result = match self.tx.send(job) {
             Ok(()) => rx.await.unwrap_or(Err(Refused::Stopped)),
             Err(_) => Err(Refused::Stopped),
         };

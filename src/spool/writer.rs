@@ -66,7 +66,7 @@ pub(crate) struct Writer {
     settings: Settings,
     shared: Arc<Shared>,
     open: Option<Open>,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::UnboundedReceiver<Job>,
     /// Positions skipped after a write that could not be cut back, not yet durable in the
     /// cursor's floor: nothing is written until they are (a restart could hand them out
     /// again while the abandoned bytes may still come back; found by the simulator,
@@ -75,7 +75,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn new(settings: Settings, shared: Arc<Shared>, rx: mpsc::Receiver<Job>) -> Self {
+    pub fn new(settings: Settings, shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Job>) -> Self {
         Self {
             settings,
             shared,
