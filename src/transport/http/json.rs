@@ -7,7 +7,8 @@
 //! replies (validate, types, errors) are rare or small and stay with serde_json.
 use crate::core::event::{write_json_str, write_rfc3339};
 use crate::proto::{
-    AckMode, EventResult, IngestBatchResponse, IngestEventResponse, IngestStreamResponse, Outcome,
+    AckMode, EventError, EventResult, IngestBatchResponse, IngestEventResponse,
+    IngestStreamResponse, Outcome,
 };
 
 /// `IngestEvent`'s reply.
@@ -59,40 +60,57 @@ pub fn batch_response(r: &IngestBatchResponse) -> Vec<u8> {
 pub fn stream_response(r: &IngestStreamResponse) -> String {
     let mut out = Vec::with_capacity(160);
     quoted(&mut out, b"{\"sequence\":", r.sequence);
-    out.extend_from_slice(b",\"id\":");
-    write_json_str(&mut out, &r.id);
-    out.extend_from_slice(b",\"outcome\":\"");
-    out.extend_from_slice(outcome_name(r.outcome).as_bytes());
-    out.push(b'"');
-    int(&mut out, b",\"partition\":", r.partition);
-    quoted(&mut out, b",\"offset\":", r.offset);
-    if let Some(e) = &r.error {
-        out.extend_from_slice(b",\"error\":");
-        serde_json::to_writer(&mut out, e).expect("replies always serialize");
-    }
+    outcome(
+        &mut out,
+        &r.id,
+        r.outcome,
+        r.partition,
+        r.offset,
+        r.error.as_ref(),
+    );
     out.push(b'}');
     String::from_utf8(out).expect("JSON written from str is UTF-8")
 }
 
 fn event_result(out: &mut Vec<u8>, r: &EventResult) {
     int(out, b"{\"index\":", r.index);
-    out.extend_from_slice(b",\"id\":");
-    write_json_str(out, &r.id);
-    out.extend_from_slice(b",\"outcome\":\"");
-    out.extend_from_slice(outcome_name(r.outcome).as_bytes());
-    out.push(b'"');
-    int(out, b",\"partition\":", r.partition);
-    quoted(out, b",\"offset\":", r.offset);
-    if let Some(e) = &r.error {
-        // A failed item's error (code, message, violations): rare, through pbjson.
-        out.extend_from_slice(b",\"error\":");
-        serde_json::to_writer(&mut *out, e).expect("replies always serialize");
-    }
+    outcome(
+        out,
+        &r.id,
+        r.outcome,
+        r.partition,
+        r.offset,
+        r.error.as_ref(),
+    );
     if let Some(p) = r.spool_position {
         quoted(out, b",\"spoolPosition\":", p);
     }
     boolean(out, b",\"duplicate\":", r.duplicate);
     out.push(b'}');
+}
+
+/// The fields a batch item's result and a stream's report share, in their order:
+/// `,"id":…,"outcome":…,"partition":…,"offset":…` and the error when there is one (code,
+/// message, violations: rare, through pbjson).
+fn outcome(
+    out: &mut Vec<u8>,
+    id: &str,
+    outcome: i32,
+    partition: i32,
+    offset: i64,
+    error: Option<&EventError>,
+) {
+    out.extend_from_slice(b",\"id\":");
+    write_json_str(out, id);
+    out.extend_from_slice(b",\"outcome\":\"");
+    out.extend_from_slice(outcome_name(outcome).as_bytes());
+    out.push(b'"');
+    int(out, b",\"partition\":", partition);
+    quoted(out, b",\"offset\":", offset);
+    if let Some(e) = error {
+        out.extend_from_slice(b",\"error\":");
+        serde_json::to_writer(&mut *out, e).expect("replies always serialize");
+    }
 }
 
 /// A key, then a 32-bit integer as a JSON number (as the contract's JSON mapping writes it).
@@ -131,7 +149,7 @@ fn outcome_name(outcome: i32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{EventError, FieldViolation};
+    use crate::proto::FieldViolation;
 
     /// Ids that are plain, need escapes at either end or in the middle, are empty, or
     /// carry multi-byte characters.

@@ -214,7 +214,8 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) ->
         latency_ms = elapsed * 1e3,
         "finished processing request"
     );
-    // The span closes here, the spent future dropped outside it.
+    // The request's handle on the span goes here (a stream's loop and a WebSocket session
+    // hold their own), and the spent future is dropped outside it.
     drop(run.into_inner());
     if let Some((series, calls)) = o.bound_ok(
         method,
