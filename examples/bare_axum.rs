@@ -79,6 +79,7 @@ async fn spooled(spool: Arc<Spool>, body: Bytes) -> (StatusCode, String) {
             extensions: Default::default(),
             topic: None,
             forwarded: None,
+            auth: None,
         },
     };
     match spool.append(&[record]).await {

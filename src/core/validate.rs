@@ -333,6 +333,7 @@ fn normalise(incoming: Incoming, contract: Option<&TypeContract>, now: DateTime<
         extensions: ev.extensions.into_iter().collect(),
         topic: contract.and_then(|c| c.topic.clone()),
         forwarded: None,
+        auth: None,
     }
 }
 

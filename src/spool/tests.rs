@@ -16,6 +16,7 @@ pub(crate) fn record(id: &str) -> Record {
         event: Event {
             topic: Some(Arc::from("orders")),
             forwarded: None,
+            auth: None,
             ..Event::for_test(id)
         },
     }

@@ -117,7 +117,7 @@ pub(super) fn load_certificates(path: &Path) -> Result<CertificateGrants, String
         }
         let grants = grants_of(&e.allowed_types, &e.allowed_sources, e.rate_limit).map_err(at)?;
         let principal = Principal {
-            id: e.san.clone(),
+            id: e.san.as_str().into(),
             authtype: AUTHTYPE_SERVICE,
             grants: Arc::new(grants),
             credential: Credential::None,

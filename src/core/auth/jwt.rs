@@ -226,7 +226,7 @@ impl Authenticator {
             .and_then(|e| e.as_u64())
             .ok_or_else(|| invalid("token `exp` is not a number of seconds".into()))?;
         let principal = Principal {
-            id: sub.to_owned(),
+            id: sub.into(),
             authtype: AUTHTYPE_SERVICE,
             grants: Arc::new(Grants {
                 types,

@@ -56,7 +56,7 @@ pub(super) fn load_keys(path: &Path) -> Result<KeyRing, String> {
             .ok_or_else(|| at("`sha256` must be 64 hex digits (the SHA-256 of the key)".into()))?;
         let grants = grants_of(&e.allowed_types, &e.allowed_sources, e.rate_limit).map_err(at)?;
         let principal = Principal {
-            id: e.id.clone(),
+            id: e.id.as_str().into(),
             authtype: AUTHTYPE_API_KEY,
             grants: Arc::new(grants),
             credential: Credential::ApiKey(digest),

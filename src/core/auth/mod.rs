@@ -23,7 +23,7 @@ use opentelemetry::metrics::{Counter, Meter};
 
 use crate::config::AuthConfig;
 use crate::core::error::{AuthFailure, Error, FieldViolation};
-use crate::core::event::Event;
+use crate::core::event::{AuthContext, Event};
 use crate::telemetry::throttle::LogThrottle;
 
 mod grants;
@@ -55,7 +55,8 @@ pub const FAILURE_REASONS: &[&str] = &[
 /// it may send.
 #[derive(Clone)]
 pub struct Principal {
-    pub id: String,
+    /// Shared: every event of a request (of a stream) carries it as `authid`.
+    pub id: Arc<str>,
     pub authtype: &'static str,
     pub grants: Arc<Grants>,
     /// What the principal was proven by, to check again later (an open stream).
@@ -90,16 +91,16 @@ impl Principal {
     }
 
     pub fn anonymous() -> Self {
-        // One shared "may send anything" for every anonymous request: no allocation each.
-        static ANY: std::sync::LazyLock<Arc<Grants>> =
-            std::sync::LazyLock::new(|| Arc::new(Grants::default()));
-        Self {
-            id: String::new(),
+        // One shared principal (its "may send anything", its empty id) for every anonymous
+        // request: no allocation each.
+        static ANONYMOUS: std::sync::LazyLock<Principal> = std::sync::LazyLock::new(|| Principal {
+            id: "".into(),
             authtype: AUTHTYPE_NONE,
-            grants: ANY.clone(),
+            grants: Arc::new(Grants::default()),
             credential: Credential::None,
             forwarded: None,
-        }
+        });
+        ANONYMOUS.clone()
     }
 
     pub fn is_authenticated(&self) -> bool {
@@ -356,7 +357,7 @@ impl Authenticator {
             return p;
         }
         Principal {
-            id: subject.to_owned(),
+            id: subject.into(),
             authtype: AUTHTYPE_SERVICE,
             grants: Arc::new(Grants {
                 nothing: Some(format!(
@@ -488,14 +489,65 @@ impl Authenticator {
 /// the request's forwarded headers (`kafka.forward_headers`), which travel with the event.
 pub fn stamp(principal: &Principal, event: &mut Event) {
     event.forwarded.clone_from(&principal.forwarded);
-    event
-        .extensions
-        .insert("authtype".into(), principal.authtype.into());
-    if principal.id.is_empty() {
+    if !event.extensions.is_empty() {
+        event.extensions.remove("authtype");
         event.extensions.remove("authid");
-    } else {
-        event
-            .extensions
-            .insert("authid".into(), principal.id.clone());
+    }
+    event.auth = Some(AuthContext {
+        authtype: principal.authtype,
+        authid: (!principal.id.is_empty()).then(|| principal.id.clone()),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::event::Data;
+
+    fn event_claiming(authtype: &str, authid: &str) -> Event {
+        Event {
+            id: "1".into(),
+            source: "s".into(),
+            ty: "t".into(),
+            subject: None,
+            time: chrono::DateTime::UNIX_EPOCH,
+            datacontenttype: None,
+            dataschema: None,
+            data: Data::None,
+            extensions: [
+                ("authid".to_owned(), authid.to_owned()),
+                ("authtype".to_owned(), authtype.to_owned()),
+                ("x".to_owned(), "y".to_owned()),
+            ]
+            .into(),
+            topic: None,
+            forwarded: None,
+            auth: None,
+        }
+    }
+
+    /// Provenance is the gateway's word: what the client claimed under the Auth Context's
+    /// names is replaced (an anonymous request's `authid` dropped), other extensions kept.
+    #[test]
+    fn stamp_replaces_a_claimed_auth_context() {
+        let mut e = event_claiming("system", "root");
+        stamp(&Principal::anonymous(), &mut e);
+        let all: Vec<_> = e.extensions_all().collect();
+        assert_eq!(all, [("authtype", AUTHTYPE_NONE), ("x", "y")]);
+
+        let mut e = event_claiming("system", "root");
+        let mut p = Principal::anonymous();
+        p.id = "team-a".into();
+        p.authtype = AUTHTYPE_API_KEY;
+        stamp(&p, &mut e);
+        let all: Vec<_> = e.extensions_all().collect();
+        assert_eq!(
+            all,
+            [
+                ("authid", "team-a"),
+                ("authtype", AUTHTYPE_API_KEY),
+                ("x", "y")
+            ]
+        );
     }
 }

@@ -417,7 +417,7 @@ impl KafkaSink {
 
     fn record_headers(&self, e: &Event, trace: &[(String, String)]) -> OwnedHeaders {
         let mut h = OwnedHeaders::new_with_capacity(
-            10 + e.extensions.len() + e.forwarded.as_ref().map_or(0, |f| f.len()),
+            10 + e.extensions_len() + e.forwarded.as_ref().map_or(0, |f| f.len()),
         );
         // The gateway's own span context (a child of the client's traceparent, if any), so
         // consumers continue the request's trace. The event's own `traceparent` extension, if

@@ -166,6 +166,7 @@ fn record(id: String, key: Option<&str>, at_ms: u64) -> Record {
             extensions: Default::default(),
             topic: Some(Arc::from("t")),
             forwarded: None,
+            auth: None,
         },
     }
 }

@@ -88,7 +88,7 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) enum ClientKey {
     /// An authenticated principal: how it authenticated (`api_key`, `jwt`, ...) and its id.
-    Principal(&'static str, String),
+    Principal(&'static str, std::sync::Arc<str>),
     /// An unauthenticated client's address ([`client_ip`]).
     Ip(IpAddr),
     /// No address known (a connection without one, as in tests).
