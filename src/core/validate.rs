@@ -363,12 +363,22 @@ fn source_rule(i: &Incoming, v: &mut Violations<'_>) {
             "source",
             format!("must be at most {MAX_URI_LEN} characters"),
         );
-    } else if fluent_uri::UriRef::parse(source.as_str()).is_err() {
+    } else if !is_plain_path(source) && fluent_uri::UriRef::parse(source.as_str()).is_err() {
         v.add(
             "source",
             "must be a URI-reference (RFC 3986), for example `user-service` or `https://example.com/users`",
         );
     }
+}
+
+/// Unreserved characters and `/` only (`user-service`, `/users/api`): always a valid
+/// URI-reference, answered without the parser (about 280 instructions an event, #26). RFC
+/// 3986 §4.2: without `:`, `?`, `#` or `%` such text is a relative reference whose path
+/// segments (and, after a leading `//`, its reg-name authority) are all unreserved
+/// characters. A unit test holds it to fluent_uri's answer.
+fn is_plain_path(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/'))
 }
 
 /// `specversion`: "1.0" or omitted.
@@ -858,6 +868,32 @@ mod tests {
         max_event_size: 2048,
         max_batch_events: 3,
     };
+
+    /// Every string over a small alphabet (plain characters, `/`, and characters that make
+    /// or break a URI-reference), up to four long: where the shortcut says valid, the parser
+    /// agrees.
+    #[test]
+    fn a_plain_path_is_a_uri_reference() {
+        let alphabet = [
+            'a', 'Z', '9', '-', '.', '_', '~', '/', ':', '?', '#', '%', ' ', '[',
+        ];
+        let mut plain = 0;
+        let mut words = vec![String::new()];
+        for _ in 0..4 {
+            words = words
+                .iter()
+                .flat_map(|w| alphabet.iter().map(move |c| format!("{w}{c}")))
+                .collect();
+            for w in &words {
+                if is_plain_path(w) {
+                    plain += 1;
+                    assert!(fluent_uri::UriRef::parse(w.as_str()).is_ok(), "{w:?}");
+                }
+            }
+        }
+        assert!(plain > 4000, "{plain}");
+        assert!(!is_plain_path("a:b") && !is_plain_path("a b") && !is_plain_path("%41"));
+    }
 
     fn valid() -> CloudEvent {
         CloudEvent {
