@@ -124,9 +124,10 @@ struct RestBatch {
 
 impl RestBatch {
     fn decode(body: &[u8], max: usize) -> Result<Self, Error> {
+        let capacity = bounded::first_capacity(body.len());
         match std::str::from_utf8(body) {
-            Ok(text) => Self::decode_from(serde_json::Deserializer::from_str(text), max),
-            Err(_) => Self::decode_from(serde_json::Deserializer::from_slice(body), max),
+            Ok(text) => Self::decode_from(serde_json::Deserializer::from_str(text), max, capacity),
+            Err(_) => Self::decode_from(serde_json::Deserializer::from_slice(body), max, capacity),
         }
     }
 
@@ -134,11 +135,13 @@ impl RestBatch {
     fn decode_from<'de, R: serde_json::de::Read<'de>>(
         mut de: serde_json::Deserializer<R>,
         max: usize,
+        capacity: usize,
     ) -> Result<Self, Error> {
         let mut total = None;
         let decoded = serde::de::DeserializeSeed::deserialize(
             BatchSeed {
                 max,
+                capacity,
                 total: &mut total,
             },
             &mut de,
@@ -156,6 +159,7 @@ impl RestBatch {
 
 struct BatchSeed<'t> {
     max: usize,
+    capacity: usize,
     total: &'t mut Option<usize>,
 }
 
@@ -185,6 +189,7 @@ impl<'de> serde::de::Visitor<'de> for BatchSeed<'_> {
                     events = Some(map.next_value_seed(OptionalEvents(bounded::Seed {
                         max: self.max,
                         total: &mut *self.total,
+                        capacity: self.capacity,
                         element: std::marker::PhantomData,
                     }))?)
                 }
