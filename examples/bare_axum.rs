@@ -60,7 +60,7 @@ async fn spooled(spool: Arc<Spool>, body: Bytes) -> (StatusCode, String) {
         .ok()
         .and_then(|s| serde_json::value::RawValue::from_string(s).ok())
     {
-        Some(raw) => Data::Json(raw),
+        Some(raw) => Data::Json(raw.into()),
         None => Data::Binary(body.to_vec()),
     };
     let record = Record {

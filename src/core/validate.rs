@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use crate::config::TypesPolicy;
 use crate::core::contracts::{MAX_SCHEMA_VIOLATIONS, Registry, TypeContract};
 use crate::core::error::FieldViolation;
-use crate::core::event::{Data, Event, JsonValue, SPEC_VERSION};
+use crate::core::event::{Data, Event, JsonText, SPEC_VERSION};
 use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
 
@@ -306,18 +306,12 @@ fn normalise(incoming: Incoming, contract: Option<&TypeContract>, now: DateTime<
         .and_then(|ts| DateTime::<Utc>::try_from(ts).ok())
         .unwrap_or(now);
     let data = match (raw_data, ev.payload) {
-        (Some(raw), _) => Data::Json(raw),
+        (Some(raw), _) => Data::Json(raw.into()),
         (None, None) => Data::None,
         (None, Some(Payload::DataBase64(b))) => Data::Binary(b),
-        (None, Some(Payload::Data(value))) => {
-            // Written as JSON text and kept as is: `RawValue::from_string` parsed the text
-            // back to check what serde_json had just written (about 1.2K instructions an
-            // event of a stream, #26).
-            Data::Json(
-                serde_json::value::to_raw_value(&JsonValue(&value))
-                    .expect("data_rule refused values JSON cannot hold"),
-            )
-        }
+        (None, Some(Payload::Data(value))) => Data::Json(
+            JsonText::of_value(&value).expect("data_rule refused values JSON cannot hold"),
+        ),
     };
     Event {
         id,
@@ -977,7 +971,8 @@ mod tests {
                     serde_json::value::RawValue::from_string(
                         serde_json::to_string(&text(50)).unwrap(),
                     )
-                    .unwrap(),
+                    .unwrap()
+                    .into(),
                 ),
             };
             let count = structured_size(&e);
