@@ -9,13 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
 use http::HeaderValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tower::{BoxError, ServiceBuilder};
 
 use super::authn::{ForwardHeaders, authenticate_request, principal, principal_of};
 use super::client::{ClientKey, X_FORWARDED_FOR, client_ip, client_key};
@@ -27,8 +25,12 @@ use crate::core::stream::{Admit, Permit, StreamAdmission};
 use crate::transport::routes::Rejection;
 use crate::transport::status::{self, is_grpc};
 
-/// A unary request's admission, first part: authentication, then the token bucket (the
-/// tower layers below shed and time out).
+/// A unary request's admission, all of it: authentication, the token bucket, the client's
+/// share, a slot of the pool (load shedding), the deadline. One middleware, not tower's
+/// load-shed, concurrency-limit and timeout layers under an error handler: each layer of a
+/// route is a boxed service cloned per request, and those four with their error handler cost
+/// about 2K instructions of a REST request (#26). A stream's events are admitted the same
+/// way, by the same slots and deadline ([`StreamAdmit::admit`]).
 async fn admit_unary(State(a): State<Arc<Admission>>, mut req: Request, next: Next) -> Response {
     if let Some(refused) = authenticate_request(&a.auth, a.forward.as_ref(), &mut req) {
         return refused;
@@ -68,12 +70,26 @@ async fn admit_unary(State(a): State<Arc<Admission>>, mut req: Request, next: Ne
     }
 }
 
-/// Runs the rest of the stack holding one of the client's share of the slots, or refuses.
-async fn within_share(a: &Admission, key: ClientKey, req: Request, next: Next) -> Response {
-    match a.share.take(key) {
-        Ok(_held) => next.run(req).await,
-        Err(e) => status::respond(is_grpc(req.headers()), e),
-    }
+/// Runs the rest of the stack holding one of the client's share of the slots and one of the
+/// pool's (`performance.max_concurrent_requests`: none free is overload, refused at once),
+/// within `performance.request_timeout`; or says why not. Both slots are held until the
+/// handler's reply is ready.
+async fn within_share(
+    a: &Admission,
+    key: ClientKey,
+    req: Request,
+    next: Next,
+) -> Result<Response, Refusal> {
+    let _held = match a.share.take(key) {
+        Ok(held) => held,
+        Err(e) => return Ok(status::respond(is_grpc(req.headers()), e)),
+    };
+    let Ok(_slot) = a.slots.try_acquire() else {
+        return Err(Refusal::Overloaded);
+    };
+    tokio::time::timeout(a.timeout, next.run(req))
+        .await
+        .map_err(|_| Refusal::Elapsed)
 }
 
 /// One client's share of a pool: `performance.max_concurrent_requests_per_client` (requests
@@ -160,37 +176,20 @@ impl BodyRead {
     }
 }
 
-/// What tower's load-shed and timeout layers refused a request with, carried on an empty
-/// response out of the error handler for [`rendered`] to answer in the caller's protocol.
-/// The handler answered itself before, taking the request's headers and `BodyRead` as
-/// extractors: axum runs an error handler's extractors on every request, so every admitted
-/// request cloned its header map for an error it did not have (about 1.5K instructions of
-/// a REST request, #26).
-#[derive(Clone)]
+/// Why a unary request was refused after its share was taken: answered by [`rendered`] in
+/// the caller's protocol.
 enum Refusal {
+    /// No slot of `performance.max_concurrent_requests` free.
     Overloaded,
+    /// `performance.request_timeout` passed.
     Elapsed,
-    Other(String),
 }
 
-/// The error handler of the unary admission layers: the refusal, for [`rendered`].
-async fn admission_error(err: BoxError) -> Response {
-    let refusal = if err.is::<tower::load_shed::error::Overloaded>() {
-        Refusal::Overloaded
-    } else if err.is::<tower::timeout::error::Elapsed>() {
-        Refusal::Elapsed
-    } else {
-        Refusal::Other(err.to_string())
-    };
-    let mut resp = Response::default();
-    resp.extensions_mut().insert(refusal);
-    resp
-}
-
-/// `resp`, or the answer to the [`Refusal`] it carries, for the caller's protocol.
-fn rendered(mut resp: Response, grpc: bool, body: &BodyRead) -> Response {
-    let Some(refusal) = resp.extensions_mut().remove::<Refusal>() else {
-        return resp;
+/// The handler's reply, or the answer to the [`Refusal`], for the caller's protocol.
+fn rendered(result: Result<Response, Refusal>, grpc: bool, body: &BodyRead) -> Response {
+    let refusal = match result {
+        Ok(resp) => return resp,
+        Err(refusal) => refusal,
     };
     let e = match refusal {
         Refusal::Overloaded => overloaded(),
@@ -200,7 +199,6 @@ fn rendered(mut resp: Response, grpc: bool, body: &BodyRead) -> Response {
             }
             Error::DeadlineExceeded("performance.request_timeout passed".into())
         }
-        Refusal::Other(e) => Error::Internal(format!("request stack: {e}")),
     };
     status::respond(grpc, e)
 }
@@ -313,17 +311,7 @@ impl Admission {
     /// authentication and the per-client token bucket, then load shedding at
     /// `max_concurrent_requests`, then the `request_timeout` deadline.
     pub fn unary(self: &Arc<Self>, router: Router) -> Router {
-        router
-            .route_layer(
-                ServiceBuilder::new()
-                    .layer(HandleErrorLayer::new(admission_error))
-                    .load_shed()
-                    .layer(tower::limit::GlobalConcurrencyLimitLayer::with_semaphore(
-                        self.slots.clone(),
-                    ))
-                    .timeout(self.timeout),
-            )
-            .route_layer(from_fn_with_state(self.clone(), admit_unary))
+        router.route_layer(from_fn_with_state(self.clone(), admit_unary))
     }
 
     /// Wraps the streaming routes (IngestStream, the WebSocket route): a stream is
@@ -405,4 +393,83 @@ async fn open_stream(State(a): State<Arc<Admission>>, mut req: Request, next: Ne
     })();
     req.extensions_mut().insert(StreamAdmission(opened));
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::post;
+    use tower::ServiceExt as _;
+
+    /// A route behind the unary admission whose handler has read its body and then takes
+    /// ten seconds: what a sink slower than the deadline looks like to admission.
+    fn slow_route(
+        max_concurrent_requests: usize,
+        request_timeout: Duration,
+    ) -> (Router, Arc<Admission>) {
+        let perf = PerformanceConfig {
+            max_concurrent_requests,
+            request_timeout,
+            ..PerformanceConfig::default()
+        };
+        let rate = RateLimitConfig {
+            enabled: false,
+            ..RateLimitConfig::default()
+        };
+        let auth = Authenticator::new(
+            &crate::config::AuthConfig::default(),
+            &opentelemetry::global::meter("test"),
+        )
+        .unwrap();
+        let admission = Admission::new(&rate, &perf, &[], auth, None);
+        let slow = |req: Request| async move {
+            req.extensions().get::<BodyRead>().unwrap().done();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            "done"
+        };
+        let router = admission.unary(Router::new().route("/x", post(slow)));
+        (router, admission)
+    }
+
+    fn request(grpc: bool) -> Request {
+        let mut b = http::Request::post("/x");
+        if grpc {
+            b = b.header("content-type", "application/grpc");
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    fn grpc_status(r: &Response) -> Option<&str> {
+        r.headers().get("grpc-status").and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn past_the_request_timeout_is_504_or_deadline_exceeded() {
+        let (router, _) = slow_route(10, Duration::from_millis(50));
+        let r = router.clone().oneshot(request(false)).await.unwrap();
+        assert_eq!(r.status(), 504);
+        let r = router.oneshot(request(true)).await.unwrap();
+        assert_eq!(grpc_status(&r), Some("4"), "DEADLINE_EXCEEDED");
+    }
+
+    #[tokio::test]
+    async fn with_every_slot_taken_a_request_is_shed_at_once_and_the_slot_comes_back() {
+        let (router, admission) = slow_route(1, Duration::from_secs(30));
+        let held = tokio::spawn(router.clone().oneshot(request(false)));
+        while admission.slots.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let r = router.clone().oneshot(request(false)).await.unwrap();
+        assert_eq!(r.status(), 503);
+        let r = router.clone().oneshot(request(true)).await.unwrap();
+        assert_eq!(grpc_status(&r), Some("14"), "UNAVAILABLE");
+        held.abort();
+        assert!(held.await.unwrap_err().is_cancelled());
+        assert_eq!(
+            admission.slots.available_permits(),
+            1,
+            "an ended request's slot is free"
+        );
+    }
 }
