@@ -1,9 +1,9 @@
 //! The one tower stack, built here and wrapped around gRPC and REST alike (nothing
 //! cross-cutting lives in a tonic interceptor, which REST would skip). Outermost first:
 //!
-//! 1. request id (`x-request-id`, set when absent): every later layer and log line can name
-//!    the request;
-//! 2. the trace span, the metrics and the id echoed on the reply (one layer, `observe`; the
+//! 1. request id (`x-request-id`, a random UUID set when absent, by `observe` as it starts):
+//!    every later layer and log line can name the request;
+//! 2. the trace span, the metrics and the id echoed on the reply (one layer with 1, `observe`; the
 //!    echo marked never to be indexed by HTTP/2's header compression): the span is parented on an
 //!    incoming W3C `traceparent` (HTTP header or gRPC metadata, which travel the same way)
 //!    and current while the handler and the sink run, so trace context reaches the Kafka

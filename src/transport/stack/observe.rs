@@ -14,8 +14,6 @@ use opentelemetry::metrics::{
 };
 use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_http::HeaderExtractor;
-use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, SetRequestIdLayer};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::proto::SERVICE_NAME;
@@ -173,11 +171,18 @@ fn request_labels(
 /// A `HeaderName`, not text: a name given as text is parsed and checked on every lookup (#26).
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
-async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) -> Response {
+async fn observe(State(o): State<Arc<HttpMetrics>>, mut req: Request, next: Next) -> Response {
     use tracing::Instrument as _;
     let started = Instant::now();
-    let request_id = req.headers().get(X_REQUEST_ID).cloned();
-    let span = make_span(&req, request_id.as_ref());
+    let request_id = match req.headers().get(X_REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let id = new_request_id();
+            req.headers_mut().insert(X_REQUEST_ID, id.clone());
+            id
+        }
+    };
+    let span = make_span(&req, &request_id);
     let method = crate::telemetry::instruments::method_label(req.method());
     // A clone of the matched route shares its text (an `Arc<str>`).
     let matched = req.extensions().get::<MatchedPath>().cloned();
@@ -270,10 +275,18 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, req: Request, next: Next) ->
 /// compared with all the ids already there (about 2K instructions a gRPC call, #26). On
 /// HTTP/1 the mark changes nothing. tower-http's `PropagateRequestIdLayer` did the echo
 /// before, as a layer of its own, without the mark.
-fn echo_request_id(resp: &mut Response, id: Option<http::HeaderValue>) {
-    if let Some(mut id) = id
-        && !resp.headers().contains_key(X_REQUEST_ID)
-    {
+/// A request id for a request that came without one: a random UUID, set on the request
+/// (every layer, handler and log line after this one sees it) and echoed on the reply.
+/// Here rather than in tower-http's SetRequestIdLayer, which did the same as a layer of its
+/// own: a route's layer is a boxed service cloned per request (#26).
+fn new_request_id() -> http::HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    http::HeaderValue::from_str(text).expect("a UUID's text is a header value")
+}
+
+fn echo_request_id(resp: &mut Response, mut id: http::HeaderValue) {
+    if !resp.headers().contains_key(X_REQUEST_ID) {
         id.set_sensitive(true);
         resp.headers_mut().insert(X_REQUEST_ID, id);
     }
@@ -301,10 +314,10 @@ const SPAN_NAMES: &[(&str, &str, &str)] = &[
 /// carrying its own `trace_id` and `span_id` for the log lines written inside it.
 fn make_span(
     req: &http::Request<axum::body::Body>,
-    request_id: Option<&http::HeaderValue>,
+    request_id: &http::HeaderValue,
 ) -> tracing::Span {
     use opentelemetry::trace::TraceContextExt as _;
-    let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("");
+    let request_id = request_id.to_str().unwrap_or("");
     let path = req.uri().path();
     let empty = tracing::field::Empty;
     let span = if is_grpc(req.headers()) {
@@ -401,15 +414,11 @@ fn record_outcome(span: &tracing::Span, status: http::StatusCode, grpc: Option<t
     }
 }
 
-/// Wraps every route (ingest, health, metrics, reflection) in the request id layer (a UUID
-/// when the request has no `x-request-id`) and `observe` (the span, the metrics, and the id
-/// echoed on the reply).
+/// Wraps every route (ingest, health, metrics, reflection) in `observe`: the request id (a
+/// UUID when the request has no `x-request-id`), the span, the metrics, and the id echoed
+/// on the reply.
 pub fn observed(router: Router, metrics: Arc<HttpMetrics>) -> Router {
-    router.layer(
-        ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(from_fn_with_state(metrics, observe)),
-    )
+    router.layer(from_fn_with_state(metrics, observe))
 }
 
 #[cfg(test)]
