@@ -15,7 +15,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::collections::HashMap;
-use tower_http::decompression::RequestDecompressionLayer;
+use tower::ServiceExt as _;
+use tower_http::decompression::{DecompressionBody, RequestDecompression};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -47,7 +48,8 @@ struct RestState {
 }
 
 /// The `Content-Encoding`s request bodies may use (tower-http decompresses them while the body
-/// is read, so `max_body` counts decompressed bytes: a gzip bomb stops at the limit).
+/// is read, so `max_body` counts decompressed bytes: a gzip bomb stops at the limit; see
+/// [`read_compressed`]).
 pub const SUPPORTED_ENCODINGS: &str = "gzip, deflate, zstd";
 
 /// The REST routes; requests with a body over `max_body` bytes (decompressed) get 413.
@@ -59,9 +61,6 @@ pub fn router(gateway: Arc<Gateway>, max_body: usize) -> Router {
         .route(ROUTE_TYPES, get(list_types))
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(RestState { gateway, max_body })
-        // Unknown encodings pass through untouched, so `read_body` can refuse them with a
-        // reply that names the supported ones (tower-http's own 415 has an empty body).
-        .layer(RequestDecompressionLayer::new().pass_through_unaccepted(true))
 }
 
 /// The REST body of one event: the fields of `eventgateway.v1.CloudEvent` under their proto3
@@ -543,20 +542,14 @@ async fn read_body(req: Request, max_body: usize) -> Result<Bytes, Rejection> {
 }
 
 async fn read_body_within(req: Request, max_body: usize) -> Result<Bytes, Rejection> {
-    // Encodings the decompression layer knows are gone by now; what is left is unknown.
-    if let Some(enc) = req.headers().get(header::CONTENT_ENCODING)
-        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
-    {
-        return Err(Rejection::UnsupportedEncoding {
-            found: String::from_utf8_lossy(enc.as_bytes()).into_owned(),
-            supported: SUPPORTED_ENCODINGS,
-        });
+    match req.headers().get(header::CONTENT_ENCODING) {
+        Some(enc) if !enc.as_bytes().eq_ignore_ascii_case(b"identity") => {
+            // Boxed: inline, its state (the decompressor's) made every request's future larger,
+            // for every request to allocate and move.
+            return Box::pin(read_compressed(req, max_body)).await;
+        }
+        _ => {}
     }
-    let too_large = |size| Error::TooLarge {
-        what: "request body".into(),
-        limit: max_body as u64,
-        size,
-    };
     // Refuse by the declared length before reading anything.
     let declared = req
         .headers()
@@ -566,12 +559,57 @@ async fn read_body_within(req: Request, max_body: usize) -> Result<Bytes, Reject
     if let Some(len) = declared
         && len > max_body as u64
     {
-        return Err(too_large(Some(len)).into());
+        return Err(too_large(max_body, Some(len)).into());
     }
-    // Without a length (chunked), read at most the limit and stop there.
-    match Limited::new(req.into_body(), max_body).collect().await {
+    collect_within(req.into_body(), max_body).await
+}
+
+/// A body with a `Content-Encoding`, decompressed by tower-http's `RequestDecompression` as
+/// it is read, so that `max_body` counts decompressed bytes. Called here, on the one request
+/// that needs it, rather than as a layer of the REST routes, which every request paid for
+/// as a boxed service cloned per request (#26). Its inner service hands the request's
+/// (decompressing) body back as the reply's, and the encoding header when it is one
+/// tower-http passed through unread: unknown, refused here with a reply that names the
+/// supported ones (tower-http's own 415 has an empty body).
+async fn read_compressed(req: Request, max_body: usize) -> Result<Bytes, Rejection> {
+    let pass_back = tower::service_fn(|req: http::Request<DecompressionBody<axum::body::Body>>| {
+        let (parts, body) = req.into_parts();
+        let mut back = http::Response::new(body);
+        if let Some(enc) = parts.headers.get(header::CONTENT_ENCODING) {
+            back.headers_mut()
+                .insert(header::CONTENT_ENCODING, enc.clone());
+        }
+        std::future::ready(Ok::<_, std::convert::Infallible>(back))
+    });
+    let Ok(back) = RequestDecompression::new(pass_back)
+        .pass_through_unaccepted(true)
+        .oneshot(req)
+        .await;
+    if let Some(enc) = back.headers().get(header::CONTENT_ENCODING) {
+        return Err(Rejection::UnsupportedEncoding {
+            found: String::from_utf8_lossy(enc.as_bytes()).into_owned(),
+            supported: SUPPORTED_ENCODINGS,
+        });
+    }
+    collect_within(axum::body::Body::new(back.into_body()), max_body).await
+}
+
+fn too_large(max_body: usize, size: Option<u64>) -> Error {
+    Error::TooLarge {
+        what: "request body".into(),
+        limit: max_body as u64,
+        size,
+    }
+}
+
+/// The whole of `body`, or TooLarge once past `max_body` bytes (without a length, as when
+/// chunked or compressed, it reads at most the limit and stops there).
+async fn collect_within(body: axum::body::Body, max_body: usize) -> Result<Bytes, Rejection> {
+    match Limited::new(body, max_body).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(None).into()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(too_large(max_body, None).into())
+        }
         Err(e) => Err(Error::Malformed(format!(
             "could not read the request body (or decompress it): {e}"
         ))
