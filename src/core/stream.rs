@@ -219,65 +219,62 @@ fn take(
         )];
     }
     let n = events.len();
-    events
-        .into_iter()
-        .zip(first..)
-        .map(|(incoming, sequence)| {
-            let incoming = match incoming {
-                Ok(incoming) if n <= max => incoming,
-                Ok(incoming) => {
-                    let too_many = FieldViolation::new(
-                        "events",
-                        format!(
-                            "{n} events in one request; at most {max} (limits.max_batch_events)"
-                        ),
-                    );
-                    let e = Error::InvalidArgument(vec![too_many]);
-                    return refused(sequence, incoming.event.id, e);
-                }
-                Err(e) => return refused(sequence, String::new(), e),
-            };
-            let gateway = gateway.clone();
-            let admit = admit.clone();
-            async move {
-                let permit = match admit.admit() {
-                    Ok(p) => p,
-                    Err(e) => {
-                        gateway.count_refused(&e);
-                        return Report {
-                            sequence,
-                            id: incoming.event.id,
-                            result: Err(e),
-                        };
-                    }
-                };
-                let sent_id = incoming.event.id.clone();
-                let report = match tokio::time::timeout(
-                    admit.deadline(),
-                    gateway.ingest_item(admit.principal(), incoming),
-                )
-                .await
-                {
-                    Ok(item) => Report {
-                        sequence,
-                        id: item.id,
-                        result: item.result,
-                    },
-                    Err(_) => {
-                        let e =
-                            Error::DeadlineExceeded("performance.request_timeout passed".into());
-                        gateway.count_refused(&e);
-                        Report {
-                            sequence,
-                            id: sent_id,
-                            result: Err(e),
-                        }
-                    }
-                };
-                drop(permit);
-                report
+    // Into a list of its own size: `collect` would reuse the events' (far larger) allocation
+    // in place and then shrink it, a realloc per submission (about 340 instructions, #26).
+    let mut futures = Vec::with_capacity(n);
+    futures.extend(events.into_iter().zip(first..).map(|(incoming, sequence)| {
+        let incoming = match incoming {
+            Ok(incoming) if n <= max => incoming,
+            Ok(incoming) => {
+                let too_many = FieldViolation::new(
+                    "events",
+                    format!("{n} events in one request; at most {max} (limits.max_batch_events)"),
+                );
+                let e = Error::InvalidArgument(vec![too_many]);
+                return refused(sequence, incoming.event.id, e);
             }
-            .boxed()
-        })
-        .collect()
+            Err(e) => return refused(sequence, String::new(), e),
+        };
+        let gateway = gateway.clone();
+        let admit = admit.clone();
+        async move {
+            let permit = match admit.admit() {
+                Ok(p) => p,
+                Err(e) => {
+                    gateway.count_refused(&e);
+                    return Report {
+                        sequence,
+                        id: incoming.event.id,
+                        result: Err(e),
+                    };
+                }
+            };
+            let sent_id = incoming.event.id.clone();
+            let report = match tokio::time::timeout(
+                admit.deadline(),
+                gateway.ingest_item(admit.principal(), incoming),
+            )
+            .await
+            {
+                Ok(item) => Report {
+                    sequence,
+                    id: item.id,
+                    result: item.result,
+                },
+                Err(_) => {
+                    let e = Error::DeadlineExceeded("performance.request_timeout passed".into());
+                    gateway.count_refused(&e);
+                    Report {
+                        sequence,
+                        id: sent_id,
+                        result: Err(e),
+                    }
+                }
+            };
+            drop(permit);
+            report
+        }
+        .boxed()
+    }));
+    futures
 }
