@@ -73,12 +73,12 @@ pub struct Seed<'t, T> {
 }
 
 /// A first capacity for the list of a JSON text `len` bytes long: as many elements as fit
-/// at 64 bytes each (a seed event takes about 120). serde_json gives no length for an array,
-/// and growing a list of 100 events from empty copied each about twice, some 370 instructions
-/// an event (#26). Too small, the list grows as before; too large, it holds at most `max`
-/// elements, the bound the decoded list has anyway.
+/// at 64 bytes each (a seed event takes about 120), at most 256. serde_json gives no length
+/// for an array, and growing a list of 100 events from empty copied each about twice, some
+/// 370 instructions an event (#26). Too small, the list grows as before; the cap keeps a
+/// batch of a few large events from reserving room for hundreds (each ~300 bytes decoded).
 pub fn first_capacity(len: usize) -> usize {
-    len / 64
+    (len / 64).min(256)
 }
 
 impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Seed<'_, T> {
@@ -121,6 +121,15 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Seed<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A first guess, never a large reservation: a body of a few large events must not
+    /// reserve room for hundreds of decoded ones.
+    #[test]
+    fn the_first_capacity_follows_the_body_up_to_a_cap() {
+        assert_eq!(first_capacity(0), 0);
+        assert_eq!(first_capacity(14_000), 218);
+        assert_eq!(first_capacity(10 << 20), 256);
+    }
 
     #[test]
     fn decodes_up_to_the_ceiling_and_counts_past_it() {
