@@ -269,12 +269,6 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, mut req: Request, next: Next
     resp
 }
 
-/// The request's id on its reply, marked sensitive: HTTP/2's header compression (HPACK) then
-/// writes it as a literal that is never indexed. Each reply's id is new: indexed, every one
-/// went into the connection's table, pushing out the headers that do repeat, and each was
-/// compared with all the ids already there (about 2K instructions a gRPC call, #26). On
-/// HTTP/1 the mark changes nothing. tower-http's `PropagateRequestIdLayer` did the echo
-/// before, as a layer of its own, without the mark.
 /// A request id for a request that came without one: a random UUID, set on the request
 /// (every layer, handler and log line after this one sees it) and echoed on the reply.
 /// Here rather than in tower-http's SetRequestIdLayer, which did the same as a layer of its
@@ -285,6 +279,12 @@ fn new_request_id() -> http::HeaderValue {
     http::HeaderValue::from_str(text).expect("a UUID's text is a header value")
 }
 
+/// The request's id on its reply, marked sensitive: HTTP/2's header compression (HPACK) then
+/// writes it as a literal that is never indexed. Each reply's id is new: indexed, every one
+/// went into the connection's table, pushing out the headers that do repeat, and each was
+/// compared with all the ids already there (about 2K instructions a gRPC call, #26). On
+/// HTTP/1 the mark changes nothing. tower-http's `PropagateRequestIdLayer` did the echo
+/// before, as a layer of its own, without the mark.
 fn echo_request_id(resp: &mut Response, mut id: http::HeaderValue) {
     if !resp.headers().contains_key(X_REQUEST_ID) {
         id.set_sensitive(true);
