@@ -19,6 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Required with the extern_path below: prost-build maps .google.protobuf itself otherwise.
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
+        // `CloudEvent.data` kept as its wire bytes (src/proto/value.rs says why); the longest
+        // matching path wins, so the other well-known types stay pbjson-types'.
+        .extern_path(".google.protobuf.Value", "crate::proto::WireValue")
         .compile_fds(fds.clone())?;
     let grpc = out.join("grpc");
     std::fs::create_dir_all(&grpc)?;
@@ -28,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::transport::grpc::codec::StrictCodec")
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
+        .extern_path(".google.protobuf.Value", "crate::proto::WireValue")
         // The messages are the first pass's: only the services are generated here.
         .extern_path(".eventgateway.v1", "crate::proto")
         .extern_path(".google.api", "crate::proto::google_api")
@@ -37,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Replies show every field, zeros included (`"partition": 0`), as grpc-gateway's
         // EmitUnpopulated does: a client should not have to know proto3's default omission.
         .emit_fields()
+        .extern_path(".google.protobuf.Value", "crate::proto::WireValue")
         .build(&[".eventgateway"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

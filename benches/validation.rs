@@ -52,7 +52,7 @@ fn incoming() -> Incoming {
             subject: "user-123".into(),
             ..Default::default()
         },
-        raw_data: Some(RawValue::from_string(DATA.into()).unwrap()),
+        raw_data: Some(RawValue::from_string(DATA.into()).unwrap().into()),
     }
 }
 

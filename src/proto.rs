@@ -4,6 +4,9 @@
 //! transport's codec: this module sits below the core, which reads its messages.
 #![allow(clippy::all, missing_docs)]
 
+mod value;
+pub use value::WireValue;
+
 tonic::include_proto!("eventgateway.v1");
 include!(concat!(env!("OUT_DIR"), "/eventgateway.v1.serde.rs"));
 

@@ -71,6 +71,81 @@ async fn rest_data_is_stored_exactly_as_sent() {
     assert!(text.contains(&format!(r#""data":{data}}}"#)), "{text}");
 }
 
+/// Over gRPC, `data` is a `google.protobuf.Value`: an object's members are stored in the
+/// order they came on the wire (protobuf maps have none of their own), numbers as JSON
+/// clients write them; a Value that does not decode fails its event, naming `event.data`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_data_keeps_the_wire_order_and_malformed_data_is_named() {
+    use event_gateway::proto::WireValue;
+    use event_gateway::proto::cloud_event::Payload;
+    use prost::Message as _;
+    use prost::encoding::bytes;
+    /// A Value's bytes: a `Struct` (field 5) of map entries (key 1, value 2) in this order.
+    fn object(members: &[(&[u8], Vec<u8>)]) -> Vec<u8> {
+        let mut fields = Vec::new();
+        for (k, v) in members {
+            let mut entry = Vec::new();
+            bytes::encode(1, &k.to_vec(), &mut entry);
+            bytes::encode(2, v, &mut entry);
+            bytes::encode(1, &entry, &mut fields);
+        }
+        let mut value = Vec::new();
+        bytes::encode(5, &fields, &mut value);
+        value
+    }
+    let scalar = |v: pbjson_types::Value| v.encode_to_vec();
+    let event = |id: &str, data: &[u8]| CloudEvent {
+        id: id.into(),
+        r#type: "t.x".into(),
+        source: "s".into(),
+        payload: Some(Payload::Data(WireValue::decode(data).unwrap())),
+        ..Default::default()
+    };
+    let gw = TestGateway::local().await;
+    let mut client = gw.grpc().await;
+
+    let list = pbjson_types::Value::from(vec![1000.0.into(), true.into()]);
+    let inner = object(&[
+        (b"y", scalar("\u{e9}".to_string().into())),
+        (b"x", scalar((-0.5).into())),
+    ]);
+    let data = object(&[
+        (b"z", scalar(1.0.into())),
+        (b"a", scalar(list)),
+        (b"m", inner),
+    ]);
+    client
+        .ingest_event(IngestEventRequest {
+            event: Some(event("ordered", &data)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let text = gw.log_text();
+    assert!(
+        text.contains(r#""data":{"z":1,"a":[1000,true],"m":{"y":"é","x":-0.5}}"#),
+        "{text}"
+    );
+
+    // A key that is not UTF-8, two objects deep.
+    let malformed = object(&[(b"k", object(&[(b"\xff", scalar(1.0.into()))]))]);
+    let err = client
+        .ingest_event(IngestEventRequest {
+            event: Some(event("malformed", &malformed)),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("event.data: is not a google.protobuf.Value"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(gw.log_lines().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn original_and_camel_case_field_names_are_accepted() {
     let gw = TestGateway::local().await;

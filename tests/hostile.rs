@@ -346,7 +346,7 @@ async fn poison_data_is_refused_over_both_protocols_and_never_stored() {
     assert_eq!(gw.log_lines().len(), fine.len());
 
     // gRPC carries data as a google.protobuf.Value: the same depth limit, the same words.
-    let value = |data: &str| -> pbjson_types::Value {
+    let value = |data: &str| -> event_gateway::proto::WireValue {
         let v: serde_json::Value = serde_json::from_str(data).unwrap();
         serde_json::from_value(v).unwrap()
     };

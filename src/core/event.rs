@@ -8,6 +8,10 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
+use crate::proto::WireValue;
+
+mod wire;
+
 /// The CloudEvents spec version this gateway speaks.
 pub const SPEC_VERSION: &str = "1.0";
 
@@ -44,17 +48,45 @@ impl JsonText {
     pub fn of_value(value: &pbjson_types::Value) -> Option<JsonText> {
         let mut out = Vec::with_capacity(64);
         write_json_value(&mut out, value)?;
+        Some(Self::written(out))
+    }
+
+    /// A gRPC client's `data`, a `google.protobuf.Value` still in its wire bytes, as JSON:
+    /// written straight from the bytes ([`wire`]), an object's members in the order sent.
+    /// What that pass does not take (a field sent twice, a key sent twice, an unknown field,
+    /// anything malformed, a number JSON has not) is decoded by prost with its every rule and
+    /// written by [`JsonText::of_value`], so the verdict is always prost's.
+    pub fn of_wire(value: &WireValue) -> Result<JsonText, NotJson> {
+        let bytes = value.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len() + 16);
+        if wire::write_value(&mut out, bytes, 0).is_some() {
+            return Ok(Self::written(out));
+        }
+        let value = value
+            .to_value()
+            .map_err(|e| NotJson::Malformed(e.to_string()))?;
+        Self::of_value(&value).ok_or(NotJson::NonFinite)
+    }
+
+    /// Text the direct writers wrote: only whole UTF-8 strings and ASCII.
+    fn written(mut out: Vec<u8>) -> JsonText {
         // Kept at the capacity it grew to unless that wastes more than 1 KiB: shrinking a
         // small value's text to fit was a realloc, about 400 instructions; a large one's
         // would otherwise hold up to twice its size while it waits to be stored.
         if out.capacity() - out.len() > 1024 {
             out.shrink_to_fit();
         }
-        // Only whole UTF-8 strings and ASCII were written.
-        Some(JsonText(
-            String::from_utf8(out).expect("JSON written from strings is UTF-8"),
-        ))
+        JsonText(String::from_utf8(out).expect("JSON written from strings is UTF-8"))
     }
+}
+
+/// Why a gRPC client's `data` has no JSON text ([`JsonText::of_wire`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotJson {
+    /// It holds NaN or an infinity.
+    NonFinite,
+    /// It is not a `google.protobuf.Value` (prost's reason).
+    Malformed(String),
 }
 
 impl From<Box<RawValue>> for JsonText {
@@ -72,15 +104,7 @@ fn write_json_value(out: &mut Vec<u8>, v: &pbjson_types::Value) -> Option<()> {
         None | Some(Kind::NullValue(_)) => out.extend_from_slice(b"null"),
         Some(Kind::BoolValue(b)) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
         Some(Kind::StringValue(s)) => write_json_str(out, s),
-        Some(Kind::NumberValue(n)) => {
-            if !n.is_finite() {
-                return None;
-            } else if n.fract() == 0.0 && n.abs() <= MAX_SAFE_INTEGER {
-                out.extend_from_slice(itoa::Buffer::new().format(*n as i64).as_bytes());
-            } else {
-                out.extend_from_slice(zmij::Buffer::new().format_finite(*n).as_bytes());
-            }
-        }
+        Some(Kind::NumberValue(n)) => write_json_number(out, *n)?,
         Some(Kind::StructValue(s)) => {
             out.push(b'{');
             for (i, (k, v)) in s.fields.iter().enumerate() {
@@ -103,6 +127,19 @@ fn write_json_value(out: &mut Vec<u8>, v: &pbjson_types::Value) -> Option<()> {
             }
             out.push(b']');
         }
+    }
+    Some(())
+}
+
+/// A `Value`'s number as JSON: integral values within ±2^53 as integers, others as serde_json
+/// writes a double. None for NaN and the infinities, which JSON has not.
+fn write_json_number(out: &mut Vec<u8>, n: f64) -> Option<()> {
+    if !n.is_finite() {
+        return None;
+    } else if n.fract() == 0.0 && n.abs() <= MAX_SAFE_INTEGER {
+        out.extend_from_slice(itoa::Buffer::new().format(n as i64).as_bytes());
+    } else {
+        out.extend_from_slice(zmij::Buffer::new().format_finite(n).as_bytes());
     }
     Some(())
 }

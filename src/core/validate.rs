@@ -4,12 +4,11 @@
 //! exactly what ingest checks. The rules are listed in docs/api.md ("Validation rules"); the
 //! data contracts they consult (schemas, required attributes, topics) live in `contracts`.
 use chrono::{DateTime, Utc};
-use serde_json::value::RawValue;
 
 use crate::config::TypesPolicy;
 use crate::core::contracts::{MAX_SCHEMA_VIOLATIONS, Registry, TypeContract};
 use crate::core::error::FieldViolation;
-use crate::core::event::{Data, Event, JsonText, SPEC_VERSION};
+use crate::core::event::{Data, Event, JsonText, NotJson, SPEC_VERSION};
 use crate::proto::CloudEvent;
 use crate::proto::cloud_event::Payload;
 
@@ -42,13 +41,28 @@ pub struct Limits {
     pub max_number_length: usize,
 }
 
-/// An event as it arrived. gRPC carries `data` as a `google.protobuf.Value` inside `event`;
-/// REST keeps the exact JSON text the client sent in `raw_data` (then `event.payload` is
+/// An event as it arrived. gRPC carries `data` as a `google.protobuf.Value` inside `event`
+/// (in its wire bytes), which validation writes as JSON into `raw_data` before any rule reads
+/// it; REST keeps the exact JSON text the client sent in `raw_data` (then `event.payload` is
 /// empty), so numbers, key order and large integers are stored as written.
 #[derive(Debug, Clone, Default)]
 pub struct Incoming {
     pub event: CloudEvent,
-    pub raw_data: Option<Box<RawValue>>,
+    pub raw_data: Option<JsonText>,
+}
+
+impl Incoming {
+    /// gRPC's `data` as JSON text in `raw_data`, where REST's arrives, so the rules and the
+    /// event read one form. Left in `event.payload` when it has none: `data_rule` says why.
+    fn data_as_json(&mut self) {
+        if self.raw_data.is_none()
+            && let Some(Payload::Data(wire)) = &self.event.payload
+            && let Ok(text) = JsonText::of_wire(wire)
+        {
+            self.raw_data = Some(text);
+            self.event.payload = None;
+        }
+    }
 }
 
 impl From<CloudEvent> for Incoming {
@@ -267,6 +281,8 @@ fn check_event_counted(
     ctx: &Context<'_>,
     now: DateTime<Utc>,
 ) -> Result<Checked, Found> {
+    let mut incoming = incoming;
+    incoming.data_as_json();
     let mut v = Violations::at(place);
     for rule in RULES {
         rule(&incoming, &mut v);
@@ -306,11 +322,11 @@ fn normalise(incoming: Incoming, contract: Option<&TypeContract>, now: DateTime<
         .and_then(|ts| DateTime::<Utc>::try_from(ts).ok())
         .unwrap_or(now);
     let data = match (raw_data, ev.payload) {
-        (Some(raw), _) => Data::Json(raw.into()),
+        (Some(raw), _) => Data::Json(raw),
         (None, None) => Data::None,
         (None, Some(Payload::DataBase64(b))) => Data::Binary(b),
         (None, Some(Payload::Data(value))) => Data::Json(
-            JsonText::of_value(&value).expect("data_rule refused values JSON cannot hold"),
+            JsonText::of_wire(&value).expect("data_rule refused values JSON cannot hold"),
         ),
     };
     Event {
@@ -483,27 +499,20 @@ fn data_rule(i: &Incoming, v: &mut Violations<'_>) {
         ),
         (Some(raw), None) => non_json_value(raw.get().starts_with('"'), v),
         (None, None) | (None, Some(Payload::DataBase64(_))) => {}
-        (None, Some(Payload::Data(value))) => {
-            let is_string = matches!(value.kind, Some(pbjson_types::value::Kind::StringValue(_)));
-            non_json_value(is_string, v);
-            if has_non_finite_number(value) {
+        // gRPC's data that has no JSON text (`Incoming::data_as_json` wrote the others).
+        (None, Some(Payload::Data(value))) => match JsonText::of_wire(value) {
+            Ok(text) => non_json_value(text.get().starts_with('"'), v),
+            Err(NotJson::NonFinite) => {
+                non_json_value(false, v);
                 v.add(
                     "data",
                     "is not valid JSON: NaN and Infinity cannot be represented in JSON",
                 );
             }
-        }
-    }
-}
-
-/// True when a `google.protobuf.Value` holds a number JSON cannot write.
-fn has_non_finite_number(value: &pbjson_types::Value) -> bool {
-    use pbjson_types::value::Kind;
-    match &value.kind {
-        Some(Kind::NumberValue(n)) => !n.is_finite(),
-        Some(Kind::StructValue(s)) => s.fields.values().any(has_non_finite_number),
-        Some(Kind::ListValue(l)) => l.values.iter().any(has_non_finite_number),
-        None | Some(Kind::NullValue(_) | Kind::BoolValue(_) | Kind::StringValue(_)) => false,
+            Err(NotJson::Malformed(why)) => {
+                v.add("data", format!("is not a google.protobuf.Value: {why}"))
+            }
+        },
     }
 }
 
@@ -1036,13 +1045,13 @@ mod tests {
                 "json object with text content type",
                 |e| {
                     e.datacontenttype = "text/plain".into();
-                    e.payload = Some(Payload::Data(pbjson_types::Value::from(1.0)));
+                    e.payload = Some(Payload::Data(pbjson_types::Value::from(1.0).into()));
                 },
                 "event.data",
             ),
             (
                 "NaN data",
-                |e| e.payload = Some(Payload::Data(pbjson_types::Value::from(f64::NAN))),
+                |e| e.payload = Some(Payload::Data(pbjson_types::Value::from(f64::NAN).into())),
                 "event.data",
             ),
             (
@@ -1085,7 +1094,11 @@ mod tests {
             ),
             (
                 "too large",
-                |e| e.payload = Some(Payload::Data(pbjson_types::Value::from("x".repeat(4096)))),
+                |e| {
+                    e.payload = Some(Payload::Data(
+                        pbjson_types::Value::from("x".repeat(4096)).into(),
+                    ))
+                },
                 "event",
             ),
         ];
@@ -1112,15 +1125,17 @@ mod tests {
         ev.source = "https://example.com/users?x=1#frag".into();
         ev.dataschema = "urn:example:schema".into();
         ev.datacontenttype = "application/cloudevents+json; charset=utf-8".into();
-        ev.payload = Some(Payload::Data(pbjson_types::Value::from(vec![
-            pbjson_types::Value::from(1.0),
-        ])));
+        ev.payload = Some(Payload::Data(
+            pbjson_types::Value::from(vec![pbjson_types::Value::from(1.0)]).into(),
+        ));
         ev.extensions.insert("partitionkey".into(), "k1".into());
         assert!(violations(ev).is_empty());
 
         let mut ev = valid();
         ev.datacontenttype = "text/plain".into();
-        ev.payload = Some(Payload::Data(pbjson_types::Value::from("plain text")));
+        ev.payload = Some(Payload::Data(
+            pbjson_types::Value::from("plain text").into(),
+        ));
         assert!(violations(ev).is_empty());
 
         let mut ev = valid();
@@ -1132,7 +1147,11 @@ mod tests {
     fn raw(json: &str) -> Incoming {
         Incoming {
             event: valid(),
-            raw_data: Some(RawValue::from_string(json.into()).unwrap()),
+            raw_data: Some(
+                serde_json::value::RawValue::from_string(json.into())
+                    .unwrap()
+                    .into(),
+            ),
         }
     }
 

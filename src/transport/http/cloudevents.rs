@@ -127,7 +127,7 @@ fn decode_members(
     if violations.is_empty() {
         Ok(Incoming {
             event: ev,
-            raw_data,
+            raw_data: raw_data.map(Into::into),
         })
     } else {
         Err(violations.finish())
@@ -260,7 +260,7 @@ pub fn decode_binary(headers: &HeaderMap, body: Bytes) -> Result<Incoming, Error
     if violations.is_empty() {
         Ok(Incoming {
             event: ev,
-            raw_data,
+            raw_data: raw_data.map(Into::into),
         })
     } else {
         Err(Error::InvalidArgument(violations))

@@ -104,7 +104,7 @@ impl From<RestEvent> for Incoming {
                 payload: e.data_base64.map(|b| Payload::DataBase64(b.value.into())),
                 extensions: e.extensions.unwrap_or_default(),
             },
-            raw_data: e.data,
+            raw_data: e.data.map(Into::into),
         }
     }
 }
