@@ -19,8 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Required with the extern_path below: prost-build maps .google.protobuf itself otherwise.
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
-        // `CloudEvent.data` kept as its wire bytes (src/proto/value.rs says why); the longest
-        // matching path wins, so the other well-known types stay pbjson-types'.
+        // `google.protobuf.Value` (`CloudEvent.data`, `EventType.schema`) as a received
+        // message's bytes or a built tree (src/proto/value.rs says why); the longest matching
+        // path wins, so the other well-known types stay pbjson-types'.
         .extern_path(".google.protobuf.Value", "crate::proto::WireValue")
         .compile_fds(fds.clone())?;
     let grpc = out.join("grpc");

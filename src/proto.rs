@@ -5,7 +5,7 @@
 #![allow(clippy::all, missing_docs)]
 
 mod value;
-pub use value::WireValue;
+pub use value::{Form as WireForm, WireValue};
 
 tonic::include_proto!("eventgateway.v1");
 include!(concat!(env!("OUT_DIR"), "/eventgateway.v1.serde.rs"));

@@ -73,7 +73,8 @@ async fn rest_data_is_stored_exactly_as_sent() {
 
 /// Over gRPC, `data` is a `google.protobuf.Value`: an object's members are stored in the
 /// order they came on the wire (protobuf maps have none of their own), numbers as JSON
-/// clients write them; a Value that does not decode fails its event, naming `event.data`.
+/// clients write them; objects or lists inside it that do not decode make an invalid event,
+/// named by its `data` field, not an undecodable message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_data_keeps_the_wire_order_and_malformed_data_is_named() {
     use event_gateway::proto::WireValue;
@@ -143,6 +144,17 @@ async fn grpc_data_keeps_the_wire_order_and_malformed_data_is_named() {
         "{}",
         err.message()
     );
+    // In a batch, the event is named by its place, like any invalid event.
+    let err = client
+        .ingest_batch(IngestBatchRequest {
+            events: vec![event("fine", &data), event("bad", &malformed)],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let br = err.get_details_bad_request().unwrap();
+    assert_eq!(br.field_violations[0].field, "events[1].data");
     assert_eq!(gw.log_lines().len(), 1);
 }
 

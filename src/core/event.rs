@@ -8,7 +8,7 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
-use crate::proto::WireValue;
+use crate::proto::{WireForm, WireValue};
 
 mod wire;
 
@@ -57,15 +57,19 @@ impl JsonText {
     /// anything malformed, a number JSON has not) is decoded by prost with its every rule and
     /// written by [`JsonText::of_value`], so the verdict is always prost's.
     pub fn of_wire(value: &WireValue) -> Result<JsonText, NotJson> {
-        let bytes = value.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len() + 16);
-        if wire::write_value(&mut out, bytes, 0).is_some() {
-            return Ok(Self::written(out));
-        }
-        let value = value
-            .to_value()
-            .map_err(|e| NotJson::Malformed(e.to_string()))?;
-        Self::of_value(&value).ok_or(NotJson::NonFinite)
+        let tree = match value.form() {
+            WireForm::Tree(tree) => return Self::of_value(tree).ok_or(NotJson::NonFinite),
+            WireForm::Wire(bytes) => {
+                let mut out = Vec::with_capacity(bytes.len() + 16);
+                if wire::write_value(&mut out, bytes, 0).is_some() {
+                    return Ok(Self::written(out));
+                }
+                value
+                    .to_value()
+                    .map_err(|e| NotJson::Malformed(e.to_string()))?
+            }
+        };
+        Self::of_value(&tree).ok_or(NotJson::NonFinite)
     }
 
     /// Text the direct writers wrote: only whole UTF-8 strings and ASCII.

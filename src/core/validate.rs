@@ -42,8 +42,8 @@ pub struct Limits {
 }
 
 /// An event as it arrived. gRPC carries `data` as a `google.protobuf.Value` inside `event`
-/// (in its wire bytes), which validation writes as JSON into `raw_data` before any rule reads
-/// it; REST keeps the exact JSON text the client sent in `raw_data` (then `event.payload` is
+/// (in its wire bytes), written as JSON into `raw_data` when the event is taken in (`From`);
+/// REST keeps the exact JSON text the client sent in `raw_data` (then `event.payload` is
 /// empty), so numbers, key order and large integers are stored as written.
 #[derive(Debug, Clone, Default)]
 pub struct Incoming {
@@ -51,26 +51,19 @@ pub struct Incoming {
     pub raw_data: Option<JsonText>,
 }
 
-impl Incoming {
-    /// gRPC's `data` as JSON text in `raw_data`, where REST's arrives, so the rules and the
-    /// event read one form. Left in `event.payload` when it has none: `data_rule` says why.
-    fn data_as_json(&mut self) {
-        if self.raw_data.is_none()
-            && let Some(Payload::Data(wire)) = &self.event.payload
-            && let Ok(text) = JsonText::of_wire(wire)
-        {
-            self.raw_data = Some(text);
-            self.event.payload = None;
-        }
-    }
-}
-
 impl From<CloudEvent> for Incoming {
-    fn from(event: CloudEvent) -> Self {
-        Self {
-            event,
-            raw_data: None,
+    /// A gRPC client's event: its `data` (a `google.protobuf.Value` in wire bytes) written as
+    /// JSON text into `raw_data`, where REST's arrives, so the rules and the event read one
+    /// form. Left in `event.payload` when it has none: `data_rule` says why.
+    fn from(mut event: CloudEvent) -> Self {
+        let raw_data = match &event.payload {
+            Some(Payload::Data(wire)) => JsonText::of_wire(wire).ok(),
+            _ => None,
+        };
+        if raw_data.is_some() {
+            event.payload = None;
         }
+        Self { event, raw_data }
     }
 }
 
@@ -281,8 +274,6 @@ fn check_event_counted(
     ctx: &Context<'_>,
     now: DateTime<Utc>,
 ) -> Result<Checked, Found> {
-    let mut incoming = incoming;
-    incoming.data_as_json();
     let mut v = Violations::at(place);
     for rule in RULES {
         rule(&incoming, &mut v);
@@ -499,7 +490,7 @@ fn data_rule(i: &Incoming, v: &mut Violations<'_>) {
         ),
         (Some(raw), None) => non_json_value(raw.get().starts_with('"'), v),
         (None, None) | (None, Some(Payload::DataBase64(_))) => {}
-        // gRPC's data that has no JSON text (`Incoming::data_as_json` wrote the others).
+        // gRPC's data that has no JSON text (`From<CloudEvent>` wrote the others).
         (None, Some(Payload::Data(value))) => match JsonText::of_wire(value) {
             Ok(text) => non_json_value(text.get().starts_with('"'), v),
             Err(NotJson::NonFinite) => {

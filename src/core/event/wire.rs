@@ -6,15 +6,20 @@
 //! write and drop (#26). This reader takes only the regular shape, each `Value` one known
 //! field, each map entry a key then a value, no key twice in an object, nesting at most
 //! [`MAX_DEPTH`], valid UTF-8, finite numbers, and gives up (None) on anything else, so that
-//! prost decides every other case with its own rules. Within the regular shape it writes what
-//! prost's tree through `JsonText::of_value` would, except that an object's members keep the
-//! order they were sent in (the tree's `HashMap` had none): a unit test holds it to that over
+//! prost decides every other case with its own rules. What it writes is what prost's tree
+//! through `JsonText::of_value` would, except that an object's members keep the order they
+//! were sent in (the tree's `HashMap` had none), and that it reads nesting deeper than
+//! prost's recursion limit lets prost ([`MAX_DEPTH`]): unit tests hold it to that over
 //! random and mangled messages.
 use prost::encoding::decode_varint;
 
 use super::{write_json_number, write_json_str};
 
-/// Deeper than this, prost decides (its own recursion limit, 100 messages, refuses it).
+/// Values nested deeper than this are left to prost, whose recursion limit (100 messages:
+/// two a list level, three an object level) refuses them. Below it this reader takes data
+/// that prost would not decode (51 lists or 34 objects deep and more), which
+/// `limits.max_data_depth` (at most 31) then refuses by name: a bound on the recursion here,
+/// not a rule of what is valid.
 const MAX_DEPTH: u32 = 100;
 
 /// In an object with more members than this, keys are checked against a hash set of the
@@ -115,7 +120,7 @@ pub(super) fn write_value(out: &mut Vec<u8>, mut b: &[u8], depth: u32) -> Option
     b.is_empty().then_some(())
 }
 
-/// A `Struct`'s fields: entries of `fields` (1), each its key (1) then its value (2).
+/// A `Struct`'s fields: entries of `fields` (1), each its key (1) and its value (2).
 fn write_struct(out: &mut Vec<u8>, mut b: &[u8], depth: u32) -> Option<()> {
     // The first keys on the stack, compared one by one; past them a hash set of all.
     let mut keys: [&[u8]; LINEAR_KEYS] = [&[]; LINEAR_KEYS];
@@ -127,17 +132,17 @@ fn write_struct(out: &mut Vec<u8>, mut b: &[u8], depth: u32) -> Option<()> {
             return None;
         }
         let mut entry = slice(&mut b)?;
-        if key(&mut entry)? != (1, LENGTH_DELIMITED) {
-            return None;
+        let (mut k, mut v) = (None, None);
+        while !entry.is_empty() {
+            match key(&mut entry)? {
+                (1, LENGTH_DELIMITED) if k.is_none() => k = Some(slice(&mut entry)?),
+                (2, LENGTH_DELIMITED) if v.is_none() => v = Some(slice(&mut entry)?),
+                _ => return None,
+            }
         }
-        let k = slice(&mut entry)?;
-        if key(&mut entry)? != (2, LENGTH_DELIMITED) {
-            return None;
-        }
-        let v = slice(&mut entry)?;
-        if !entry.is_empty() {
-            return None;
-        }
+        // An absent key is "" and an absent value null, as prost reads them: prost itself
+        // writes neither when it is the default (an empty key, a Value with no kind).
+        let (k, v) = (k.unwrap_or(b""), v.unwrap_or(b""));
         // A key sent twice: the last wins in prost's map.
         let repeated = match &mut set {
             Some(set) => !set.insert(k),
@@ -236,6 +241,13 @@ mod tests {
         Ok(serde_json::from_str(text.get()).unwrap())
     }
 
+    fn bytes_of(w: &WireValue) -> &[u8] {
+        match w.form() {
+            crate::proto::WireForm::Wire(bytes) => bytes,
+            crate::proto::WireForm::Tree(_) => panic!("a received value is bytes"),
+        }
+    }
+
     /// `bytes` as a CloudEvent's `data` (field 9) as the gateway receives it; None when
     /// that CloudEvent does not decode.
     fn wire(bytes: &[u8]) -> Option<WireValue> {
@@ -281,7 +293,7 @@ mod tests {
                 continue;
             };
             let ours = JsonText::of_wire(&w);
-            let theirs = prost_verdict(w.as_bytes());
+            let theirs = prost_verdict(bytes_of(&w));
             match (&ours, &theirs) {
                 (Ok(text), Ok(json)) => {
                     assert_eq!(
@@ -293,7 +305,7 @@ mod tests {
                 _ => panic!("{ours:?} vs {theirs:?} for {bytes:?}"),
             }
             let mut out = Vec::new();
-            if super::write_value(&mut out, w.as_bytes(), 0).is_some() {
+            if super::write_value(&mut out, bytes_of(&w), 0).is_some() {
                 direct += 1;
             } else if ours.is_ok() {
                 fallen_back += 1;
@@ -362,5 +374,79 @@ mod tests {
             JsonText::of_wire(&Value::from(f64::NAN).into()),
             Err(NotJson::NonFinite)
         );
+    }
+
+    /// Map entries as prost and other encoders write them: an empty key or a Value with no
+    /// kind left out (prost writes no default), the value before the key; a key repeated past
+    /// the first 16 (the hash set's check); and nesting past prost's limit, the one place
+    /// this reader takes what prost would not.
+    #[test]
+    fn entries_in_every_shape_and_the_depth_past_prosts() {
+        use prost::encoding::bytes;
+        let direct = |bytes: &[u8]| {
+            let mut out = Vec::new();
+            super::write_value(&mut out, bytes, 0).map(|()| String::from_utf8(out).unwrap())
+        };
+        let object = |entries: &[Vec<u8>]| {
+            let mut fields = Vec::new();
+            for e in entries {
+                bytes::encode(1, e, &mut fields);
+            }
+            let mut v = Vec::new();
+            bytes::encode(5, &fields, &mut v);
+            v
+        };
+        // {"": null} as prost writes it: an entry with neither field.
+        let v = Value {
+            kind: Some(Kind::StructValue(Struct {
+                fields: [(String::new(), Value { kind: None })].into(),
+            })),
+        };
+        let encoded = v.encode_to_vec();
+        assert_eq!(direct(&encoded).as_deref(), Some(r#"{"":null}"#));
+        assert!(prost_verdict(&encoded).is_ok_and(|j| j == serde_json::json!({"": null})));
+
+        // The value (2) before the key (1).
+        let mut entry = Vec::new();
+        bytes::encode(2, &Value::from(true).encode_to_vec(), &mut entry);
+        bytes::encode(1, &b"k".to_vec(), &mut entry);
+        assert_eq!(direct(&object(&[entry])).as_deref(), Some(r#"{"k":true}"#));
+
+        // 20 keys, the 19th a repeat of the 2nd: prost's, the last value kept.
+        let entries: Vec<Vec<u8>> = (0..20)
+            .map(|i| {
+                let name = if i == 18 {
+                    "k1".to_string()
+                } else {
+                    format!("k{i}")
+                };
+                let mut e = Vec::new();
+                bytes::encode(1, &name.into_bytes(), &mut e);
+                bytes::encode(2, &Value::from(f64::from(i)).encode_to_vec(), &mut e);
+                e
+            })
+            .collect();
+        let repeated = object(&entries);
+        assert_eq!(direct(&repeated), None);
+        let text = JsonText::of_wire(&wire(&repeated).unwrap()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(text.get()).unwrap();
+        assert_eq!(json["k1"], 18);
+        assert_eq!(json.as_object().unwrap().len(), 19);
+        // Without the repeat, the order sent.
+        let distinct = object(&entries[..18]);
+        let text = direct(&distinct).unwrap();
+        assert!(text.starts_with(r#"{"k0":0,"k1":1,"k2":2,"#) && text.ends_with(r#""k17":17}"#));
+
+        // 60 lists deep: past prost's limit (50 lists), read here and written.
+        let mut deep = Value::encode_to_vec(&Value::from(1.0));
+        for _ in 0..60 {
+            let mut list = Vec::new();
+            bytes::encode(1, &deep, &mut list);
+            deep = Vec::new();
+            bytes::encode(6, &list, &mut deep);
+        }
+        assert!(prost_verdict(&deep).is_err());
+        let text = JsonText::of_wire(&wire(&deep).unwrap()).unwrap();
+        assert_eq!(text.get(), format!("{}1{}", "[".repeat(60), "]".repeat(60)));
     }
 }
