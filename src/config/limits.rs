@@ -86,9 +86,9 @@ pub struct LimitsConfig {
 
 /// The deepest `limits.max_data_depth` can be: protobuf decoding (prost) stops at 100 nested
 /// messages, and each object level of a `google.protobuf.Value` is three of them (Value,
-/// Struct, the map entry), so gRPC data about 33 objects deep that prost has to decode (the
-/// direct reader of `core::event::wire` leaves it irregular data) does not decode at all;
-/// with 31, data one level too deep still decodes and is refused by name, as over REST.
+/// Struct, the map entry), so gRPC data about 33 objects deep that prost has to decode
+/// (irregular data, which the direct reader of `core::event::wire` leaves to prost) does not
+/// decode at all; with 31, data one level too deep still decodes and is refused by name.
 pub const MAX_DATA_DEPTH_CEILING: usize = 31;
 
 impl Default for LimitsConfig {

@@ -55,7 +55,9 @@ impl JsonText {
     /// written straight from the bytes ([`wire`]), an object's members in the order sent.
     /// What that pass does not take (a field sent twice, a key sent twice, an unknown field,
     /// anything malformed, a number JSON has not) is decoded by prost with its every rule and
-    /// written by [`JsonText::of_value`], so the verdict is always prost's.
+    /// written by [`JsonText::of_value`]. The one thing the pass takes that prost would not
+    /// is nesting past prost's recursion limit, which `limits.max_data_depth` refuses anyway.
+    /// A value built here (a tree) is written by [`JsonText::of_value`].
     pub fn of_wire(value: &WireValue) -> Result<JsonText, NotJson> {
         let tree = match value.form() {
             WireForm::Tree(tree) => return Self::of_value(tree).ok_or(NotJson::NonFinite),

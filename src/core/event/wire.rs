@@ -4,13 +4,13 @@
 //! Hand-written, not prost's: prost has only the generated tree (pbjson-types' `Value`, a
 //! `Struct` a SipHash `HashMap`), which cost a gRPC event about 4K instructions to build,
 //! write and drop (#26). This reader takes only the regular shape, each `Value` one known
-//! field, each map entry a key then a value, no key twice in an object, nesting at most
-//! [`MAX_DEPTH`], valid UTF-8, finite numbers, and gives up (None) on anything else, so that
-//! prost decides every other case with its own rules. What it writes is what prost's tree
-//! through `JsonText::of_value` would, except that an object's members keep the order they
-//! were sent in (the tree's `HashMap` had none), and that it reads nesting deeper than
-//! prost's recursion limit lets prost ([`MAX_DEPTH`]): unit tests hold it to that over
-//! random and mangled messages.
+//! field, each map entry at most one key and one value (in either order; an absent one is
+//! prost's default), no key twice in an object, nesting at most [`MAX_DEPTH`], valid UTF-8,
+//! finite numbers, and gives up (None) on anything else, so that prost decides every other
+//! case with its own rules. What it writes is what prost's tree through `JsonText::of_value`
+//! would, except that an object's members keep the order they were sent in (the tree's
+//! `HashMap` had none) and that it reads nesting past prost's recursion limit (see
+//! [`MAX_DEPTH`]): unit tests hold it to that over random and mangled messages.
 use prost::encoding::decode_varint;
 
 use super::{write_json_number, write_json_str};
