@@ -814,6 +814,60 @@ async fn every_way_in_gives_the_same_kafka_record() {
     }
 }
 
+/// docs/api.md's "Events of one stream reach the sink in the order they arrived", with Kafka
+/// as the sink (a direct produce, `ack: stored`): 200 events of one key over one stream,
+/// singly and several to a request, are records in that order, each reported with its
+/// record's offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_reaches_kafka_in_the_order_it_arrived() {
+    let Some(_) = require(Tool::Tansu) else {
+        return;
+    };
+    let broker = Broker::start("stream-order", 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.kafka.brokers = vec![broker.bootstrap()];
+    config.kafka.topic = "stream-order".into();
+    let gw = TestGateway::start(config).await;
+    gw.wait_ready().await;
+    let keyed = |i: u64| -> CloudEvent {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("o{i}"), "type": "user.created", "source": "stream-test",
+            "extensions": {"partitionkey": "one-key"}, "data": {"n": i}
+        }))
+        .unwrap()
+    };
+    let s = open_stream(&gw).await.unwrap();
+    for i in 0..100 {
+        s.send(request(Some(i), vec![keyed(i)])).await;
+    }
+    for first in (100..200).step_by(4) {
+        s.send(request(
+            Some(first),
+            (first..first + 4).map(keyed).collect(),
+        ))
+        .await;
+    }
+    let (results, end) = s.finish().await;
+    end.unwrap();
+    let results = by_sequence(results);
+    assert_eq!(results.len(), 200);
+    let mut records = broker.read_all("stream-order", 200, Duration::from_secs(60));
+    records.sort_by_key(|r| (r.partition, r.offset));
+    assert_eq!(records.len(), 200, "each event once");
+    assert!(records.iter().all(|r| r.partition == records[0].partition));
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|r| r.headers["ce_id"].as_str())
+        .collect();
+    let sent: Vec<String> = (0..200).map(|i| format!("o{i}")).collect();
+    assert_eq!(ids, sent, "records in the order the stream sent them");
+    for (seq, r) in &results {
+        assert_eq!(r.outcome, Outcome::Stored as i32, "{r:?}");
+        assert_eq!(r.offset, records[*seq as usize].offset, "{r:?}");
+    }
+}
+
 /// IngestStream and its WebSocket give the same result for the same event, valid or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grpc_stream_and_the_websocket_give_the_same_results() {
