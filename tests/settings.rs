@@ -718,7 +718,7 @@ async fn effect(
 async fn a_log_without_room_for_one_more_event_is_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = "storage:\n  data_dir: data\nspool:\n  segment_bytes: 16KiB\n  max_bytes: 48KiB\nlimits:\n  max_event_size: 4KiB\nrate_limit:\n  enabled: false\n";
-    let (child, base) = start_binary(dir.path(), yaml, Stdio::null()).await;
+    let (mut child, base) = start_binary(dir.path(), yaml, Stdio::null()).await;
     let c = http();
     let mut taken = 0;
     loop {
@@ -759,7 +759,10 @@ async fn a_log_without_room_for_one_more_event_is_not_ready() {
         grpc_health_now(channel, "").await,
         tonic_health::pb::health_check_response::ServingStatus::NotServing
     );
-    drop(child);
+    // Killed and reaped before the restart binds the same port: dropping the child only sent
+    // the signal, and a restart that found the port still held exited at once (a CI run
+    // timed out waiting for it).
+    child.kill().await.unwrap();
     // A restart finds the same log: still not ready.
     let config = dir.path().join("config.yaml");
     let mut again = tokio::process::Command::new(GATEWAY_BIN)
