@@ -434,6 +434,16 @@ fn time_rule(i: &Incoming, v: &mut Violations<'_>) {
 }
 
 /// The parsed `datacontenttype`, when present and valid.
+/// Whether a media type is JSON: `*/json`, or any `*/...+json` (the structured syntax suffix,
+/// RFC 6839), in any case, as docs/openapi.yaml's pattern has it. Not mime's `suffix()`: it
+/// has none for `a/+json` and only the part after the first `+` for `a/b+c+json`, which the
+/// document calls JSON (Schemathesis sent `0/+JSON` with an array `data`, and was refused).
+pub fn is_json_type(m: &mime::Mime) -> bool {
+    // The essence (`type/subtype+suffix`, lowercased): mime's `subtype()` stops at a `+`.
+    let sub = m.essence_str().split_once('/').map_or("", |(_, sub)| sub);
+    sub == "json" || sub.ends_with("+json")
+}
+
 fn content_type(ev: &CloudEvent) -> Option<Result<mime::Mime, mime::FromStrError>> {
     (!ev.datacontenttype.is_empty()).then(|| ev.datacontenttype.parse::<mime::Mime>())
 }
@@ -471,7 +481,7 @@ fn dataschema_rule(i: &Incoming, v: &mut Violations<'_>) {
 /// JSON content type (or none); numbers JSON can hold (no NaN or infinities).
 fn data_rule(i: &Incoming, v: &mut Violations<'_>) {
     let json_content = match content_type(&i.event) {
-        Some(Ok(m)) => m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON),
+        Some(Ok(m)) => is_json_type(&m),
         // No content type means JSON; a broken one is reported by its own rule.
         None | Some(Err(_)) => true,
     };
@@ -1133,6 +1143,26 @@ mod tests {
         ev.datacontenttype = "image/png".into();
         ev.payload = Some(Payload::DataBase64(vec![0, 1, 2]));
         assert!(violations(ev).is_empty());
+
+        // Every type docs/openapi.yaml calls JSON takes an array: `*/json`, `*/...+json` in
+        // any case, with parameters (Schemathesis found `0/+JSON` refused).
+        for ct in [
+            "0/+JSON",
+            "a/b+c+json",
+            "text/JSON",
+            "application/x+Json; v=1",
+        ] {
+            let mut ev = valid();
+            ev.datacontenttype = ct.into();
+            ev.payload = Some(Payload::Data(
+                pbjson_types::Value::from(vec![pbjson_types::Value::from(1.0)]).into(),
+            ));
+            assert!(violations(ev).is_empty(), "{ct}");
+        }
+        let mut ev = valid();
+        ev.datacontenttype = "application/jsonx".into();
+        ev.payload = Some(Payload::Data(pbjson_types::Value::from(vec![]).into()));
+        assert_eq!(fields(ev), vec!["event.data"]);
     }
 
     fn raw(json: &str) -> Incoming {

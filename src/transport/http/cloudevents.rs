@@ -185,7 +185,7 @@ fn string_attribute<'e>(ev: &'e mut CloudEvent, name: &str) -> Option<&'e mut St
 }
 
 fn is_json(m: &mime::Mime) -> bool {
-    m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON)
+    crate::core::validate::is_json_type(m)
 }
 
 /// Decodes a binary-mode request: every `ce-*` header (percent-decoded) becomes an attribute

@@ -518,10 +518,9 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
         return Ok(());
     }
     let text = raw.to_str().unwrap_or("(not text)");
-    let ok = text.parse::<mime::Mime>().is_ok_and(|m| {
-        m.type_() == mime::APPLICATION
-            && (m.subtype() == mime::JSON || m.suffix() == Some(mime::JSON))
-    });
+    let ok = text
+        .parse::<mime::Mime>()
+        .is_ok_and(|m| m.type_() == mime::APPLICATION && crate::core::validate::is_json_type(&m));
     if ok {
         Ok(())
     } else {
