@@ -712,6 +712,19 @@ async fn grpc_messages_may_be_compressed_and_a_bomb_stops_at_the_limit() {
 
 // --- equal records ----------------------------------------------------------------------
 
+/// A gateway producing to `topic` (of `partitions`) on a tansu broker of its own, ready;
+/// its data directory is the last part, held as long as the test runs.
+async fn kafka_gateway(topic: &str, partitions: i32) -> (Broker, TestGateway, tempfile::TempDir) {
+    let broker = Broker::start(topic, partitions).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.kafka.brokers = vec![broker.bootstrap()];
+    config.kafka.topic = topic.into();
+    let gw = TestGateway::start(config).await;
+    gw.wait_ready().await;
+    (broker, gw, dir)
+}
+
 /// The same event sent six ways (REST binary mode, structured mode, batch mode, gRPC unary,
 /// IngestStream, WebSocket) becomes six equal Kafka records: same key, value and headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -719,13 +732,7 @@ async fn every_way_in_gives_the_same_kafka_record() {
     let Some(_) = require(Tool::Tansu) else {
         return;
     };
-    let broker = Broker::start("ways", 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.kafka.brokers = vec![broker.bootstrap()];
-    config.kafka.topic = "ways".into();
-    let gw = TestGateway::start(config).await;
-    gw.wait_ready().await;
+    let (broker, gw, _dir) = kafka_gateway("ways", 1).await;
 
     let structured = serde_json::json!({
         "specversion": "1.0", "id": "same-1", "type": "user.created",
@@ -823,13 +830,7 @@ async fn a_grpc_stream_reaches_kafka_in_the_order_it_arrived() {
     let Some(_) = require(Tool::Tansu) else {
         return;
     };
-    let broker = Broker::start("stream-order", 3).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.kafka.brokers = vec![broker.bootstrap()];
-    config.kafka.topic = "stream-order".into();
-    let gw = TestGateway::start(config).await;
-    gw.wait_ready().await;
+    let (broker, gw, _dir) = kafka_gateway("stream-order", 3).await;
     let keyed = |i: u64| -> CloudEvent {
         serde_json::from_value(serde_json::json!({
             "id": format!("o{i}"), "type": "user.created", "source": "stream-test",

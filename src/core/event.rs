@@ -565,6 +565,57 @@ fn base64_encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// Random `google.protobuf.Value`s for the JSON writers' tests ([`JsonText::of_value`] here,
+/// the wire reader's in `wire`): xorshift64, the same values in every run.
+#[cfg(test)]
+pub(crate) struct RandomValues {
+    pub state: u64,
+    pub numbers: &'static [f64],
+    pub texts: &'static [&'static str],
+    /// From this depth on, only scalars.
+    pub flat_from: u32,
+    /// Up to this many members (less one) in an object, and items in a list.
+    pub members: u64,
+    pub items: u64,
+}
+
+#[cfg(test)]
+impl RandomValues {
+    pub fn next(&mut self) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
+    }
+
+    pub fn value(&mut self, depth: u32) -> pbjson_types::Value {
+        use pbjson_types::value::Kind;
+        use pbjson_types::{ListValue, Struct};
+        let (n, t) = (self.numbers, self.texts);
+        let kind = match self.next() % if depth >= self.flat_from { 5 } else { 7 } {
+            0 => Kind::NullValue(0),
+            1 => Kind::BoolValue(self.next().is_multiple_of(2)),
+            2 => Kind::StringValue(t[self.next() as usize % t.len()].into()),
+            3 => Kind::NumberValue(n[self.next() as usize % n.len()]),
+            4 => Kind::NumberValue(f64::from_bits(self.next() >> 2)),
+            5 => Kind::StructValue(Struct {
+                fields: (0..self.next() % self.members)
+                    .map(|i| {
+                        let k = format!("{}{i}", t[self.next() as usize % t.len()]);
+                        (k, self.value(depth + 1))
+                    })
+                    .collect(),
+            }),
+            _ => Kind::ListValue(ListValue {
+                values: (0..self.next() % self.items)
+                    .map(|_| self.value(depth + 1))
+                    .collect(),
+            }),
+        };
+        pbjson_types::Value { kind: Some(kind) }
+    }
+}
+
 #[cfg(test)]
 impl Event {
     /// A minimal event for unit tests: type `t`, source `s`, no data, no topic.
@@ -870,66 +921,41 @@ mod tests {
     /// the direct writer writes what serde_json writes.
     #[test]
     fn the_direct_value_writer_writes_what_serde_writes() {
-        use pbjson_types::value::Kind;
-        use pbjson_types::{ListValue, Struct, Value};
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
+        use pbjson_types::Value;
+        let mut values = RandomValues {
+            state: 0x9e37_79b9_7f4a_7c15,
+            numbers: &[
+                0.0,
+                -0.0,
+                1.0,
+                -2.0,
+                1.5,
+                0.1,
+                1e300,
+                -1e-300,
+                9_007_199_254_740_992.0,
+                9_007_199_254_740_994.0,
+                -9_007_199_254_740_992.0,
+                123_456_789.25,
+                f64::MAX,
+                f64::MIN_POSITIVE,
+            ],
+            texts: &[
+                "",
+                "plain",
+                "a\"q",
+                "b\\s",
+                "t\tn\n",
+                "\u{1}",
+                "é 日本 🎉",
+                "</script>",
+            ],
+            flat_from: 4,
+            members: 4,
+            items: 4,
         };
-        let numbers = [
-            0.0,
-            -0.0,
-            1.0,
-            -2.0,
-            1.5,
-            0.1,
-            1e300,
-            -1e-300,
-            9_007_199_254_740_992.0,
-            9_007_199_254_740_994.0,
-            -9_007_199_254_740_992.0,
-            123_456_789.25,
-            f64::MAX,
-            f64::MIN_POSITIVE,
-        ];
-        let texts = [
-            "",
-            "plain",
-            "a\"q",
-            "b\\s",
-            "t\tn\n",
-            "\u{1}",
-            "é 日本 🎉",
-            "</script>",
-        ];
-        fn value(next: &mut dyn FnMut() -> u64, depth: u32, n: &[f64], t: &[&str]) -> Value {
-            let kind = match next() % if depth > 3 { 5 } else { 7 } {
-                0 => Kind::NullValue(0),
-                1 => Kind::BoolValue(next().is_multiple_of(2)),
-                2 => Kind::StringValue(t[next() as usize % t.len()].into()),
-                3 => Kind::NumberValue(n[next() as usize % n.len()]),
-                4 => Kind::NumberValue(f64::from_bits(next() >> 2)),
-                5 => Kind::StructValue(Struct {
-                    fields: (0..next() % 4)
-                        .map(|i| {
-                            let k = format!("{}{i}", t[next() as usize % t.len()]);
-                            (k, value(next, depth + 1, n, t))
-                        })
-                        .collect(),
-                }),
-                _ => Kind::ListValue(ListValue {
-                    values: (0..next() % 4)
-                        .map(|_| value(next, depth + 1, n, t))
-                        .collect(),
-                }),
-            };
-            Value { kind: Some(kind) }
-        }
         for _ in 0..20_000 {
-            let v = value(&mut next, 0, &numbers, &texts);
+            let v = values.value(0);
             let serde = serde_json::to_string(&JsonValue(&v)).ok();
             let direct = JsonText::of_value(&v).map(|t| t.get().to_owned());
             assert_eq!(direct, serde, "{v:?}");

@@ -191,47 +191,11 @@ fn write_list(out: &mut Vec<u8>, mut b: &[u8], depth: u32) -> Option<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{JsonText, NotJson};
+    use super::super::{JsonText, NotJson, RandomValues};
     use crate::proto::WireValue;
     use pbjson_types::value::Kind;
-    use pbjson_types::{ListValue, Struct, Value};
+    use pbjson_types::{Struct, Value};
     use prost::Message as _;
-
-    /// xorshift64: the same values in every run.
-    fn rng(mut state: u64) -> impl FnMut() -> u64 {
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        }
-    }
-
-    fn value(next: &mut dyn FnMut() -> u64, depth: u32) -> Value {
-        const TEXTS: &[&str] = &["", "k", "a\"q", "b\\s", "t\tn", "é 日本 🎉", "x"];
-        const NUMBERS: &[f64] = &[0.0, -0.0, 1.0, -2.5, 0.1, 1e300, 9_007_199_254_740_994.0];
-        let kind = match next() % if depth > 4 { 5 } else { 7 } {
-            0 => Kind::NullValue(0),
-            1 => Kind::BoolValue(next().is_multiple_of(2)),
-            2 => Kind::StringValue(TEXTS[next() as usize % TEXTS.len()].into()),
-            3 => Kind::NumberValue(NUMBERS[next() as usize % NUMBERS.len()]),
-            4 => Kind::NumberValue(f64::from_bits(next() >> 2)),
-            5 => Kind::StructValue(Struct {
-                fields: (0..next() % 20)
-                    .map(|i| {
-                        (
-                            format!("{}{i}", TEXTS[next() as usize % 7]),
-                            value(next, depth + 1),
-                        )
-                    })
-                    .collect(),
-            }),
-            _ => Kind::ListValue(ListValue {
-                values: (0..next() % 5).map(|_| value(next, depth + 1)).collect(),
-            }),
-        };
-        Value { kind: Some(kind) }
-    }
 
     /// What prost's tree and `of_value` make of `bytes` (the verdict before this reader), as
     /// a serde_json value (objects compared without their order), or why it has no JSON.
@@ -268,19 +232,26 @@ mod tests {
     /// path with the members in the order sent.
     #[test]
     fn of_wire_agrees_with_prost_on_random_and_mangled_values() {
-        let mut next = rng(0x2545_f491_4f6c_dd1d);
+        let mut values = RandomValues {
+            state: 0x2545_f491_4f6c_dd1d,
+            numbers: &[0.0, -0.0, 1.0, -2.5, 0.1, 1e300, 9_007_199_254_740_994.0],
+            texts: &["", "k", "a\"q", "b\\s", "t\tn", "é 日本 🎉", "x"],
+            flat_from: 5,
+            members: 20,
+            items: 5,
+        };
         let (mut direct, mut fallen_back, mut refused) = (0, 0, 0);
         for round in 0..20_000 {
-            let v = value(&mut next, 0);
+            let v = values.value(0);
             let mut bytes = v.encode_to_vec();
             match round % 4 {
                 0 => {}
                 1 if !bytes.is_empty() => {
-                    let i = next() as usize % bytes.len();
-                    bytes[i] ^= 1 << (next() % 8);
+                    let i = values.next() as usize % bytes.len();
+                    bytes[i] ^= 1 << (values.next() % 8);
                 }
                 2 => {
-                    let cut = next() as usize % (bytes.len() + 1);
+                    let cut = values.next() as usize % (bytes.len() + 1);
                     bytes.truncate(cut);
                 }
                 _ => {
