@@ -1,7 +1,7 @@
 //! The listener: the accept loop, the connection limits (`server.max_connections`, per
 //! peer), hyper's connection settings, and one connection's life (the first byte and the
 //! first request within `server.read_timeout`, the TLS handshake, the write timeout, the
-//! graceful-shutdown watcher).
+//! graceful-shutdown watcher, the close in stages).
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::App;
+use super::linger::Lingering;
 use crate::config::Config;
 use crate::telemetry::throttle::LogThrottle;
 use crate::transport::stack::PeerIdentity;
@@ -197,10 +198,10 @@ struct Connection {
 }
 
 /// A connection's stream once the write timeout is on it, and TLS when configured.
-type Io = Either<
-    Pin<Box<TimeoutStream<TcpStream>>>,
-    tokio_rustls::server::TlsStream<Pin<Box<TimeoutStream<TcpStream>>>>,
->;
+type Io = Either<Tcp, tokio_rustls::server::TlsStream<Tcp>>;
+
+/// The TCP stream with its write timeout, closed in stages ([`Lingering`]).
+type Tcp = Lingering<Pin<Box<TimeoutStream<TcpStream>>>>;
 
 impl Connection {
     /// One connection, from its first byte to its end.
@@ -235,7 +236,7 @@ impl Connection {
         // instead of holding its buffers for ever.
         let mut io = TimeoutStream::new(stream);
         io.set_write_timeout(Some(self.write_timeout));
-        let io = Box::pin(io);
+        let io = Lingering::new(Box::pin(io));
         let Some(tls) = &self.tls else {
             return Some((Either::Left(io), None));
         };

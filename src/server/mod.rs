@@ -9,6 +9,7 @@
 //! `build` wires the parts, `listener` accepts and serves connections; this file runs them
 //! and owns the shutdown sequence.
 mod build;
+mod linger;
 mod listener;
 
 use std::future::Future;

@@ -1,0 +1,156 @@
+//! A connection's close in stages (RFC 9112 §9.6, "lingering close"): when hyper shuts a
+//! connection down, its write side is closed first (a FIN behind the last reply), then what
+//! the client still sends is read and thrown away until the client closes too or
+//! [`LINGER`] passes, and only then is the socket closed.
+//!
+//! Why: a socket closed with unread bytes in its receive buffer sends a TCP reset, and a
+//! reset can throw away the server's last frames before the client reads them (the kernel
+//! drops what it had not yet sent). A gRPC client still writing into an `IngestStream` when
+//! the drain ends it was told "broken pipe" instead of UNAVAILABLE with the stream's
+//! results; an HTTP/1 client that pipelined past a `Connection: close` can lose its reply the
+//! same way. Neither hyper nor tokio does this (no crate found that does: nginx calls it
+//! `lingering_close`), so it is here, a wrapper around the TCP stream below TLS.
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How long a closed connection keeps reading after its FIN: time for the client to read the
+/// last reply and close (one round trip and its own close, usually milliseconds). It holds
+/// the connection's slot in `server.max_connections` that long at most, and counts within
+/// `shutdown.drain_timeout` in a drain.
+pub(super) const LINGER: Duration = Duration::from_secs(2);
+
+/// An I/O stream whose `poll_shutdown` closes in stages (see the module's comment).
+pub(super) struct Lingering<T> {
+    inner: T,
+    /// Set once the write side is shut: the linger's deadline.
+    lingering: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Lingering<T> {
+    pub(super) fn new(inner: T) -> Self {
+        Self {
+            inner,
+            lingering: None,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Lingering<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.lingering.is_none() {
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.lingering = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let deadline = this.lingering.as_mut().expect("set above");
+        // A fixed scratch buffer: what the client sends now is discarded, so memory does not
+        // grow with it; the loop ends at the client's close, an error, or the deadline (and
+        // tokio's budget makes a flood yield to other tasks in between).
+        let mut scratch = [0u8; 4096];
+        loop {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf)) {
+                Ok(()) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Ok(()) => {}
+                Err(_) => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The client's bytes sent around the server's last reply are read away, so the server's
+    /// close is a FIN behind the reply and never a reset: the client reads the reply, sees
+    /// the end, and can still write until it closes itself (a reset would fail those
+    /// writes). The shutdown returns once the client closes, long before the deadline.
+    #[tokio::test]
+    async fn a_close_with_unread_bytes_sends_the_reply_then_a_fin_not_a_reset() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut server = Lingering::new(server);
+        // Unread bytes in the server's receive buffer: without the linger, its close resets.
+        client.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+        let close = tokio::spawn(async move {
+            server.write_all(b"the last reply").await.unwrap();
+            let started = tokio::time::Instant::now();
+            server.shutdown().await.unwrap();
+            drop(server);
+            started.elapsed()
+        });
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"the last reply");
+        for i in 0..200 {
+            if let Err(e) = client.write_all(&[b'y'; 1024]).await {
+                panic!("write {i} after the server's close failed (a reset): {e}");
+            }
+            tokio::task::yield_now().await;
+        }
+        drop(client);
+        let took = close.await.unwrap();
+        assert!(
+            took < LINGER,
+            "the shutdown waited {took:?} for a client that closed"
+        );
+    }
+
+    /// A client that never closes holds the connection for the linger at most.
+    #[tokio::test]
+    async fn a_client_that_never_closes_is_let_go_at_the_deadline() {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut server = Lingering::new(server);
+        let started = tokio::time::Instant::now();
+        server.shutdown().await.unwrap();
+        let took = started.elapsed();
+        assert!(took >= LINGER && took < LINGER * 2, "{took:?}");
+        drop(client);
+    }
+}
