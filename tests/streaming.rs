@@ -13,8 +13,8 @@ use event_gateway::proto::{CloudEvent, IngestStreamRequest, IngestStreamResponse
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 fn event(id: &str) -> CloudEvent {
     serde_json::from_value(serde_json::json!({
@@ -401,6 +401,32 @@ async fn a_drain_ends_a_stream_after_reporting_every_event_it_took() {
     assert_eq!(lines, stored);
 }
 
+/// A WebSocket client that keeps sending through the drain gets the close frame (1001), not
+/// a reset: the server reads on until the client's close (RFC 6455 §7.1.1). Without that
+/// the socket closed with the client's frames unread, and the reset it sent could overtake
+/// the close frame ("socket error before the close frame").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_that_keeps_sending_through_a_drain_gets_its_close_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.shutdown.drain_delay = Duration::from_millis(500);
+    let gw = TestGateway::start(config).await;
+    let (mut tx, mut rx) = ws_connect(&gw).await.split();
+    tx.send(Message::text(WS_EVENT)).await.unwrap();
+    assert_eq!(ws_results(&mut rx, 1).await[0]["outcome"], "OUTCOME_STORED");
+    let sender = tokio::spawn(async move {
+        while tx.send(Message::text(WS_EVENT)).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    });
+    let stop = tokio::spawn(gw.stop_keeping_data());
+    let close = ws_read_close(&mut rx).await;
+    assert_eq!(close.0, CloseCode::Away, "{close:?}");
+    sender.abort();
+    let (report, _data) = stop.await.unwrap();
+    assert_eq!(report.undelivered, 0);
+}
+
 // --- WebSocket ---------------------------------------------------------------------------
 
 type Ws =
@@ -419,7 +445,9 @@ async fn ws_connect_refused(gw: &TestGateway) -> (Ws, (CloseCode, String)) {
 }
 
 /// Reads until the server's close frame; results before it are ignored.
-async fn ws_read_close(ws: &mut Ws) -> (CloseCode, String) {
+async fn ws_read_close(
+    ws: &mut (impl futures::Stream<Item = Result<Message, tungstenite::Error>> + Unpin),
+) -> (CloseCode, String) {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
             .await
@@ -434,7 +462,10 @@ async fn ws_read_close(ws: &mut Ws) -> (CloseCode, String) {
 }
 
 /// The next `n` result frames, parsed.
-async fn ws_results(ws: &mut Ws, n: usize) -> Vec<serde_json::Value> {
+async fn ws_results(
+    ws: &mut (impl futures::Stream<Item = Result<Message, tungstenite::Error>> + Unpin),
+    n: usize,
+) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
     while out.len() < n {
         let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())

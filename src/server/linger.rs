@@ -1,7 +1,7 @@
 //! A connection's close in stages (RFC 9112 §9.6, "lingering close"): when hyper shuts a
 //! connection down, its write side is closed first (a FIN behind the last reply), then what
-//! the client still sends is read and thrown away until the client closes too or
-//! [`LINGER`] passes, and only then is the socket closed.
+//! the client still sends is read and thrown away until the client closes too, [`LINGER`]
+//! passes or [`LINGER_MAX_BYTES`] have come, and only then is the socket closed.
 //!
 //! Why: a socket closed with unread bytes in its receive buffer sends a TCP reset, and a
 //! reset can throw away the server's last frames before the client reads them (the kernel
@@ -24,11 +24,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// `shutdown.drain_timeout` in a drain.
 pub(super) const LINGER: Duration = Duration::from_secs(2);
 
+/// How much a closed connection reads at most before it closes anyway. A client that keeps
+/// to HTTP/2 flow control has at most the connection's window in flight (hyper's: 1 MiB);
+/// one that floods past that (h2 cut it off with a GOAWAY, say) gets the reset, as before.
+pub(super) const LINGER_MAX_BYTES: usize = 4 << 20;
+
 /// An I/O stream whose `poll_shutdown` closes in stages (see the module's comment).
 pub(super) struct Lingering<T> {
     inner: T,
     /// Set once the write side is shut: the linger's deadline.
     lingering: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes read and dropped since.
+    discarded: usize,
 }
 
 impl<T> Lingering<T> {
@@ -36,6 +43,7 @@ impl<T> Lingering<T> {
         Self {
             inner,
             lingering: None,
+            discarded: 0,
         }
     }
 }
@@ -83,17 +91,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<T> {
         }
         let deadline = this.lingering.as_mut().expect("set above");
         // A fixed scratch buffer: what the client sends now is discarded, so memory does not
-        // grow with it; the loop ends at the client's close, an error, or the deadline (and
-        // tokio's budget makes a flood yield to other tasks in between).
-        let mut scratch = [0u8; 4096];
+        // grow with it; the loop ends at the client's close, an error, the deadline or the
+        // byte cap (and tokio's budget makes a flood yield to other tasks in between).
+        let mut scratch = [0u8; 16 * 1024];
         loop {
-            if deadline.as_mut().poll(cx).is_ready() {
+            if this.discarded > LINGER_MAX_BYTES || deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(()));
             }
             let mut buf = ReadBuf::new(&mut scratch);
             match ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf)) {
                 Ok(()) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
-                Ok(()) => {}
+                Ok(()) => this.discarded += buf.filled().len(),
                 Err(_) => return Poll::Ready(Ok(())),
             }
         }
@@ -117,7 +125,7 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let mut server = Lingering::new(server);
         // Unread bytes in the server's receive buffer: without the linger, its close resets.
-        client.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+        client.write_all(&[b'x'; 1024]).await.unwrap();
         let close = tokio::spawn(async move {
             server.write_all(b"the last reply").await.unwrap();
             let started = tokio::time::Instant::now();
@@ -140,6 +148,33 @@ mod tests {
             took < LINGER,
             "the shutdown waited {took:?} for a client that closed"
         );
+    }
+
+    /// A client that keeps sending and never closes is let go once it has sent the cap, not
+    /// held to the deadline (nor read for as long as it floods).
+    #[tokio::test]
+    async fn a_flooding_client_is_let_go_at_the_byte_cap() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut server = Lingering::new(server);
+        let flood = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0usize;
+            while client.write_all(&chunk).await.is_ok() {
+                sent += chunk.len();
+            }
+            sent
+        });
+        let started = tokio::time::Instant::now();
+        server.shutdown().await.unwrap();
+        let took = started.elapsed();
+        assert!(server.discarded > LINGER_MAX_BYTES, "{}", server.discarded);
+        assert!(took < LINGER, "a flood held the close for {took:?}");
+        drop(server);
+        // The server's close resets the flooding client: its writes end.
+        assert!(flood.await.unwrap() > LINGER_MAX_BYTES);
     }
 
     /// A client that never closes holds the connection for the linger at most.

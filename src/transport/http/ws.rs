@@ -21,7 +21,7 @@ use axum::extract::ws::{
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
-use futures::{SinkExt as _, StreamExt as _};
+use futures::{SinkExt as _, Stream, StreamExt as _};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tracing::Instrument as _;
@@ -133,20 +133,27 @@ async fn session(s: WsState, opened: Result<Arc<dyn Admit>, Error>, mut socket: 
                 close_code::AWAY,
                 "the gateway is shutting down; connect again",
             );
-            let _ = socket.send(bye).await;
+            if socket.send(bye).await.is_ok() {
+                client_close(&mut socket).await;
+            }
             return;
         }
         Ok(admit) => admit,
         Err(e) => {
-            let _ = socket
+            if socket
                 .send(close_frame(close_code::AGAIN, &e.to_string()))
-                .await;
+                .await
+                .is_ok()
+            {
+                client_close(&mut socket).await;
+            }
             return;
         }
     };
-    let (mut out, frames) = socket.split();
+    let (mut out, mut frames) = socket.split();
     let max = s.max_message;
-    let input = tokio_stream::StreamExt::timeout(frames, s.idle_timeout).filter_map(|item| {
+    // Borrowed: after a close of ours, the client's close is read from it (below).
+    let input = tokio_stream::StreamExt::timeout(&mut frames, s.idle_timeout).filter_map(|item| {
         futures::future::ready(match item {
             Err(_elapsed) => Some(Err(Broken::Idle)),
             Ok(Err(e)) => Some(Err(read_error(e))),
@@ -207,10 +214,32 @@ async fn session(s: WsState, opened: Result<Arc<dyn Admit>, Error>, mut socket: 
                 .to_owned(),
         )),
     };
-    if let Some((code, reason)) = bye {
-        let _ = out.send(close_frame(code, &reason)).await;
+    if let Some((code, reason)) = bye
+        && out.send(close_frame(code, &reason)).await.is_ok()
+    {
+        client_close(&mut frames).await;
     }
     let _ = out.close().await;
+}
+
+/// How long a WebSocket we close waits for the client's close frame (as long as a closed
+/// connection reads on, `server::linger`).
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// The rest of the close handshake once our close frame is sent (RFC 6455 §7.1.1): what the
+/// client still sends is read and dropped until its close, for [`CLOSE_WAIT`] at most,
+/// before the socket closes. A socket closed with the client's frames unread sends a TCP
+/// reset, which can overtake the close frame: a client still sending saw a reset, not 1001.
+/// (hyper hands an upgraded connection over without the staged close of `server::linger`.)
+async fn client_close(frames: &mut (impl Stream<Item = Result<Message, axum::Error>> + Unpin)) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(m)) = frames.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A read error: a frame over the size limit is the client's, anything else the connection's.
@@ -346,5 +375,28 @@ mod tests {
                 "{frame}: {got:?}"
             );
         }
+    }
+
+    /// The close handshake waits for the client's close frame, and for CLOSE_WAIT at most
+    /// when none comes; frames before the close are dropped.
+    #[tokio::test]
+    async fn the_close_handshake_ends_at_the_clients_close_or_the_wait() {
+        let started = tokio::time::Instant::now();
+        client_close(&mut futures::stream::pending()).await;
+        let took = started.elapsed();
+        assert!(took >= CLOSE_WAIT && took < CLOSE_WAIT * 2, "{took:?}");
+
+        let mut frames = futures::stream::iter([
+            Ok(Message::Text("late".into())),
+            Ok(Message::Close(None)),
+            Ok(Message::Text("after the close".into())),
+        ]);
+        let started = tokio::time::Instant::now();
+        client_close(&mut frames).await;
+        assert!(started.elapsed() < CLOSE_WAIT);
+        assert!(
+            frames.next().await.is_some(),
+            "read past the client's close"
+        );
     }
 }
