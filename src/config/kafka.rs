@@ -315,11 +315,7 @@ impl KafkaConfig {
     fn check_forward_headers(&self, errors: &mut Vec<String>) {
         for name in &self.forward_headers {
             let lower = name.trim().to_ascii_lowercase();
-            let valid = !lower.is_empty()
-                && lower
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !valid {
+            if super::server::http_token(&lower).is_none() {
                 errors.push(format!(
                     "kafka.forward_headers: `{name}` is not an HTTP header name"
                 ));

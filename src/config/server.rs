@@ -144,8 +144,9 @@ fn is_origin(s: &str) -> bool {
         && rest.bytes().any(|b| b.is_ascii_alphanumeric())
 }
 
-/// `s` if it is an RFC 9110 token (a method or a header name).
-fn http_token(s: &str) -> Option<&str> {
+/// `s` if it is an RFC 9110 token (a method or a header name). Here rather than http's
+/// `HeaderName`/`Method` parsers: the configuration depends on no HTTP crate.
+pub(super) fn http_token(s: &str) -> Option<&str> {
     (!s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)))

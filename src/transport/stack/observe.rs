@@ -99,9 +99,7 @@ impl HttpMetrics {
         // Each RPC's successful series exists from the start at 0, over both protocols, so
         // a fresh gateway's dashboards and `rate()` alerts read 0 rather than "no data".
         for (method, route, rpc, _) in ROUTES {
-            // The WebSocket route's success is the handshake's 101.
-            let ok = if *route == ROUTE_EVENTS_WS { 101 } else { 200 };
-            let labels = request_labels(method, *route, ok, false);
+            let labels = request_labels(method, *route, ok_status(route).as_u16(), false);
             m.requests.add(0, &labels);
             m.rest_ok
                 .push(BoundSeries::new(&m.requests, &m.duration, &labels));
@@ -143,14 +141,18 @@ impl HttpMetrics {
             None => {
                 let i = route?;
                 let (m, r, _, _) = ROUTES[i];
-                let ok = if r == ROUTE_EVENTS_WS {
-                    http::StatusCode::SWITCHING_PROTOCOLS
-                } else {
-                    http::StatusCode::OK
-                };
-                (status == ok && method == m).then(|| (&self.rest_ok[i], None))
+                (status == ok_status(r) && method == m).then(|| (&self.rest_ok[i], None))
             }
         }
+    }
+}
+
+/// A contract route's status on success: the WebSocket route's is the handshake's 101.
+fn ok_status(route: &str) -> http::StatusCode {
+    if route == ROUTE_EVENTS_WS {
+        http::StatusCode::SWITCHING_PROTOCOLS
+    } else {
+        http::StatusCode::OK
     }
 }
 
