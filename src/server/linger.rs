@@ -7,9 +7,9 @@
 //! reset can throw away the server's last frames before the client reads them (the kernel
 //! drops what it had not yet sent). A gRPC client still writing into an `IngestStream` when
 //! the drain ends it was told "broken pipe" instead of UNAVAILABLE with the stream's
-//! results; an HTTP/1 client that pipelined past a `Connection: close` can lose its reply the
-//! same way. Neither hyper nor tokio does this (no crate found that does: nginx calls it
-//! `lingering_close`), so it is here, a wrapper around the TCP stream below TLS.
+//! results (RFC 9112 §9.6 warns of the same for an HTTP/1 reply). Neither hyper nor tokio
+//! does this (no crate found that does: nginx calls it `lingering_close`), so it is here, a
+//! wrapper around the TCP stream below TLS.
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
