@@ -576,6 +576,49 @@ async fn a_plain_get_on_the_websocket_route_is_told_to_upgrade() {
     assert_eq!(r.headers()["allow"], "GET");
 }
 
+/// Every browser sends an `Origin` on a WebSocket upgrade, and CORS does not apply to
+/// WebSockets: without `server.cors` such an upgrade is refused (403 naming the header), so a
+/// page the user opens cannot push events through the user's browser; clients that are not
+/// browsers send no `Origin` and connect. With the origin listed, the page connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_websocket_needs_its_origin_listed() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    async fn upgrade(gw: &TestGateway, origin: &str) -> Result<(), (u16, String)> {
+        let mut req = format!("ws://{}/api/v1/events/ws", gw.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Ok(_) => Ok(()),
+            Err(tungstenite::Error::Http(r)) => Err((
+                r.status().as_u16(),
+                String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned(),
+            )),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let gw = TestGateway::local().await;
+    let (status, body) = upgrade(&gw, "https://page.example").await.unwrap_err();
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("header Origin") && body.contains("server.cors.allowed_origins"),
+        "{body}"
+    );
+    let mut ws = ws_connect(&gw).await;
+    ws.send(Message::text(WS_EVENT)).await.unwrap();
+    assert_eq!(ws_results(&mut ws, 1).await[0]["outcome"], "OUTCOME_STORED");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.cors.allowed_origins = vec!["https://page.example".into()];
+    let gw = TestGateway::start(config).await;
+    upgrade(&gw, "https://page.example").await.unwrap();
+    assert_eq!(
+        upgrade(&gw, "https://other.example").await.unwrap_err().0,
+        403
+    );
+}
+
 /// The server pings; a client that answers nothing is closed after `server.idle_timeout`,
 /// one that answers (tungstenite does, while it reads) stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

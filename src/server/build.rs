@@ -258,6 +258,7 @@ fn ingest_routes(config: &Config, gateway: &Arc<Gateway>, admission: &Arc<Admiss
         max_request,
         in_flight,
         config.server.idle_timeout,
+        config.server.cors.enabled(),
     )
     .route_service(
         &format!("/{}/IngestStream", proto::SERVICE_NAME),

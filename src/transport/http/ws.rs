@@ -29,10 +29,13 @@ use tracing::Instrument as _;
 use crate::core::error::Error;
 use crate::core::service::Gateway;
 use crate::core::stream::{self, Admit, End, StreamAdmission, Submission};
+use crate::telemetry::throttle::LogThrottle;
 use crate::transport::http::cloudevents::decode_structured_value;
 use crate::transport::http::json;
 use crate::transport::reply::stream_reply;
 use crate::transport::routes::{ROUTE_EVENTS_WS, Rejection, method_not_allowed};
+use crate::transport::stack;
+use crate::transport::status;
 
 #[derive(Clone)]
 struct WsState {
@@ -40,6 +43,10 @@ struct WsState {
     max_message: usize,
     max_in_flight: usize,
     idle_timeout: Duration,
+    /// `server.cors` lists origins: its layer has checked the `Origin` already. Else an
+    /// upgrade with an `Origin` (a browser's) is refused here (`stack::cors`'s paragraph).
+    browsers: bool,
+    refused_log: Arc<LogThrottle>,
 }
 
 /// The subprotocol the gateway selects when a client offers it: browsers sending their
@@ -48,11 +55,13 @@ struct WsState {
 pub const WS_SUBPROTOCOL: &str = "eventgateway.v1";
 
 /// The WebSocket route. Frames over `max_message` bytes close the socket with 1009.
+/// `browsers`: `server.cors` lists origins (see [`WsState`]).
 pub fn router(
     gateway: Arc<Gateway>,
     max_message: usize,
     max_in_flight: usize,
     idle_timeout: Duration,
+    browsers: bool,
 ) -> Router {
     Router::new()
         .route(ROUTE_EVENTS_WS, get(upgrade))
@@ -62,14 +71,23 @@ pub fn router(
             max_message,
             max_in_flight,
             idle_timeout,
+            browsers,
+            refused_log: Arc::new(LogThrottle::new(Duration::from_secs(10))),
         })
 }
 
 async fn upgrade(
     State(s): State<WsState>,
     admission: Option<Extension<StreamAdmission>>,
+    headers: http::HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if !s.browsers
+        && let Some(origin) = headers.get(http::header::ORIGIN)
+    {
+        let e = stack::origin_refused(origin, ROUTE_EVENTS_WS, &s.refused_log);
+        return status::respond(false, e);
+    }
     let ws = match ws {
         Ok(ws) => ws,
         Err(r) => {

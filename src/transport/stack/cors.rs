@@ -6,7 +6,10 @@
 //! most once per 10 s with the count held back. Browsers apply CORS to `fetch` but not to
 //! WebSockets, which any page may open: the `Origin` check is what keeps a page of an
 //! unlisted origin from using a token it holds over the WebSocket. With no origin listed
-//! (the default) this layer is not installed: no preflight is answered, no `Origin` checked.
+//! (the default) this layer is not installed: no preflight is answered, and the WebSocket
+//! route itself refuses an upgrade that carries an `Origin` (every browser sends one; other
+//! clients send none), with [`origin_refused`]: else any page a user opens could push
+//! events through the user's browser into a gateway that has no credentials to ask for.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,21 +114,28 @@ async fn check_origin(State(o): State<Arc<Origins>>, req: Request, next: Next) -
     if o.allow(origin) {
         return next.run(req).await;
     }
+    let e = origin_refused(origin, req.uri().path(), &o.refused_log);
+    status::respond(is_grpc(req.headers()), e)
+}
+
+/// The refusal of a request from a browser origin that may not call (403 naming the header
+/// and the origin, cut to [`QUOTED_ORIGIN_MAX`]), logged at most once per `log`'s period
+/// with the count held back.
+pub fn origin_refused(origin: &HeaderValue, path: &str, log: &LogThrottle) -> Error {
     let shown: String = String::from_utf8_lossy(origin.as_bytes())
         .chars()
         .take(QUOTED_ORIGIN_MAX)
         .collect();
-    if let Some(n) = o.refused_log.due() {
+    if let Some(n) = log.due() {
         tracing::warn!(
             origin = %shown,
-            path = req.uri().path(),
+            path,
             refused = n,
             "request from a browser origin not in server.cors.allowed_origins refused (403); `refused` counts those since the last such line"
         );
     }
-    let e = Error::PermissionDenied(vec![FieldViolation::new(
+    Error::PermissionDenied(vec![FieldViolation::new(
         "header Origin",
         format!("origin `{shown}` is not in server.cors.allowed_origins"),
-    )]);
-    status::respond(is_grpc(req.headers()), e)
+    )])
 }

@@ -43,5 +43,5 @@ mod rate;
 
 pub use admission::{Admission, BodyRead};
 pub use authn::{API_KEY_HEADER, ForwardHeaders, PeerIdentity, authenticated, principal};
-pub use cors::cors;
+pub use cors::{cors, origin_refused};
 pub use observe::{HttpMetrics, observed};
