@@ -577,9 +577,10 @@ async fn a_plain_get_on_the_websocket_route_is_told_to_upgrade() {
 }
 
 /// Every browser sends an `Origin` on a WebSocket upgrade, and CORS does not apply to
-/// WebSockets: without `server.cors` such an upgrade is refused (403 naming the header), so a
-/// page the user opens cannot push events through the user's browser; clients that are not
-/// browsers send no `Origin` and connect. With the origin listed, the page connects.
+/// WebSockets: without `server.cors` an upgrade from another site's page is refused (403
+/// naming the header), so a page the user opens cannot push events through the user's
+/// browser; clients that send no `Origin`, or their own `Host` as one (Python's
+/// websocket-client), connect. With the origin listed, the page connects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_websocket_needs_its_origin_listed() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -607,6 +608,8 @@ async fn a_browser_websocket_needs_its_origin_listed() {
     let mut ws = ws_connect(&gw).await;
     ws.send(Message::text(WS_EVENT)).await.unwrap();
     assert_eq!(ws_results(&mut ws, 1).await[0]["outcome"], "OUTCOME_STORED");
+    upgrade(&gw, &format!("http://{}", gw.addr)).await.unwrap();
+    assert_eq!(upgrade(&gw, "null").await.unwrap_err().0, 403);
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());

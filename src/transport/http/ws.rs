@@ -44,7 +44,8 @@ struct WsState {
     max_in_flight: usize,
     idle_timeout: Duration,
     /// `server.cors` lists origins: its layer has checked the `Origin` already. Else an
-    /// upgrade with an `Origin` (a browser's) is refused here (`stack::cors`'s paragraph).
+    /// upgrade with an `Origin` of another site (a browser's) is refused here
+    /// (`stack::cors`'s paragraph, [`same_origin`]).
     browsers: bool,
     refused_log: Arc<LogThrottle>,
 }
@@ -79,11 +80,13 @@ pub fn router(
 async fn upgrade(
     State(s): State<WsState>,
     admission: Option<Extension<StreamAdmission>>,
+    uri: http::Uri,
     headers: http::HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if !s.browsers
         && let Some(origin) = headers.get(http::header::ORIGIN)
+        && !same_origin(origin, &headers, &uri)
     {
         let e = stack::origin_refused(origin, ROUTE_EVENTS_WS, &s.refused_log);
         return status::respond(false, e);
@@ -112,6 +115,26 @@ async fn upgrade(
         .max_message_size(s.max_message)
         .max_frame_size(s.max_message)
         .on_upgrade(move |socket| session(s, opened, socket).instrument(span))
+}
+
+/// Whether `origin` names the host the request was sent to (its `Host`, or HTTP/2's
+/// `:authority`), scheme aside: a page the gateway itself serves, or a client that is not a
+/// browser but sends an `Origin` anyway (Python's websocket-client sends
+/// `http://{its Host}`). Another site's page is refused. Like CORS for `fetch`, this cannot
+/// tell a DNS-rebinding page from the gateway's own: credentials or TLS do.
+fn same_origin(origin: &http::HeaderValue, headers: &http::HeaderMap, uri: &http::Uri) -> bool {
+    let Some(host) = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+    else {
+        return false;
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
 }
 
 /// Why the socket's input ended, beyond the client closing it.
@@ -416,5 +439,33 @@ mod tests {
             frames.next().await.is_some(),
             "read past the client's close"
         );
+    }
+
+    #[test]
+    fn an_origin_is_the_same_when_it_names_the_host_the_request_went_to() {
+        let check = |origin: &str, host: Option<&str>, uri: &str| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(h) = host {
+                headers.insert(http::header::HOST, h.parse().unwrap());
+            }
+            same_origin(&origin.parse().unwrap(), &headers, &uri.parse().unwrap())
+        };
+        assert!(check(
+            "http://gw.internal:8090",
+            Some("gw.internal:8090"),
+            "/x"
+        ));
+        assert!(check("https://GW.internal", Some("gw.internal"), "/x"));
+        // HTTP/2 has no Host header: the URI's authority.
+        assert!(check("https://gw.internal", None, "https://gw.internal/x"));
+        assert!(!check("https://evil.example", Some("gw.internal"), "/x"));
+        assert!(!check(
+            "http://gw.internal:8091",
+            Some("gw.internal:8090"),
+            "/x"
+        ));
+        assert!(!check("null", Some("gw.internal"), "/x"));
+        assert!(!check("gw.internal", Some("gw.internal"), "/x"));
+        assert!(!check("http://gw.internal", None, "/x"));
     }
 }

@@ -7,9 +7,9 @@
 //! WebSockets, which any page may open: the `Origin` check is what keeps a page of an
 //! unlisted origin from using a token it holds over the WebSocket. With no origin listed
 //! (the default) this layer is not installed: no preflight is answered, and the WebSocket
-//! route itself refuses an upgrade that carries an `Origin` (every browser sends one; other
-//! clients send none), with [`origin_refused`]: else any page a user opens could push
-//! events through the user's browser into a gateway that has no credentials to ask for.
+//! route itself refuses an upgrade whose `Origin` (every browser sends one) is another site
+//! than the `Host` it was sent to, with [`origin_refused`]: else any page a user opens could
+//! push events through the user's browser into a gateway that has no credentials to ask for.
 use std::sync::Arc;
 use std::time::Duration;
 
