@@ -337,6 +337,16 @@ async fn one_client_cannot_open_every_stream() {
     }
 }
 
+/// A gateway with a half-second `shutdown.drain_delay`: streams go on through it (unary
+/// requests do too) and stop with the listener, so events keep arriving while it shuts down.
+async fn gateway_with_a_drain_delay() -> (tempfile::TempDir, TestGateway) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.shutdown.drain_delay = Duration::from_millis(500);
+    let gw = TestGateway::start(config).await;
+    (dir, gw)
+}
+
 /// The client writes as fast as it can through the drain, so the server closes a connection
 /// with the client's bytes still unread: closed at once, the socket sent a TCP reset that
 /// could overtake the final status, and the client saw "broken pipe" (about one full run of
@@ -344,12 +354,7 @@ async fn one_client_cannot_open_every_stream() {
 /// profile, as in a release).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_ends_a_stream_after_reporting_every_event_it_took() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    // Streams go on through the drain delay (unary requests do too) and stop with the
-    // listener: half a second of events keeps arriving while the gateway shuts down.
-    config.shutdown.drain_delay = Duration::from_millis(500);
-    let gw = TestGateway::start(config).await;
+    let (_dir, gw) = gateway_with_a_drain_delay().await;
     let mut s = open_stream(&gw).await.unwrap();
     let mut ws = ws_connect(&gw).await;
     s.send(request(Some(0), vec![event("before")])).await;
@@ -407,10 +412,7 @@ async fn a_drain_ends_a_stream_after_reporting_every_event_it_took() {
 /// the close frame ("socket error before the close frame").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_that_keeps_sending_through_a_drain_gets_its_close_frame() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(dir.path());
-    config.shutdown.drain_delay = Duration::from_millis(500);
-    let gw = TestGateway::start(config).await;
+    let (_dir, gw) = gateway_with_a_drain_delay().await;
     let (mut tx, mut rx) = ws_connect(&gw).await.split();
     tx.send(Message::text(WS_EVENT)).await.unwrap();
     assert_eq!(ws_results(&mut rx, 1).await[0]["outcome"], "OUTCOME_STORED");

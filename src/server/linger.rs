@@ -112,6 +112,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<T> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A client's TCP stream and the server's end of it, wrapped.
+    async fn connected() -> (TcpStream, Lingering<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, Lingering::new(server))
+    }
 
     /// The client's bytes sent around the server's last reply are read away, so the server's
     /// close is a FIN behind the reply and never a reset: the client reads the reply, sees
@@ -119,11 +130,7 @@ mod tests {
     /// writes). The shutdown returns once the client closes, long before the deadline.
     #[tokio::test]
     async fn a_close_with_unread_bytes_sends_the_reply_then_a_fin_not_a_reset() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let mut server = Lingering::new(server);
+        let (mut client, mut server) = connected().await;
         // Unread bytes in the server's receive buffer: without the linger, its close resets.
         client.write_all(&[b'x'; 1024]).await.unwrap();
         let close = tokio::spawn(async move {
@@ -154,11 +161,7 @@ mod tests {
     /// held to the deadline (nor read for as long as it floods).
     #[tokio::test]
     async fn a_flooding_client_is_let_go_at_the_byte_cap() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let mut server = Lingering::new(server);
+        let (mut client, mut server) = connected().await;
         let flood = tokio::spawn(async move {
             let chunk = vec![b'x'; 64 * 1024];
             let mut sent = 0usize;
