@@ -192,10 +192,21 @@ fn the_image_build_stage_resolves() {
     }
     // `cargo fetch` parses the manifest with every target and checks the lock file (--locked)
     // without compiling: enough to prove `cargo build` would start. --offline: this test runs
-    // after the crate's own build, which fetched every dependency.
+    // after the crate's own build, which fetched every dependency of this platform; the image
+    // builds for this platform too. Without `--target`, cargo fetch wants the dependencies of
+    // every platform (wasm-bindgen, for one), which no build here downloads: on a machine whose
+    // cargo cache had never seen them, this test failed.
+    let rustc = std::process::Command::new(std::env::var("RUSTC").unwrap_or("rustc".into()))
+        .arg("-vV")
+        .output()
+        .unwrap();
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names the host platform");
     stdout_of(
         std::process::Command::new(env!("CARGO"))
-            .args(["fetch", "--locked", "--offline"])
+            .args(["fetch", "--locked", "--offline", "--target", &host])
             .current_dir(stage.path()),
         "cargo cannot resolve what the Dockerfile's build stage copies",
     );
