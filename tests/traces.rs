@@ -37,6 +37,8 @@ struct Exported {
     parent: String,
     name: String,
     kind: i32,
+    /// The span's status code: 0 unset, 1 ok, 2 error.
+    status: i32,
     attrs: HashMap<String, String>,
     /// The attributes sent as integers (the conventions' status codes are ints).
     int_attrs: Vec<String>,
@@ -79,6 +81,7 @@ impl Received {
                         parent: hex::encode(&s.parent_span_id),
                         name: s.name,
                         kind: s.kind,
+                        status: s.status.as_ref().map_or(0, |st| st.code),
                         attrs: text_of(&s.attributes),
                         int_attrs: s
                             .attributes
@@ -312,6 +315,9 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
     assert_eq!(server.attrs["http.request.method"], "POST");
     assert_eq!(server.attrs["http.route"], "/api/v1/events");
     assert_eq!(server.attrs["http.response.status_code"], "200");
+    assert_eq!(server.attrs["url.path"], "/api/v1/events");
+    assert!(server.attrs["request_id"].len() >= 16, "{:?}", server.attrs);
+    assert_eq!(server.status, 0, "a 200 leaves the status unset");
     assert!(
         server
             .int_attrs
@@ -361,10 +367,37 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
     assert_eq!(rpc.attrs["rpc.method"], "IngestEvent");
     assert_eq!(rpc.attrs["rpc.grpc.status_code"], "0");
     assert!(rpc.int_attrs.contains(&"rpc.grpc.status_code".to_owned()));
+    assert_eq!(rpc.status, 0);
     got.wait_for("the gRPC send span", |s| {
         s.trace_id == t2 && s.parent == rpc.span_id && s.kind == 4
     })
     .await;
+
+    // A code the server is at fault for (UNIMPLEMENTED, a method nobody serves) marks the
+    // server span's status as an error, as the conventions say.
+    let t3 = random_hex(16);
+    let r = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .post(format!(
+            "http://127.0.0.1:{port}/eventgateway.v1.EventGatewayService/NoSuchMethod"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("traceparent", traceparent(&t3, &random_hex(8), true))
+        .body(vec![0u8; 5])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["grpc-status"], "12", "UNIMPLEMENTED");
+    let failed = got
+        .wait_for("the failed call's server span", |s| {
+            s.trace_id == t3 && s.kind == 2
+        })
+        .await;
+    assert_eq!(failed.attrs["rpc.grpc.status_code"], "12");
+    assert_eq!(failed.status, 2, "an error");
 
     // The records carry their send span's context: a consumer continues the trace.
     let records = broker.read_all(TOPIC, 2, Duration::from_secs(30));

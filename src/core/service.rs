@@ -399,19 +399,16 @@ impl Gateway {
             // (its deadline, a reset) cancels this request, but the sink still delivers what
             // it was handed; the guards must learn that outcome, or the client's retry of the
             // same id would be written a second time (the chaos suite's timeout-and-retry).
-            // The task carries the request's span, so the records' trace context (and the
+            // The task carries the request's trace, so the records' trace context (and the
             // `send`/`create` spans) stay in the request's trace.
             let this = Arc::clone(self);
-            let task = tokio::spawn(tracing::Instrument::instrument(
-                async move {
-                    let delivered = this.deliver_new(&new, ack).await;
-                    for (guard, r) in guards.into_iter().zip(&delivered) {
-                        guard.complete(r.as_ref().ok());
-                    }
-                    delivered
-                },
-                tracing::Span::current(),
-            ));
+            let task = tokio::spawn(crate::telemetry::CurrentTrace::capture().carry(async move {
+                let delivered = this.deliver_new(&new, ack).await;
+                for (guard, r) in guards.into_iter().zip(&delivered) {
+                    guard.complete(r.as_ref().ok());
+                }
+                delivered
+            }));
             let delivered = match task.await {
                 Ok(d) => d,
                 Err(e) => std::panic::resume_unwind(e.into_panic()),

@@ -3,7 +3,8 @@
 //! standard `OTEL_*` variables ask for it), the metrics registry in [`metrics`] and the shared
 //! instrument conventions in [`instruments`], and [`throttle`] for log lines a flood could
 //! multiply. The core and the sinks may use [`instruments`], [`throttle`],
-//! [`trace_headers_of`], [`span_context_of`] and an OpenTelemetry `Meter` handed to them;
+//! [`trace_headers_of`], [`span_context_of`], [`CurrentTrace`] and an OpenTelemetry `Meter`
+//! handed to them;
 //! only `server` touches [`metrics`].
 pub mod export;
 pub mod instruments;
@@ -14,7 +15,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Key, KeyValue, global};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 
@@ -105,6 +106,7 @@ pub fn init(config: &LoggingConfig) -> SdkTracerProvider {
     }
     let provider = builder.build();
     let tracer = provider.tracer(SERVICE_NAME);
+    let request_tracer = tracer.clone();
     global::set_tracer_provider(provider.clone());
 
     let filter =
@@ -119,8 +121,11 @@ pub fn init(config: &LoggingConfig) -> SdkTracerProvider {
     };
     // Filters per layer: the log level chooses log lines only; spans for traces are the
     // gateway's own at INFO and above whatever the log level says.
+    // The request spans made for log lines only (`LOG_SPANS`) are left out: a request's
+    // server span is made with the tracer directly (`transport::stack::observe`).
     let spans = tracing_subscriber::filter::Targets::new()
-        .with_target("event_gateway", tracing::Level::INFO);
+        .with_target("event_gateway", tracing::Level::INFO)
+        .with_target(LOG_SPANS, tracing::level_filters::LevelFilter::OFF);
     let installed = tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(
@@ -143,8 +148,51 @@ pub fn init(config: &LoggingConfig) -> SdkTracerProvider {
     // Only the filter that was installed decides (a second call's does not).
     if installed.is_ok() {
         LOGS_SHOW_SPANS.store(logs_show_spans, std::sync::atomic::Ordering::Relaxed);
+        let _ = TRACER.set(request_tracer);
     }
     provider
+}
+
+/// The tracer of the spans made without tracing (a request's server span), the one the
+/// installed layer makes the others with; set by [`init`].
+static TRACER: std::sync::OnceLock<SdkTracer> = std::sync::OnceLock::new();
+
+/// The tracer for spans made directly with OpenTelemetry's API, if [`init`] installed one.
+pub fn tracer() -> Option<&'static SdkTracer> {
+    TRACER.get()
+}
+
+/// The target of spans made for log lines only: the OpenTelemetry layer leaves them out.
+pub const LOG_SPANS: &str = "event_gateway::log_spans";
+
+/// The trace a piece of a request's work runs in: its log span (tracing's current span) and
+/// its OpenTelemetry context (the server span, `transport::stack::observe`). Captured where
+/// the request is being served and carried into a task it starts (a stream's loop, a
+/// WebSocket session, a write that must finish if the client goes), so the spans made there
+/// (`send`, `create`) stay in the request's trace and its log lines in its span.
+pub struct CurrentTrace {
+    log: tracing::Span,
+    cx: opentelemetry::Context,
+}
+
+impl CurrentTrace {
+    /// The trace current here.
+    pub fn capture() -> Self {
+        Self {
+            log: tracing::Span::current(),
+            cx: opentelemetry::Context::current(),
+        }
+    }
+
+    /// `fut`, run in this trace: the context attached and the log span entered on each poll.
+    pub fn carry<F: std::future::Future>(
+        self,
+        fut: F,
+    ) -> opentelemetry::context::WithContext<tracing::instrument::Instrumented<F>> {
+        use opentelemetry::context::FutureExt as _;
+        use tracing::Instrument as _;
+        fut.instrument(self.log).with_context(self.cx)
+    }
 }
 
 /// Whether log lines can show the fields of the gateway's INFO spans (the log filter lets

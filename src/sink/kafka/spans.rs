@@ -38,24 +38,30 @@ pub(super) fn send_spans(
                     .iter()
                     .filter(|(x, _)| destination(x) == topic)
                     .count();
-                // A request's send span is a child of the request's span; the spool's starts
-                // a trace of its own (linked below).
-                let parent = match origin {
-                    Origin::Request => tracing::Span::current().id(),
-                    Origin::Spool => None,
+                // A request's send span is a child of the request's span (made outside
+                // tracing, `transport::stack::observe`: the layer finds it as the current
+                // OpenTelemetry context, so the span is contextual); the spool's starts a
+                // trace of its own (linked below).
+                macro_rules! send_span {
+                    ($($parent:tt)*) => {
+                        tracing::info_span!(
+                            $($parent)*
+                            "send",
+                            otel.name = %format!("send {topic}"),
+                            otel.kind = "producer",
+                            otel.status_code = tracing::field::Empty,
+                            messaging.system = "kafka",
+                            messaging.destination.name = %topic,
+                            messaging.operation.type = "send",
+                            messaging.operation.name = "send",
+                            messaging.batch.message_count = count,
+                        )
+                    };
+                }
+                let span = match origin {
+                    Origin::Request => send_span!(),
+                    Origin::Spool => send_span!(parent: None,),
                 };
-                let span = tracing::info_span!(
-                    parent: parent,
-                    "send",
-                    otel.name = %format!("send {topic}"),
-                    otel.kind = "producer",
-                    otel.status_code = tracing::field::Empty,
-                    messaging.system = "kafka",
-                    messaging.destination.name = %topic,
-                    messaging.operation.type = "send",
-                    messaging.operation.name = "send",
-                    messaging.batch.message_count = count,
-                );
                 let headers = crate::telemetry::trace_headers_of(&span);
                 out.push((topic, span, headers));
                 out.len() - 1

@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{CompressionEncoding, SingleMessageCompressionOverride};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument as _;
 
 use crate::core::error::Error;
 use crate::core::service::Gateway;
@@ -188,14 +187,11 @@ impl EventGatewayService for GrpcService {
         let (ended, end) = oneshot::channel();
         let gateway = self.gateway.clone();
         let max = self.max_stream_in_flight;
-        // The request's span goes with the loop, so its trace context reaches the records.
-        tokio::spawn(
-            async move {
-                let end = stream::run(gateway, admit, input, results, max).await;
-                let _ = ended.send(end);
-            }
-            .instrument(tracing::Span::current()),
-        );
+        // The request's trace goes with the loop, so its context reaches the records.
+        tokio::spawn(crate::telemetry::CurrentTrace::capture().carry(async move {
+            let end = stream::run(gateway, admit, input, results, max).await;
+            let _ = ended.send(end);
+        }));
         let end = futures::stream::once(end).filter_map(|end| async move {
             match end {
                 Ok(end) => final_status(end).map(Err),

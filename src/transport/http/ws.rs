@@ -24,7 +24,6 @@ use axum::routing::get;
 use futures::{SinkExt as _, Stream, StreamExt as _};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
-use tracing::Instrument as _;
 
 use crate::core::error::Error;
 use crate::core::service::Gateway;
@@ -106,14 +105,14 @@ async fn upgrade(
             "the WebSocket route is served outside its admission layer".into(),
         )),
     };
-    // The request's span goes with the socket, so its trace context reaches the records.
-    let span = tracing::Span::current();
+    // The request's trace goes with the socket, so its context reaches the records.
+    let trace = crate::telemetry::CurrentTrace::capture();
     // A browser that offered its token as a subprotocol (`transport::stack::authn`) gets
     // `eventgateway.v1` selected; never the token, which would echo it back.
     ws.protocols([WS_SUBPROTOCOL])
         .max_message_size(s.max_message)
         .max_frame_size(s.max_message)
-        .on_upgrade(move |socket| session(s, opened, socket).instrument(span))
+        .on_upgrade(move |socket| trace.carry(session(s, opened, socket)))
 }
 
 /// Whether `origin` names the host the request was sent to (its `Host`; WebSockets come

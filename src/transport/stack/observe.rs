@@ -14,7 +14,6 @@ use opentelemetry::metrics::{
 };
 use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_http::HeaderExtractor;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::proto::SERVICE_NAME;
 use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
@@ -172,9 +171,9 @@ fn request_labels(
 
 /// A `HeaderName`, not text: a name given as text is parsed and checked on every lookup (#26).
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 async fn observe(State(o): State<Arc<HttpMetrics>>, mut req: Request, next: Next) -> Response {
-    use tracing::Instrument as _;
     let started = Instant::now();
     let request_id = match req.headers().get(X_REQUEST_ID) {
         Some(id) => id.clone(),
@@ -184,23 +183,29 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, mut req: Request, next: Next
             id
         }
     };
-    let span = make_span(&req, &request_id);
+    let RequestSpan { cx, log } = make_span(&req, &request_id);
     let method = crate::telemetry::instruments::method_label(req.method());
     // A clone of the matched route shares its text (an `Arc<str>`).
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map(|p| route_index(p.as_str()));
     let grpc_path = is_grpc(req.headers()).then(|| req.uri().path().to_owned());
-    // The span is entered on each poll of the handler (not of the reply's body, which the
-    // handlers here fill before answering: a stream's loop and a WebSocket session carry a
-    // clone of it themselves). tower-http's TraceLayer entered it on every poll of the body
-    // too, and its DEBUG events and failure classifier ran per request: about 4K
-    // instructions of a REST request for lines nobody logs (#26).
-    // Boxed so that, once done, the spent future leaves without entering the span:
-    // `Instrumented` enters its span to drop what it wraps, an enter and an exit (about 700
-    // instructions, #26) for a future with nothing left in it. A request cut off midway is
-    // still dropped inside its span.
-    let mut run = Box::pin(next.run(req)).instrument(span);
-    let mut resp = (&mut run).await;
+    // The span's context is current (and the log span entered) on each poll of the handler,
+    // not of the reply's body, which the handlers here fill before answering: a stream's
+    // loop and a WebSocket session carry the trace themselves (`telemetry::CurrentTrace`).
+    // tower-http's TraceLayer entered its span on every poll of the body too, and ran DEBUG
+    // events and a failure classifier per request: about 4K instructions of a REST request
+    // for lines nobody logs (#26). Boxed and polled here, so that the spent future is dropped
+    // outside the span (`Instrumented` entered its span to drop what it wraps, about 700
+    // instructions for a future with nothing left in it). A request cut off midway is
+    // dropped with this function's future, outside both.
+    let mut run = Box::pin(next.run(req));
+    let mut resp = std::future::poll_fn(|task| {
+        let _cx = cx.clone().attach();
+        let _log = log.enter();
+        run.as_mut().poll(task)
+    })
+    .await;
+    drop(run);
     echo_request_id(&mut resp, request_id);
     let elapsed = started.elapsed().as_secs_f64();
     // A unary reply carries grpc-status in its headers when it failed before any message
@@ -213,17 +218,17 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, mut req: Request, next: Next
             .map(tonic::Code::from)
             .unwrap_or(tonic::Code::Ok)
     });
-    record_outcome(run.span(), resp.status(), grpc_code);
+    record_outcome(&cx, resp.status(), grpc_code);
     // One DEBUG line per request, inside its span (tower-http's TraceLayer wrote two).
     tracing::debug!(
-        parent: run.span(),
+        parent: &log,
         status = resp.status().as_u16(),
         latency_ms = elapsed * 1e3,
         "finished processing request"
     );
-    // The request's handle on the span goes here (a stream's loop and a WebSocket session
-    // hold their own), and the spent future is dropped outside it.
-    drop(run.into_inner());
+    // The request's handles on the span go here (a stream's loop and a WebSocket session
+    // hold their own): the span ends when the last one does.
+    drop((cx, log));
     if let Some((series, calls)) = o.bound_ok(
         method,
         route.flatten(),
@@ -309,91 +314,156 @@ const SPAN_NAMES: &[(&str, &str, &str)] = &[
     ("GET", ROUTE_EVENTS_WS, "GET /api/v1/events/ws"),
 ];
 
+/// A request's server span, as the OpenTelemetry context it is current in, and the span its
+/// log lines are written in (`Span::none()` when no log line can show one).
+struct RequestSpan {
+    cx: opentelemetry::Context,
+    log: tracing::Span,
+}
+
 /// The server span of a request, named and attributed by OpenTelemetry's semantic
 /// conventions (HTTP: `{method} {route}`, `http.request.method`, `http.route`, `url.path`,
 /// `http.response.status_code`; gRPC: `{service}/{method}`, `rpc.system`, `rpc.service`,
-/// `rpc.method`, `rpc.grpc.status_code`), parented on the caller's W3C `traceparent`, and
-/// carrying its own `trace_id` and `span_id` for the log lines written inside it.
-fn make_span(
-    req: &http::Request<axum::body::Body>,
-    request_id: &http::HeaderValue,
-) -> tracing::Span {
-    use opentelemetry::trace::TraceContextExt as _;
+/// `rpc.method`, `rpc.grpc.status_code`; both `request_id`), parented on the caller's W3C
+/// `traceparent`.
+///
+/// Made with the SDK's tracer directly, not as a tracing span turned into one by
+/// tracing-opentelemetry's layer: that path kept the span in tracing's registry, ran both
+/// layers' filters on its every enter, exit and record, built a span builder, then the span at
+/// its close: 6.7K instructions more per REST request than this (#26). The spans made inside a
+/// request (`send`, `create`) still go through the layer, which parents them on this one
+/// while its context is current (`observe` attaches it on every poll; `CurrentTrace` carries
+/// it into the tasks a request starts). Log lines need a tracing span: one with the request's
+/// method, route and path (gRPC: service and method), its id and the span's `trace_id` and
+/// `span_id` is made when a log line can show it (`logs_show_spans`), under the target the
+/// layer leaves out (`telemetry::LOG_SPANS`).
+fn make_span(req: &http::Request<axum::body::Body>, request_id: &http::HeaderValue) -> RequestSpan {
+    use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
+    let Some(tracer) = crate::telemetry::tracer() else {
+        // No telemetry installed (a router in a test): no spans, as tracing without a
+        // subscriber.
+        return RequestSpan {
+            cx: opentelemetry::Context::new(),
+            log: tracing::Span::none(),
+        };
+    };
     let request_id = request_id.to_str().unwrap_or("");
     let path = req.uri().path();
-    let empty = tracing::field::Empty;
-    let span = if is_grpc(req.headers()) {
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((path, ""));
-        tracing::info_span!(
-            "request",
-            otel.name = path.trim_start_matches('/'),
-            otel.kind = "server",
-            otel.status_code = empty,
-            rpc.system = "grpc",
-            rpc.service = service,
-            rpc.method = method,
-            rpc.grpc.status_code = empty,
-            request_id,
-            trace_id = empty,
-            span_id = empty,
-        )
+    let grpc = is_grpc(req.headers());
+    let mut attributes = Vec::with_capacity(6);
+    let name = if grpc {
+        let full = path.trim_start_matches('/');
+        let (service, method) = full.split_once('/').unwrap_or((full, ""));
+        attributes.extend([
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", service.to_owned()),
+            KeyValue::new("rpc.method", method.to_owned()),
+        ]);
+        std::borrow::Cow::Owned(full.to_owned())
     } else {
-        let route = req
-            .extensions()
-            .get::<MatchedPath>()
-            .map(|p| p.as_str())
-            .unwrap_or(path);
-        // The contract's routes have their names written once (#26): a field given as text
-        // is copied by the OpenTelemetry layer, one given with `%` formatted twice.
-        let name = match SPAN_NAMES
-            .iter()
-            .find(|(m, r, _)| *r == route && req.method() == m)
-        {
-            Some((_, _, name)) => std::borrow::Cow::Borrowed(*name),
-            None => std::borrow::Cow::Owned(format!("{} {route}", req.method())),
+        let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
+        // The contract's routes have their names and routes written once (#26).
+        let known = route.and_then(|r| {
+            SPAN_NAMES
+                .iter()
+                .find(|(m, rt, _)| *rt == r && req.method() == m)
+        });
+        let method = match crate::telemetry::instruments::method_label(req.method()) {
+            "other" => "_OTHER",
+            m => m,
         };
-        tracing::info_span!(
-            "request",
-            otel.name = name.as_ref(),
-            otel.kind = "server",
-            otel.status_code = empty,
-            http.request.method = req.method().as_str(),
-            http.route = route,
-            url.path = path,
-            http.response.status_code = empty,
-            request_id,
-            trace_id = empty,
-            span_id = empty,
-        )
+        attributes.push(KeyValue::new("http.request.method", method));
+        match known {
+            Some((_, r, name)) => {
+                attributes.push(KeyValue::new("http.route", *r));
+                std::borrow::Cow::Borrowed(*name)
+            }
+            None => {
+                let route = route.unwrap_or(path);
+                attributes.push(KeyValue::new("http.route", route.to_owned()));
+                std::borrow::Cow::Owned(format!("{} {route}", req.method()))
+            }
+        }
     };
-    let parent = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&HeaderExtractor(req.headers()))
-    });
-    let _ = span.set_parent(parent);
-    // The ids are for log lines only (the exported span has them anyway): recorded when a
-    // log line can show them.
-    if crate::telemetry::logs_show_spans() {
-        let cx = span.context();
+    if !grpc {
+        attributes.push(KeyValue::new("url.path", path.to_owned()));
+    }
+    attributes.push(KeyValue::new("request_id", request_id.to_owned()));
+    // The propagator installed is W3C trace context's (`telemetry::init`), which reads
+    // nothing without a `traceparent`: such a request starts a trace of its own, without the
+    // global propagator's lock and a lookup by a name given as text (about 900 instructions,
+    // #26).
+    let parent = if req.headers().contains_key(TRACEPARENT) {
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&HeaderExtractor(req.headers()))
+        })
+    } else {
+        opentelemetry::Context::new()
+    };
+    let span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Server)
+        .with_attributes(attributes)
+        .start_with_context(tracer, &parent);
+    let cx = parent.with_span(span);
+    let log = if crate::telemetry::logs_show_spans() {
         let otel = cx.span();
         let sc = otel.span_context();
-        if sc.is_valid() {
-            span.record("trace_id", tracing::field::display(sc.trace_id()));
-            span.record("span_id", tracing::field::display(sc.span_id()));
+        let (trace_id, span_id) = (
+            tracing::field::display(sc.trace_id()),
+            tracing::field::display(sc.span_id()),
+        );
+        if grpc {
+            let (service, method) = path
+                .trim_start_matches('/')
+                .split_once('/')
+                .unwrap_or((path, ""));
+            tracing::info_span!(
+                target: crate::telemetry::LOG_SPANS,
+                "request",
+                rpc.service = service,
+                rpc.method = method,
+                request_id,
+                trace_id,
+                span_id,
+            )
+        } else {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|p| p.as_str())
+                .unwrap_or(path);
+            tracing::info_span!(
+                target: crate::telemetry::LOG_SPANS,
+                "request",
+                http.request.method = req.method().as_str(),
+                http.route = route,
+                url.path = path,
+                request_id,
+                trace_id,
+                span_id,
+            )
         }
-    }
-    span
+    } else {
+        tracing::Span::none()
+    };
+    RequestSpan { cx, log }
 }
 
-/// The outcome on the request's server span: the status code, and the span's status set to
-/// error where the conventions say so (HTTP 5xx; the gRPC codes a server is at fault for).
-fn record_outcome(span: &tracing::Span, status: http::StatusCode, grpc: Option<tonic::Code>) {
+/// The outcome on the request's server span: the status code (an integer, as the
+/// conventions say), and the span's status set to error where they say so (HTTP 5xx; the
+/// gRPC codes a server is at fault for).
+fn record_outcome(
+    cx: &opentelemetry::Context,
+    status: http::StatusCode,
+    grpc: Option<tonic::Code>,
+) {
+    use opentelemetry::trace::TraceContextExt as _;
     use tonic::Code as C;
+    let span = cx.span();
     let failed = match grpc {
         Some(code) => {
-            span.record("rpc.grpc.status_code", i64::from(code as i32));
+            span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
             matches!(
                 code,
                 C::Unknown
@@ -405,14 +475,15 @@ fn record_outcome(span: &tracing::Span, status: http::StatusCode, grpc: Option<t
             )
         }
         None => {
-            // As i64: the OpenTelemetry layer takes integers as i64, and formats any other
-            // width through `Debug` into a string (about 900 instructions, #26).
-            span.record("http.response.status_code", i64::from(status.as_u16()));
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status.as_u16()),
+            ));
             status.is_server_error()
         }
     };
     if failed {
-        span.record("otel.status_code", "error");
+        span.set_status(opentelemetry::trace::Status::error(""));
     }
 }
 
