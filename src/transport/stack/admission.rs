@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::{Next, from_fn_with_state};
+use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use http::HeaderValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::authn::{ForwardHeaders, authenticate_request, principal, principal_of};
 use super::client::{ClientKey, X_FORWARDED_FOR, client_ip, client_key};
+use super::middleware::{Next, from_fn};
 use super::rate::{LIMITER_GC_INTERVAL, RateLimit, take_token};
 use crate::config::{PerformanceConfig, RateLimitConfig};
 use crate::core::auth::{Authenticator, Principal};
@@ -31,7 +31,7 @@ use crate::transport::status::{self, is_grpc};
 /// route is a boxed service cloned per request, and those four with their error handler cost
 /// about 2K instructions of a REST request (#26). A stream's events are admitted the same
 /// way, by the same slots and deadline ([`StreamAdmit::admit`]).
-async fn admit_unary(State(a): State<Arc<Admission>>, mut req: Request, next: Next) -> Response {
+async fn admit_unary(a: Arc<Admission>, mut req: Request, next: Next) -> Response {
     if let Some(refused) = authenticate_request(&a.auth, a.forward.as_ref(), &mut req) {
         return refused;
     }
@@ -311,14 +311,14 @@ impl Admission {
     /// authentication and the per-client token bucket, then load shedding at
     /// `max_concurrent_requests`, then the `request_timeout` deadline.
     pub fn unary(self: &Arc<Self>, router: Router) -> Router {
-        router.route_layer(from_fn_with_state(self.clone(), admit_unary))
+        router.route_layer(from_fn(self.clone(), admit_unary))
     }
 
     /// Wraps the streaming routes (IngestStream, the WebSocket route): a stream is
     /// authenticated once and takes a `max_streams` slot and no token; each of its events is admitted on its own by the
     /// [`Admit`] this puts on the request (rate limits count events, not streams).
     pub fn streaming(self: &Arc<Self>, router: Router) -> Router {
-        router.route_layer(from_fn_with_state(self.clone(), open_stream))
+        router.route_layer(from_fn(self.clone(), open_stream))
     }
 }
 
@@ -370,7 +370,7 @@ impl Admit for StreamAdmit {
     }
 }
 
-async fn open_stream(State(a): State<Arc<Admission>>, mut req: Request, next: Next) -> Response {
+async fn open_stream(a: Arc<Admission>, mut req: Request, next: Next) -> Response {
     if let Some(refused) = authenticate_request(&a.auth, a.forward.as_ref(), &mut req) {
         return refused;
     }

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::{Next, from_fn_with_state};
+use axum::extract::Request;
 use axum::response::Response;
 use http::{HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
+use super::middleware::{Next, from_fn};
 use crate::config::CorsConfig;
 use crate::core::error::{Error, FieldViolation};
 use crate::telemetry::throttle::LogThrottle;
@@ -101,13 +101,11 @@ pub fn cors(router: Router, config: &CorsConfig) -> Router {
         listed,
         refused_log: LogThrottle::new(Duration::from_secs(10)),
     });
-    router
-        .layer(layer)
-        .layer(from_fn_with_state(origins, check_origin))
+    router.layer(layer).layer(from_fn(origins, check_origin))
 }
 
 /// Refuses a request whose `Origin` may not call (see the module's paragraph).
-async fn check_origin(State(o): State<Arc<Origins>>, req: Request, next: Next) -> Response {
+async fn check_origin(o: Arc<Origins>, req: Request, next: Next) -> Response {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return next.run(req).await;
     };

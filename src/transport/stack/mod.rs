@@ -33,11 +33,13 @@
 //! status that gRPC would read as UNAVAILABLE.
 //!
 //! One file per concern: `observe` (spans and metrics), `cors`, `authn`, `client` (the
-//! client's address), `rate` (the token buckets) and `admission`.
+//! client's address), `rate` (the token buckets) and `admission`; `middleware` makes each
+//! piece a tower layer.
 mod admission;
 mod authn;
 mod client;
 mod cors;
+mod middleware;
 mod observe;
 mod rate;
 

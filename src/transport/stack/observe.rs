@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::{Next, from_fn_with_state};
+use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 use opentelemetry::metrics::{
     BoundCounter, BoundHistogram, Counter, Histogram, Meter, UpDownCounter,
@@ -15,6 +14,7 @@ use opentelemetry::metrics::{
 use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_http::HeaderExtractor;
 
+use super::middleware::{Next, from_fn};
 use crate::proto::SERVICE_NAME;
 use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
 use crate::transport::routes::{
@@ -173,7 +173,7 @@ fn request_labels(
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
-async fn observe(State(o): State<Arc<HttpMetrics>>, mut req: Request, next: Next) -> Response {
+async fn observe(o: Arc<HttpMetrics>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = match req.headers().get(X_REQUEST_ID) {
         Some(id) => id.clone(),
@@ -194,18 +194,19 @@ async fn observe(State(o): State<Arc<HttpMetrics>>, mut req: Request, next: Next
     // loop and a WebSocket session carry the trace themselves (`telemetry::CurrentTrace`).
     // tower-http's TraceLayer entered its span on every poll of the body too, and ran DEBUG
     // events and a failure classifier per request: about 4K instructions of a REST request
-    // for lines nobody logs (#26). Boxed and polled here, so that the spent future is dropped
-    // outside the span (`Instrumented` entered its span to drop what it wraps, about 700
-    // instructions for a future with nothing left in it). A request cut off midway is
-    // dropped with this function's future, outside both.
-    let mut run = Box::pin(next.run(req));
-    let mut resp = std::future::poll_fn(|task| {
-        let _cx = cx.clone().attach();
-        let _log = log.enter();
-        run.as_mut().poll(task)
-    })
-    .await;
-    drop(run);
+    // for lines nobody logs (#26). Polled here rather than wrapped in `Instrumented`, which
+    // entered its span to drop what it wraps (about 700 instructions for a future with
+    // nothing left in it): the spent future is dropped at the end of the block, outside the
+    // span. A request cut off midway is dropped with this function's future, outside both.
+    let mut resp = {
+        let mut run = std::pin::pin!(next.run(req));
+        std::future::poll_fn(|task| {
+            let _cx = cx.clone().attach();
+            let _log = log.enter();
+            run.as_mut().poll(task)
+        })
+        .await
+    };
     echo_request_id(&mut resp, request_id);
     let elapsed = started.elapsed().as_secs_f64();
     // A unary reply carries grpc-status in its headers when it failed before any message
@@ -491,7 +492,7 @@ fn record_outcome(
 /// UUID when the request has no `x-request-id`), the span, the metrics, and the id echoed
 /// on the reply.
 pub fn observed(router: Router, metrics: Arc<HttpMetrics>) -> Router {
-    router.layer(from_fn_with_state(metrics, observe))
+    router.layer(from_fn(metrics, observe))
 }
 
 #[cfg(test)]
