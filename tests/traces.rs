@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use event_gateway::proto::{CloudEvent, IngestEventRequest};
+use event_gateway::proto::{CloudEvent, IngestEventRequest, IngestStreamRequest};
 use event_gateway::transport::grpc::event_gateway_service_client::EventGatewayServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -39,6 +39,8 @@ struct Exported {
     kind: i32,
     /// The span's status code: 0 unset, 1 ok, 2 error.
     status: i32,
+    /// When the span ended (Unix nanoseconds).
+    end: u64,
     attrs: HashMap<String, String>,
     /// The attributes sent as integers (the conventions' status codes are ints).
     int_attrs: Vec<String>,
@@ -82,6 +84,7 @@ impl Received {
                         name: s.name,
                         kind: s.kind,
                         status: s.status.as_ref().map_or(0, |st| st.code),
+                        end: s.end_time_unix_nano,
                         attrs: text_of(&s.attributes),
                         int_attrs: s
                             .attributes
@@ -398,6 +401,94 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
         .await;
     assert_eq!(failed.attrs["rpc.grpc.status_code"], "12");
     assert_eq!(failed.status, 2, "an error");
+
+    // A path no route serves: named by the method alone, no `http.route` (a client's paths
+    // would each make a span name).
+    let t4 = random_hex(16);
+    assert_eq!(
+        post(
+            port,
+            "/no/such/route",
+            Some(&traceparent(&t4, &random_hex(8), true)),
+            "x"
+        )
+        .await,
+        404
+    );
+    let unmatched = got
+        .wait_for("the unmatched request's server span", |s| {
+            s.trace_id == t4 && s.kind == 2
+        })
+        .await;
+    assert_eq!(unmatched.name, "POST");
+    assert!(
+        !unmatched.attrs.contains_key("http.route"),
+        "{:?}",
+        unmatched.attrs
+    );
+    assert_eq!(unmatched.attrs["url.path"], "/no/such/route");
+
+    // IngestStream: the call's server span is the parent of the send spans of events sent
+    // on it, and it ends when the stream does (the loop carries the request's trace).
+    let t5 = random_hex(16);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut().insert(
+        "traceparent",
+        traceparent(&t5, &random_hex(8), true).parse().unwrap(),
+    );
+    let mut replies = grpc.ingest_stream(req).await.unwrap().into_inner();
+    for id in ["stream-1", "stream-2"] {
+        let ev: CloudEvent =
+            serde_json::from_value(json!({"id": id, "type": "user.created", "source": "traces"}))
+                .unwrap();
+        tx.send(IngestStreamRequest {
+            sequence: None,
+            events: vec![ev],
+        })
+        .await
+        .unwrap();
+        replies
+            .message()
+            .await
+            .unwrap()
+            .expect("a report per message");
+    }
+    drop(tx);
+    while replies.message().await.unwrap().is_some() {}
+    let stream = got
+        .wait_for("the stream's server span", |s| {
+            s.trace_id == t5 && s.kind == 2
+        })
+        .await;
+    assert_eq!(
+        stream.name,
+        "eventgateway.v1.EventGatewayService/IngestStream"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sends: Vec<Exported> = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no two send spans in the stream's trace: {:#?}",
+            got.spans()
+        );
+        let sends: Vec<Exported> = got
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == t5 && s.kind == 4)
+            .collect();
+        if sends.len() >= 2 {
+            break sends;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for send in &sends {
+        assert_eq!(send.parent, stream.span_id, "a child of the stream's span");
+        assert!(
+            stream.end >= send.end,
+            "the stream's span ended before the send of an event sent on it"
+        );
+    }
 
     // The records carry their send span's context: a consumer continues the trace.
     let records = broker.read_all(TOPIC, 2, Duration::from_secs(30));

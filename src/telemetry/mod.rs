@@ -1,5 +1,6 @@
-//! Telemetry setup: logs (text or JSON lines, RUST_LOG or `logging.level`), traces through
-//! tracing-opentelemetry with W3C trace context propagation (exported over OTLP when the
+//! Telemetry setup: logs (text or JSON lines, RUST_LOG or `logging.level`), traces (a
+//! request's server span made with [`tracer`], the spans inside it through
+//! tracing-opentelemetry) with W3C trace context propagation (exported over OTLP when the
 //! standard `OTEL_*` variables ask for it), the metrics registry in [`metrics`] and the shared
 //! instrument conventions in [`instruments`], and [`throttle`] for log lines a flood could
 //! multiply. The core and the sinks may use [`instruments`], [`throttle`],
@@ -135,8 +136,10 @@ pub fn init(config: &LoggingConfig) -> SdkTracerProvider {
                 // each a cost per span (#26): source locations (three attributes), the
                 // thread's id and name (a String each), the target, busy/idle times (two
                 // clock reads per enter and exit), and the OpenTelemetry context attached on
-                // every enter (no code here reads `Context::current`: trace headers come from
-                // the span itself, `trace_headers_of`).
+                // every enter (trace headers come from the span itself, `trace_headers_of`;
+                // the one OpenTelemetry context a span here is made in is a request's,
+                // attached by `transport::stack::observe` and `CurrentTrace`, which the layer
+                // falls back to for a span with no tracing parent it sees).
                 .with_location(false)
                 .with_threads(false)
                 .with_target(false)
@@ -163,7 +166,10 @@ pub fn tracer() -> Option<&'static SdkTracer> {
 }
 
 /// The target of spans made for log lines only: the OpenTelemetry layer leaves them out.
-pub const LOG_SPANS: &str = "event_gateway::log_spans";
+/// Under the module path of `transport::stack::observe`, which makes them, so that a log
+/// filter naming that module or one above it (`RUST_LOG=warn,event_gateway::transport=debug`)
+/// shows them, as it showed the request span before it was made outside tracing.
+pub const LOG_SPANS: &str = "event_gateway::transport::stack::observe::request";
 
 /// The trace a piece of a request's work runs in: its log span (tracing's current span) and
 /// its OpenTelemetry context (the server span, `transport::stack::observe`). Captured where
@@ -196,11 +202,12 @@ impl CurrentTrace {
 }
 
 /// Whether log lines can show the fields of the gateway's INFO spans (the log filter lets
-/// INFO through somewhere); set by [`init`], true until then.
+/// INFO through somewhere, by its most verbose directive); set by [`init`], true until then.
+/// A request's log span is made only when it is.
 static LOGS_SHOW_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// True when a field recorded on a request's span only for log lines (its `trace_id` and
-/// `span_id`) can appear in one: formatting them costs about a tenth of a REST request's
+/// True when a request's log span (its fields, `trace_id` and `span_id`) can appear in a log
+/// line: making it and formatting its fields cost about a tenth of a REST request's
 /// instructions, for nothing when the log level is WARN or above (#26).
 pub fn logs_show_spans() -> bool {
     LOGS_SHOW_SPANS.load(std::sync::atomic::Ordering::Relaxed)

@@ -369,21 +369,25 @@ fn make_span(req: &http::Request<axum::body::Body>, request_id: &http::HeaderVal
                 .iter()
                 .find(|(m, rt, _)| *rt == r && req.method() == m)
         });
+        // The conventions' names: a method outside HTTP's set is `_OTHER` as an attribute
+        // and `HTTP` in the span's name; a request no route matched is named by its method
+        // alone (its path, which any client chooses, would make a span name per path).
         let method = match crate::telemetry::instruments::method_label(req.method()) {
             "other" => "_OTHER",
             m => m,
         };
         attributes.push(KeyValue::new("http.request.method", method));
-        match known {
-            Some((_, r, name)) => {
+        let named = if method == "_OTHER" { "HTTP" } else { method };
+        match (known, route) {
+            (Some((_, r, name)), _) => {
                 attributes.push(KeyValue::new("http.route", *r));
                 std::borrow::Cow::Borrowed(*name)
             }
-            None => {
-                let route = route.unwrap_or(path);
+            (None, Some(route)) => {
                 attributes.push(KeyValue::new("http.route", route.to_owned()));
-                std::borrow::Cow::Owned(format!("{} {route}", req.method()))
+                std::borrow::Cow::Owned(format!("{named} {route}"))
             }
+            (None, None) => std::borrow::Cow::Borrowed(named),
         }
     };
     if !grpc {
@@ -410,10 +414,10 @@ fn make_span(req: &http::Request<axum::body::Body>, request_id: &http::HeaderVal
     let log = if crate::telemetry::logs_show_spans() {
         let otel = cx.span();
         let sc = otel.span_context();
-        let (trace_id, span_id) = (
-            tracing::field::display(sc.trace_id()),
-            tracing::field::display(sc.span_id()),
-        );
+        // None (the fields left out) when the span is not a real one (the provider shut down).
+        let valid = sc.is_valid();
+        let trace_id = valid.then(|| tracing::field::display(sc.trace_id()));
+        let span_id = valid.then(|| tracing::field::display(sc.span_id()));
         if grpc {
             let (service, method) = path
                 .trim_start_matches('/')
