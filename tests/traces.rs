@@ -490,6 +490,53 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
         );
     }
 
+    // The WebSocket: the same, through the session the upgrade starts.
+    {
+        use futures::{SinkExt as _, StreamExt as _};
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let t6 = random_hex(16);
+        let mut req = format!("ws://127.0.0.1:{port}/api/v1/events/ws")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "traceparent",
+            traceparent(&t6, &random_hex(8), true).parse().unwrap(),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.send(Message::text(
+            json!({"specversion": "1.0", "id": "ws-1", "type": "user.created", "source": "traces"})
+                .to_string(),
+        ))
+        .await
+        .unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a report within 20 s");
+        assert!(matches!(report, Some(Ok(Message::Text(_)))), "{report:?}");
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+        let session = got
+            .wait_for("the WebSocket's server span", |s| {
+                s.trace_id == t6 && s.kind == 2
+            })
+            .await;
+        assert_eq!(session.name, "GET /api/v1/events/ws");
+        let send = got
+            .wait_for("the WebSocket event's send span", |s| {
+                s.trace_id == t6 && s.kind == 4
+            })
+            .await;
+        assert_eq!(
+            send.parent, session.span_id,
+            "a child of the WebSocket's span"
+        );
+        assert!(
+            session.end >= send.end,
+            "the session's span ended before its send"
+        );
+    }
+
     // The records carry their send span's context: a consumer continues the trace.
     let records = broker.read_all(TOPIC, 2, Duration::from_secs(30));
     let rest = records
