@@ -183,12 +183,18 @@ async fn observe(o: Arc<HttpMetrics>, mut req: Request, next: Next) -> Response 
             id
         }
     };
-    let RequestSpan { cx, log } = make_span(&req, &request_id);
     let method = crate::telemetry::instruments::method_label(req.method());
     // A clone of the matched route shares its text (an `Arc<str>`).
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map(|p| route_index(p.as_str()));
-    let grpc_path = is_grpc(req.headers()).then(|| req.uri().path().to_owned());
+    let grpc = is_grpc(req.headers());
+    let RequestSpan { cx, log } = make_span(
+        &req,
+        &request_id,
+        grpc,
+        matched.as_ref().map(MatchedPath::as_str),
+    );
+    let grpc_path = grpc.then(|| req.uri().path().to_owned());
     // The span's context is current (and the log span entered) on each poll of the handler,
     // not of the reply's body, which the handlers here fill before answering: a stream's
     // loop and a WebSocket session carry the trace themselves (`telemetry::CurrentTrace`).
@@ -338,7 +344,13 @@ struct RequestSpan {
 /// method, route and path (gRPC: service and method), its id and the span's `trace_id` and
 /// `span_id` is made when a log line can show it (`logs_show_spans`), under the target the
 /// layer leaves out (`telemetry::LOG_SPANS`).
-fn make_span(req: &http::Request<axum::body::Body>, request_id: &http::HeaderValue) -> RequestSpan {
+/// `grpc` and `route` (the matched route, if any) are the request's, as `observe` found them.
+fn make_span(
+    req: &http::Request<axum::body::Body>,
+    request_id: &http::HeaderValue,
+    grpc: bool,
+    route: Option<&str>,
+) -> RequestSpan {
     use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _};
     let Some(tracer) = crate::telemetry::tracer() else {
         // No telemetry installed (a router in a test): no spans, as tracing without a
@@ -350,19 +362,18 @@ fn make_span(req: &http::Request<axum::body::Body>, request_id: &http::HeaderVal
     };
     let request_id = request_id.to_str().unwrap_or("");
     let path = req.uri().path();
-    let grpc = is_grpc(req.headers());
+    let full = path.trim_start_matches('/');
+    // A gRPC call's service and method, from its path.
+    let (service, rpc) = full.split_once('/').unwrap_or((full, ""));
     let mut attributes = Vec::with_capacity(6);
     let name = if grpc {
-        let full = path.trim_start_matches('/');
-        let (service, method) = full.split_once('/').unwrap_or((full, ""));
         attributes.extend([
             KeyValue::new("rpc.system", "grpc"),
             KeyValue::new("rpc.service", service.to_owned()),
-            KeyValue::new("rpc.method", method.to_owned()),
+            KeyValue::new("rpc.method", rpc.to_owned()),
         ]);
         std::borrow::Cow::Owned(full.to_owned())
     } else {
-        let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
         // The contract's routes have their names and routes written once (#26).
         let known = route.and_then(|r| {
             SPAN_NAMES
@@ -419,30 +430,21 @@ fn make_span(req: &http::Request<axum::body::Body>, request_id: &http::HeaderVal
         let trace_id = valid.then(|| tracing::field::display(sc.trace_id()));
         let span_id = valid.then(|| tracing::field::display(sc.span_id()));
         if grpc {
-            let (service, method) = path
-                .trim_start_matches('/')
-                .split_once('/')
-                .unwrap_or((path, ""));
             tracing::info_span!(
                 target: crate::telemetry::LOG_SPANS,
                 "request",
                 rpc.service = service,
-                rpc.method = method,
+                rpc.method = rpc,
                 request_id,
                 trace_id,
                 span_id,
             )
         } else {
-            let route = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map(|p| p.as_str())
-                .unwrap_or(path);
             tracing::info_span!(
                 target: crate::telemetry::LOG_SPANS,
                 "request",
                 http.request.method = req.method().as_str(),
-                http.route = route,
+                http.route = route.unwrap_or(path),
                 url.path = path,
                 request_id,
                 trace_id,
