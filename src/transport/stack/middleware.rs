@@ -15,37 +15,14 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use tower::Service as _;
 
-/// A piece of the stack: what it does with a request, given the rest of the stack.
-pub(super) trait Middleware: Clone + Send + Sync + 'static {
-    fn run(&self, req: Request, next: Next) -> impl Future<Output = Response> + Send + 'static;
-}
-
 /// `f(state, request, next)` as a layer.
-pub(super) fn from_fn<T, F, Fut>(state: T, f: F) -> Layer<WithState<T, F>>
+pub(super) fn from_fn<T, F, Fut>(state: T, f: F) -> Layer<T, F>
 where
     T: Clone + Send + Sync + 'static,
     F: Fn(T, Request, Next) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
-    Layer(WithState { state, f })
-}
-
-/// A middleware made of a function and its state.
-#[derive(Clone)]
-pub(super) struct WithState<T, F> {
-    state: T,
-    f: F,
-}
-
-impl<T, F, Fut> Middleware for WithState<T, F>
-where
-    T: Clone + Send + Sync + 'static,
-    F: Fn(T, Request, Next) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response> + Send + 'static,
-{
-    fn run(&self, req: Request, next: Next) -> impl Future<Output = Response> + Send + 'static {
-        (self.f)(self.state.clone(), req, next)
-    }
+    Layer { state, f }
 }
 
 /// The rest of the stack below a middleware (what axum's `Next` is to `from_fn`).
@@ -62,29 +39,37 @@ impl Next {
     }
 }
 
-/// `M` as a tower layer, for `Router::layer` and `Router::route_layer`.
+/// `f` and its state as a tower layer, for `Router::layer` and `Router::route_layer`.
 #[derive(Clone)]
-pub(super) struct Layer<M>(M);
+pub(super) struct Layer<T, F> {
+    state: T,
+    f: F,
+}
 
-impl<M: Middleware> tower::Layer<Route> for Layer<M> {
-    type Service = Wrapped<M>;
+impl<T: Clone, F: Clone> tower::Layer<Route> for Layer<T, F> {
+    type Service = Wrapped<T, F>;
 
-    fn layer(&self, inner: Route) -> Wrapped<M> {
+    fn layer(&self, inner: Route) -> Wrapped<T, F> {
         Wrapped {
-            middleware: self.0.clone(),
+            layer: self.clone(),
             inner,
         }
     }
 }
 
-/// A route wrapped in `M`.
+/// A route wrapped in a layer's `f`.
 #[derive(Clone)]
-pub(super) struct Wrapped<M> {
-    middleware: M,
+pub(super) struct Wrapped<T, F> {
+    layer: Layer<T, F>,
     inner: Route,
 }
 
-impl<M: Middleware> tower::Service<Request> for Wrapped<M> {
+impl<T, F, Fut> tower::Service<Request> for Wrapped<T, F>
+where
+    T: Clone + Send + Sync + 'static,
+    F: Fn(T, Request, Next) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
     type Response = Response;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Response, Infallible>>;
@@ -98,6 +83,6 @@ impl<M: Middleware> tower::Service<Request> for Wrapped<M> {
         // next request (tower's usual hand-over). A route is always ready.
         let clone = self.inner.clone();
         let next = Next(std::mem::replace(&mut self.inner, clone));
-        Box::pin(self.middleware.run(req, next).map(Ok))
+        Box::pin((self.layer.f)(self.layer.state.clone(), req, next).map(Ok))
     }
 }
