@@ -377,30 +377,44 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
     .await;
 
     // A code the server is at fault for (UNIMPLEMENTED, a method nobody serves) marks the
-    // server span's status as an error, as the conventions say.
-    let t3 = random_hex(16);
-    let r = reqwest::Client::builder()
+    // server span's status as an error, as the conventions say; such a span is named `grpc`,
+    // its method `_OTHER` (the conventions' value for a method the server does not know), the
+    // client's kept beside it, so that made-up methods make no span name each. Both ways a
+    // method goes unserved: a service that is served (its route's wildcard), and one that is
+    // not (the fallback).
+    let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
-        .unwrap()
-        .post(format!(
-            "http://127.0.0.1:{port}/eventgateway.v1.EventGatewayService/NoSuchMethod"
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("traceparent", traceparent(&t3, &random_hex(8), true))
-        .body(vec![0u8; 5])
-        .send()
-        .await
         .unwrap();
-    assert_eq!(r.headers()["grpc-status"], "12", "UNIMPLEMENTED");
-    let failed = got
-        .wait_for("the failed call's server span", |s| {
-            s.trace_id == t3 && s.kind == 2
-        })
-        .await;
-    assert_eq!(failed.attrs["rpc.grpc.status_code"], "12");
-    assert_eq!(failed.status, 2, "an error");
+    for path in [
+        "/eventgateway.v1.EventGatewayService/NoSuchMethod",
+        "/no.such.Service/NoSuchMethod",
+    ] {
+        let t3 = random_hex(16);
+        let r = h2
+            .post(format!("http://127.0.0.1:{port}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("traceparent", traceparent(&t3, &random_hex(8), true))
+            .body(vec![0u8; 5])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["grpc-status"], "12", "{path}: UNIMPLEMENTED");
+        let failed = got
+            .wait_for("the failed call's server span", |s| {
+                s.trace_id == t3 && s.kind == 2
+            })
+            .await;
+        assert_eq!(failed.attrs["rpc.grpc.status_code"], "12", "{path}");
+        assert_eq!(failed.status, 2, "{path}: an error");
+        assert_eq!(failed.name, "grpc", "{path}");
+        assert_eq!(failed.attrs["rpc.method"], "_OTHER", "{path}");
+        assert_eq!(
+            failed.attrs["rpc.method_original"], "NoSuchMethod",
+            "{path}"
+        );
+    }
 
     // A path no route serves: named by the method alone, no `http.route` (a client's paths
     // would each make a span name).

@@ -225,7 +225,7 @@ async fn observe(o: Arc<HttpMetrics>, mut req: Request, next: Next) -> Response 
             .map(tonic::Code::from)
             .unwrap_or(tonic::Code::Ok)
     });
-    record_outcome(&cx, resp.status(), grpc_code);
+    record_outcome(&cx, resp.status(), grpc_code, grpc_path.as_deref());
     // One DEBUG line per request, inside its span (tower-http's TraceLayer wrote two).
     tracing::debug!(
         parent: &log,
@@ -363,8 +363,7 @@ fn make_span(
     let request_id = request_id.to_str().unwrap_or("");
     let path = req.uri().path();
     let full = path.trim_start_matches('/');
-    // A gRPC call's service and method, from its path.
-    let (service, rpc) = full.split_once('/').unwrap_or((full, ""));
+    let (service, rpc) = grpc_parts(path);
     let mut attributes = Vec::with_capacity(6);
     let name = if grpc {
         attributes.extend([
@@ -457,13 +456,21 @@ fn make_span(
     RequestSpan { cx, log }
 }
 
+/// A gRPC call's service and method, from its path (`/{service}/{method}`).
+fn grpc_parts(path: &str) -> (&str, &str) {
+    let full = path.trim_start_matches('/');
+    full.split_once('/').unwrap_or((full, ""))
+}
+
 /// The outcome on the request's server span: the status code (an integer, as the
 /// conventions say), and the span's status set to error where they say so (HTTP 5xx; the
-/// gRPC codes a server is at fault for).
+/// gRPC codes a server is at fault for). A gRPC call answered UNIMPLEMENTED is renamed, its
+/// method `_OTHER` (`grpc_path` is the call's path).
 fn record_outcome(
     cx: &opentelemetry::Context,
     status: http::StatusCode,
     grpc: Option<tonic::Code>,
+    grpc_path: Option<&str>,
 ) {
     use opentelemetry::trace::TraceContextExt as _;
     use tonic::Code as C;
@@ -471,6 +478,18 @@ fn record_outcome(
     let failed = match grpc {
         Some(code) => {
             span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
+            if code == C::Unimplemented {
+                // A method nobody here serves (the path is the client's to choose): named
+                // `grpc` and its method `_OTHER`, the original kept beside it, as the
+                // conventions say, so that made-up methods do not make a span name each (the
+                // metrics fold them into `unmatched` the same way).
+                span.update_name("grpc");
+                span.set_attribute(KeyValue::new("rpc.method", "_OTHER"));
+                if let Some(path) = grpc_path {
+                    let original = grpc_parts(path).1.to_owned();
+                    span.set_attribute(KeyValue::new("rpc.method_original", original));
+                }
+            }
             matches!(
                 code,
                 C::Unknown
