@@ -151,6 +151,25 @@ async fn no_credentials_is_401_or_unauthenticated_and_health_stays_open() {
         .await
         .unwrap();
     assert_eq!(ws.status(), 401);
+    let types = http().get(s.gw.url("/api/v1/types")).send().await.unwrap();
+    assert_eq!(types.status(), 401, "ListEventTypes");
+    let mut grpc = s.gw.grpc().await;
+    let err = grpc
+        .list_event_types(event_gateway::proto::ListEventTypesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "gRPC ListEventTypes");
+    let err = grpc
+        .ingest_stream(tokio_stream::iter(Vec::<
+            event_gateway::proto::IngestStreamRequest,
+        >::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "IngestStream");
+    // A known path asked with a method it does not take is answered by its route, as a
+    // path that is not there would be: no credentials are asked for.
+    let wrong = http().get(s.gw.url("/api/v1/events")).send().await.unwrap();
+    assert_eq!(wrong.status(), 405);
     s.gw.wait_ready().await;
     assert_eq!(
         http()
@@ -165,7 +184,7 @@ async fn no_credentials_is_401_or_unauthenticated_and_health_stays_open() {
     let m = s.gw.metrics().await;
     assert_eq!(
         metric(&m, "auth_failures_total", "reason=\"missing\""),
-        5.0,
+        8.0,
         "{m}"
     );
 }

@@ -89,6 +89,36 @@ async fn rest_rate_limit_answers_429_with_retry_after_and_refills() {
     assert!(accepted >= 4, "{accepted}");
 }
 
+/// With `server.cors`, a page on a listed origin can read a refusal from below the browsers'
+/// step (a 429 of the rate limit): the CORS layer is outside admission, so the reply carries
+/// the origin and the headers it exposes (docs/security.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_page_can_read_the_rate_limits_refusal() {
+    const ORIGIN: &str = "https://app.example.com";
+    let mut config = limited(1, 1);
+    config.server.cors.allowed_origins = vec![ORIGIN.into()];
+    let gw = TestGateway::start(config).await;
+    let c = http();
+    let send = || {
+        c.post(gw.url("/api/v1/events"))
+            .header("content-type", "application/json")
+            .header("origin", ORIGIN)
+            .body(SEED_EVENT)
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 200);
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["access-control-allow-origin"], ORIGIN);
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for name in ["retry-after", "ratelimit", "x-request-id"] {
+        assert!(exposed.contains(name), "{name} not in {exposed}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_rate_limit_is_resource_exhausted_with_retry_info() {
     let gw = TestGateway::start(limited(1, 2)).await;

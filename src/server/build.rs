@@ -28,7 +28,7 @@ use crate::spool::forward::Forwarder;
 use crate::telemetry::metrics::MetricsRegistry;
 use crate::transport::http::health::Readiness;
 use crate::transport::http::{docs, health, rest, ws};
-use crate::transport::stack::{Admission, HttpMetrics};
+use crate::transport::stack::HttpMetrics;
 use crate::transport::{grpc, stack, tls};
 
 use super::StartupError;
@@ -166,7 +166,7 @@ pub(super) fn build(config: &Config) -> Result<App, StartupError> {
         auth.clone(),
         stack::ForwardHeaders::new(&config.kafka),
     );
-    let ingest = ingest_routes(config, &gateway, &admission);
+    let ingest = ingest_routes(config, &gateway);
     let mut ops = health::router(
         gateway.clone(),
         readiness.clone(),
@@ -185,12 +185,13 @@ pub(super) fn build(config: &Config) -> Result<App, StartupError> {
         ops = ops.merge(metrics_route(config, registry, &auth));
     }
     // Operational routes are outside admission: they stay reachable when ingest is saturated.
-    let router = stack::observed(
-        stack::cors(
-            ingest.merge(ops).fallback(rest::fallback),
-            &config.server.cors,
-        ),
-        http_metrics.clone(),
+    let router = stack::stacked(
+        ingest.merge(ops).fallback(rest::fallback),
+        stack::Stack {
+            metrics: http_metrics.clone(),
+            browsers: stack::Browsers::new(&config.server.cors),
+            admission: admission.clone(),
+        },
     );
     Ok(App {
         router,
@@ -241,17 +242,18 @@ fn storage(
     Ok((sink, Some(spool), Some(forwarder)))
 }
 
-/// The ingest routes of both protocols behind admission: unary calls take a slot each (rate
-/// limit, share, load shed, deadline); streams take a stream slot when they open, then each
-/// event is admitted on its own.
-fn ingest_routes(config: &Config, gateway: &Arc<Gateway>, admission: &Arc<Admission>) -> Router {
+/// The ingest routes of both protocols, which the stack admits by the route they match
+/// (`stack::admission`'s `Kind`): unary calls take a slot each (rate limit, share, load shed,
+/// deadline); streams take a stream slot when they open, then each event is admitted on its
+/// own.
+fn ingest_routes(config: &Config, gateway: &Arc<Gateway>) -> Router {
     let max_request = config.performance.max_request_size.as_u64() as usize;
     let in_flight = config.limits.max_stream_in_flight;
     let grpc_gateway = grpc::server(gateway.clone(), max_request, in_flight);
-    let unary = admission.unary(grpc_route(
+    let unary = grpc_route(
         rest::router(gateway.clone(), max_request),
         grpc_gateway.clone(),
-    ));
+    );
     // IngestStream's exact path takes precedence over the service's wildcard route.
     let streams = ws::router(
         gateway.clone(),
@@ -270,7 +272,7 @@ fn ingest_routes(config: &Config, gateway: &Arc<Gateway>, admission: &Arc<Admiss
             req.map(tonic::body::Body::new)
         }),
     );
-    unary.merge(admission.streaming(streams))
+    unary.merge(streams)
 }
 
 /// `metrics.path`: the registry in the Prometheus text format, behind authentication with

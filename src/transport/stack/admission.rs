@@ -1,14 +1,14 @@
-//! Admission, the stack's sixth layer, on the ingest routes: the rate limit, the client's share
+//! Admission, the stack's fifth step, on the ingest routes ([`Kind`]): the rate limit, the client's share
 //! of the concurrency slots, load shedding at `performance.max_concurrent_requests`, the
 //! `performance.request_timeout` deadline; and for streams a `performance.max_streams` slot
 //! when they open, then the same checks per event through the [`Admit`] put on the request.
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use http::HeaderValue;
@@ -16,13 +16,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::authn::{ForwardHeaders, authenticate_request, principal, principal_of};
 use super::client::{ClientKey, X_FORWARDED_FOR, client_ip, client_key};
-use super::middleware::{Next, from_fn};
+use super::middleware::Next;
 use super::rate::{LIMITER_GC_INTERVAL, RateLimit, take_token};
 use crate::config::{PerformanceConfig, RateLimitConfig};
 use crate::core::auth::{Authenticator, Principal};
 use crate::core::error::Error;
 use crate::core::stream::{Admit, Permit, StreamAdmission};
-use crate::transport::routes::Rejection;
+use crate::proto::SERVICE_NAME;
+use crate::transport::routes::{
+    ROUTE_EVENTS_WS, ROUTE_INGEST_BATCH, ROUTE_INGEST_EVENT, ROUTE_TYPES, ROUTE_VALIDATE, Rejection,
+};
 use crate::transport::status::{self, is_grpc};
 
 /// A unary request's admission, all of it: authentication, the token bucket, the client's
@@ -306,19 +309,57 @@ impl Admission {
         }
         principal_of(&self.auth, req)
     }
+}
 
-    /// Wraps the unary ingest routes (REST ingest routes and the gRPC gateway service):
-    /// authentication and the per-client token bucket, then load shedding at
-    /// `max_concurrent_requests`, then the `request_timeout` deadline.
-    pub fn unary(self: &Arc<Self>, router: Router) -> Router {
-        router.route_layer(from_fn(self.clone(), admit_unary))
+/// What admission a request takes, by the route it matched: the ingest routes of both
+/// protocols are unary (a slot each) or streams (a stream slot when they open); health,
+/// metrics, docs, reflection and the fallback take none, so that they stay reachable when
+/// ingest is saturated. A known path asked with a method it does not take is answered 405
+/// by its route without admission (nor authentication), as a route that is not there would
+/// be. `HEAD` is `GET`'s, as axum routes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Unary,
+    Stream,
+    Outside,
+}
+
+pub(super) fn kind(method: &http::Method, matched: Option<&str>) -> Kind {
+    use http::Method;
+    let get = method == Method::GET || method == Method::HEAD;
+    // The gRPC gateway service's routes, as `server::build` mounts them: IngestStream's exact
+    // path, and the service's wildcard for its unary RPCs.
+    let grpc = matched
+        .and_then(|m| m.strip_prefix('/'))
+        .and_then(|m| m.strip_prefix(SERVICE_NAME));
+    match (grpc, matched) {
+        (Some("/IngestStream"), _) => Kind::Stream,
+        (Some("/{*rest}"), _) => Kind::Unary,
+        (_, Some(ROUTE_EVENTS_WS)) if get => Kind::Stream,
+        (_, Some(ROUTE_INGEST_EVENT | ROUTE_INGEST_BATCH | ROUTE_VALIDATE))
+            if method == Method::POST =>
+        {
+            Kind::Unary
+        }
+        (_, Some(ROUTE_TYPES)) if get => Kind::Unary,
+        _ => Kind::Outside,
     }
+}
 
-    /// Wraps the streaming routes (IngestStream, the WebSocket route): a stream is
-    /// authenticated once and takes a `max_streams` slot and no token; each of its events is admitted on its own by the
-    /// [`Admit`] this puts on the request (rate limits count events, not streams).
-    pub fn streaming(self: &Arc<Self>, router: Router) -> Router {
-        router.route_layer(from_fn(self.clone(), open_stream))
+/// Admission as `kind` says (see [`Kind`]), then the route. Not an `async fn`, and a
+/// stream's opening boxed (streams open seldom): the request's future is the unary path's
+/// alone, not one that also holds a stream's and its own copy of the request.
+pub(super) fn admit(
+    a: Arc<Admission>,
+    kind: Kind,
+    req: Request,
+    next: Next,
+) -> impl Future<Output = Response> + Send {
+    use futures::future::Either;
+    match kind {
+        Kind::Unary => Either::Left(admit_unary(a, req, next)),
+        Kind::Stream => Either::Right(Either::Left(Box::pin(open_stream(a, req, next)))),
+        Kind::Outside => Either::Right(Either::Right(next.run(req))),
     }
 }
 
@@ -397,7 +438,9 @@ async fn open_stream(a: Arc<Admission>, mut req: Request, next: Next) -> Respons
 
 #[cfg(test)]
 mod tests {
+    use super::super::middleware::from_fn;
     use super::*;
+    use axum::Router;
     use axum::body::Body;
     use axum::routing::post;
     use tower::ServiceExt as _;
@@ -428,7 +471,9 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(10)).await;
             "done"
         };
-        let router = admission.unary(Router::new().route("/x", post(slow)));
+        let router = Router::new()
+            .route("/x", post(slow))
+            .route_layer(from_fn(admission.clone(), admit_unary));
         (router, admission)
     }
 

@@ -1,4 +1,4 @@
-//! Authentication, the stack's fifth layer: the request's credentials (API key, JWT, client
+//! Authentication, the stack's fourth step: the request's credentials (API key, JWT, client
 //! certificate) become its [`Principal`], or the request ends in 401 / UNAUTHENTICATED. On the
 //! ingest routes (and `/metrics` under `auth.protect_metrics`), before admission, so the
 //! rate-limit bucket is the principal's.

@@ -1,6 +1,6 @@
-//! How the stack's pieces (`observe`, `cors`'s origin check, `authn`, `admission`) wrap the
-//! routes: each is an `async` function of its state, the request and the rest of the stack
-//! ([`Next`]), made a tower layer by [`from_fn`], as with axum's `from_fn_with_state`. axum's
+//! How the stack wraps the routes: its steps in one `async` function (`layer`), and `authn`
+//! alone around `/metrics`, each a function of its state, the request and the rest of the
+//! stack ([`Next`]), made a tower layer by [`from_fn`], as with axum's `from_fn_with_state`. axum's
 //! also clones the service below into a boxed `Next` of its own on every request and boxes
 //! the call's future once more inside it: two allocations and two copies of the future per
 //! piece per request that this does without (#26).

@@ -1,5 +1,6 @@
 //! The one tower stack, built here and wrapped around gRPC and REST alike (nothing
-//! cross-cutting lives in a tonic interceptor, which REST would skip). Outermost first:
+//! cross-cutting lives in a tonic interceptor, which REST would skip): one tower layer over
+//! every route and the fallback (`layer`), whose steps are, outermost first:
 //!
 //! 1. request id (`x-request-id`, a random UUID set when absent, by `observe` as it starts):
 //!    every later layer and log line can name the request;
@@ -17,8 +18,8 @@
 //!    principal's and nothing an unauthenticated client sends selects one; the headers
 //!    `kafka.forward_headers` names are captured beside the principal (refused here when
 //!    over `kafka.forward_headers_max_bytes`), for the core to put on each record;
-//! 5. admission, on the ingest routes only (health, metrics and reflection stay reachable
-//!    under overload): per-client token bucket, then the client's share of the slots
+//! 5. admission, on the ingest routes only, told by the route a request matched (health,
+//!    metrics and reflection stay reachable under overload): per-client token bucket, then the client's share of the slots
 //!    (`performance.max_concurrent_requests_per_client`), then load shedding at
 //!    `performance.max_concurrent_requests`, then the `performance.request_timeout` deadline.
 //!    Rate limiting comes first so a flooding client cannot take concurrency slots, and the
@@ -33,17 +34,20 @@
 //! status that gRPC would read as UNAVAILABLE.
 //!
 //! One file per concern: `observe` (spans and metrics), `cors`, `authn`, `client` (the
-//! client's address), `rate` (the token buckets) and `admission`; `middleware` makes each
-//! piece a tower layer.
+//! client's address), `rate` (the token buckets) and `admission`; `layer` calls the steps in
+//! order from one function, made a tower layer by `middleware` (a layer per step cost a
+//! boxed service level per request, #26).
 mod admission;
 mod authn;
 mod client;
 mod cors;
+mod layer;
 mod middleware;
 mod observe;
 mod rate;
 
 pub use admission::{Admission, BodyRead};
 pub use authn::{API_KEY_HEADER, ForwardHeaders, PeerIdentity, authenticated, principal};
-pub use cors::{cors, origin_refused};
-pub use observe::{HttpMetrics, observed};
+pub use cors::{Browsers, origin_refused};
+pub use layer::{Stack, stacked};
+pub use observe::HttpMetrics;

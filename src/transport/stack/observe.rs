@@ -1,11 +1,10 @@
-//! Metrics and spans, the stack's second layer: one span per request (parented on an
+//! Metrics and spans, the stack's first steps: one span per request (parented on an
 //! incoming W3C `traceparent`, current while the handler runs), the `http_*` instruments,
 //! counted outside admission so that rejections are counted too, and the request's id
 //! echoed on its reply.
-use std::sync::Arc;
+use std::future::Future;
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 use opentelemetry::metrics::{
@@ -14,7 +13,6 @@ use opentelemetry::metrics::{
 use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_http::HeaderExtractor;
 
-use super::middleware::{Next, from_fn};
 use crate::proto::SERVICE_NAME;
 use crate::telemetry::instruments::{LATENCY_BUCKETS, LabelCap};
 use crate::transport::routes::{
@@ -173,7 +171,13 @@ fn request_labels(
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
-async fn observe(o: Arc<HttpMetrics>, mut req: Request, next: Next) -> Response {
+/// The stack's first step, around `rest` (the steps below and the route): the request id,
+/// the span, the metrics, the id echoed on the reply.
+pub(super) async fn observe<F, Fut>(o: &HttpMetrics, mut req: Request, rest: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let started = Instant::now();
     let request_id = match req.headers().get(X_REQUEST_ID) {
         Some(id) => id.clone(),
@@ -205,7 +209,7 @@ async fn observe(o: Arc<HttpMetrics>, mut req: Request, next: Next) -> Response 
     // nothing left in it): the spent future is dropped at the end of the block, outside the
     // span. A request cut off midway is dropped with this function's future, outside both.
     let mut resp = {
-        let mut run = std::pin::pin!(next.run(req));
+        let mut run = std::pin::pin!(rest(req));
         std::future::poll_fn(|task| {
             let _cx = cx.clone().attach();
             let _log = log.enter();
@@ -511,13 +515,6 @@ fn record_outcome(
     if failed {
         span.set_status(opentelemetry::trace::Status::error(""));
     }
-}
-
-/// Wraps every route (ingest, health, metrics, reflection) in `observe`: the request id (a
-/// UUID when the request has no `x-request-id`), the span, the metrics, and the id echoed
-/// on the reply.
-pub fn observed(router: Router, metrics: Arc<HttpMetrics>) -> Router {
-    router.layer(from_fn(metrics, observe))
 }
 
 #[cfg(test)]
