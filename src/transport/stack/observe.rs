@@ -170,6 +170,7 @@ fn request_labels(
 /// A `HeaderName`, not text: a name given as text is parsed and checked on every lookup (#26).
 const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// The stack's first step, around `rest` (the steps below and the route): the request id,
 /// the span, the metrics, the id echoed on the reply.
@@ -223,7 +224,7 @@ where
     // (every error here); a success carries it in the trailers: OK.
     let grpc_code = grpc_path.as_ref().map(|_| {
         resp.headers()
-            .get("grpc-status")
+            .get(GRPC_STATUS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<i32>().ok())
             .map(tonic::Code::from)
