@@ -42,6 +42,8 @@ struct Exported {
     /// When the span ended (Unix nanoseconds).
     end: u64,
     attrs: HashMap<String, String>,
+    /// How many attributes were sent: more than `attrs` holds when a key was sent twice.
+    sent_attrs: usize,
     /// The attributes sent as integers (the conventions' status codes are ints).
     int_attrs: Vec<String>,
     links: Vec<(String, String)>,
@@ -86,6 +88,7 @@ impl Received {
                         status: s.status.as_ref().map_or(0, |st| st.code),
                         end: s.end_time_unix_nano,
                         attrs: text_of(&s.attributes),
+                        sent_attrs: s.attributes.len(),
                         int_attrs: s
                             .attributes
                             .iter()
@@ -381,20 +384,45 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
     // its method `_OTHER` (the conventions' value for a method the server does not know), the
     // client's kept beside it, so that made-up methods make no span name each. Both ways a
     // method goes unserved: a service that is served (its route's wildcard), and one that is
-    // not (the fallback).
+    // not (the fallback). A served method keeps its name whatever the outcome, UNIMPLEMENTED
+    // included (tonic's answer to a `grpc-encoding` it does not take), and so do the health
+    // service's.
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
         .unwrap();
-    for path in [
-        "/eventgateway.v1.EventGatewayService/NoSuchMethod",
-        "/no.such.Service/NoSuchMethod",
+    for (path, encoding, name, method) in [
+        (
+            "/eventgateway.v1.EventGatewayService/NoSuchMethod",
+            "identity",
+            "grpc",
+            "_OTHER",
+        ),
+        (
+            "/no.such.Service/NoSuchMethod",
+            "identity",
+            "grpc",
+            "_OTHER",
+        ),
+        (
+            "/eventgateway.v1.EventGatewayService/IngestEvent",
+            "deflate",
+            "eventgateway.v1.EventGatewayService/IngestEvent",
+            "IngestEvent",
+        ),
+        (
+            "/grpc.health.v1.Health/Check",
+            "deflate",
+            "grpc.health.v1.Health/Check",
+            "Check",
+        ),
     ] {
         let t3 = random_hex(16);
         let r = h2
             .post(format!("http://127.0.0.1:{port}{path}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
+            .header("grpc-encoding", encoding)
             .header("traceparent", traceparent(&t3, &random_hex(8), true))
             .body(vec![0u8; 5])
             .send()
@@ -408,11 +436,17 @@ async fn rest_and_grpc_requests_are_traced_through_kafka() {
             .await;
         assert_eq!(failed.attrs["rpc.grpc.status_code"], "12", "{path}");
         assert_eq!(failed.status, 2, "{path}: an error");
-        assert_eq!(failed.name, "grpc", "{path}");
-        assert_eq!(failed.attrs["rpc.method"], "_OTHER", "{path}");
+        assert_eq!(failed.name, name, "{path}");
+        assert_eq!(failed.attrs["rpc.method"], method, "{path}");
         assert_eq!(
-            failed.attrs["rpc.method_original"], "NoSuchMethod",
+            failed.attrs.get("rpc.method_original").map(String::as_str),
+            (method == "_OTHER").then_some("NoSuchMethod"),
             "{path}"
+        );
+        assert_eq!(
+            failed.sent_attrs,
+            failed.attrs.len(),
+            "{path}: an attribute sent twice"
         );
     }
 

@@ -311,12 +311,11 @@ impl Admission {
     }
 }
 
-/// What admission a request takes, by the route it matched: the ingest routes of both
-/// protocols are unary (a slot each) or streams (a stream slot when they open); health,
-/// metrics, docs, reflection and the fallback take none, so that they stay reachable when
-/// ingest is saturated. A known path asked with a method it does not take is answered 405
-/// by its route without admission (nor authentication), as a route that is not there would
-/// be. `HEAD` is `GET`'s, as axum routes it.
+/// What admission a request takes, by the route it matched: every method of an ingest route
+/// of either protocol is unary (a slot each) or a stream (a stream slot when it opens), as
+/// when admission was a layer of those routes (a method a route does not take is answered 405
+/// after authentication and admission, as before); health, metrics, docs, reflection and the
+/// fallback take none, so that they stay reachable when ingest is saturated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
     Unary,
@@ -324,24 +323,21 @@ pub(super) enum Kind {
     Outside,
 }
 
-pub(super) fn kind(method: &http::Method, matched: Option<&str>) -> Kind {
-    use http::Method;
-    let get = method == Method::GET || method == Method::HEAD;
+pub(super) fn kind(matched: Option<&str>) -> Kind {
+    let Some(matched) = matched else {
+        return Kind::Outside;
+    };
     // The gRPC gateway service's routes, as `server::build` mounts them: IngestStream's exact
     // path, and the service's wildcard for its unary RPCs.
     let grpc = matched
-        .and_then(|m| m.strip_prefix('/'))
+        .strip_prefix('/')
         .and_then(|m| m.strip_prefix(SERVICE_NAME));
     match (grpc, matched) {
-        (Some("/IngestStream"), _) => Kind::Stream,
-        (Some("/{*rest}"), _) => Kind::Unary,
-        (_, Some(ROUTE_EVENTS_WS)) if get => Kind::Stream,
-        (_, Some(ROUTE_INGEST_EVENT | ROUTE_INGEST_BATCH | ROUTE_VALIDATE))
-            if method == Method::POST =>
-        {
+        (Some("/IngestStream"), _) | (_, ROUTE_EVENTS_WS) => Kind::Stream,
+        (Some("/{*rest}"), _)
+        | (_, ROUTE_INGEST_EVENT | ROUTE_INGEST_BATCH | ROUTE_VALIDATE | ROUTE_TYPES) => {
             Kind::Unary
         }
-        (_, Some(ROUTE_TYPES)) if get => Kind::Unary,
         _ => Kind::Outside,
     }
 }
@@ -487,6 +483,36 @@ mod tests {
 
     fn grpc_status(r: &Response) -> Option<&str> {
         r.headers().get("grpc-status").and_then(|v| v.to_str().ok())
+    }
+
+    /// Every route of the contract, over both protocols, is admitted, and nothing else is: a
+    /// route added to `ROUTES` without a place here would otherwise be served without
+    /// authentication.
+    #[test]
+    fn the_ingest_routes_and_only_they_are_admitted() {
+        use crate::transport::routes::ROUTES;
+        for (_, route, rpc, _) in ROUTES {
+            let expected = if *rpc == "IngestStream" {
+                Kind::Stream
+            } else {
+                Kind::Unary
+            };
+            assert_eq!(kind(Some(route)), expected, "{route}");
+        }
+        let grpc = |rest: &str| format!("/{SERVICE_NAME}/{rest}");
+        assert_eq!(kind(Some(&grpc("{*rest}"))), Kind::Unary);
+        assert_eq!(kind(Some(&grpc("IngestStream"))), Kind::Stream);
+        for outside in [
+            "/health/live",
+            "/health/ready",
+            "/metrics",
+            "/api/docs",
+            "/grpc.health.v1.Health/{*rest}",
+            "/grpc.reflection.v1.ServerReflection/{*rest}",
+        ] {
+            assert_eq!(kind(Some(outside)), Kind::Outside, "{outside}");
+        }
+        assert_eq!(kind(None), Kind::Outside, "the fallback");
     }
 
     #[tokio::test]

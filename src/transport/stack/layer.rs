@@ -33,7 +33,6 @@ pub fn stacked(router: Router, stack: Stack) -> Router {
 
 async fn run(s: Arc<Stack>, req: Request, next: Next) -> Response {
     let kind = admission::kind(
-        req.method(),
         req.extensions()
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),

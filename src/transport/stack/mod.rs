@@ -3,8 +3,8 @@
 //! every route and the fallback (`layer`), whose steps are, outermost first:
 //!
 //! 1. request id (`x-request-id`, a random UUID set when absent, by `observe` as it starts):
-//!    every later layer and log line can name the request;
-//! 2. the trace span, the metrics and the id echoed on the reply (one layer with 1, `observe`; the
+//!    every later step and log line can name the request;
+//! 2. the trace span, the metrics and the id echoed on the reply (one step with 1, `observe`; the
 //!    echo marked never to be indexed by HTTP/2's header compression): the span is parented on an
 //!    incoming W3C `traceparent` (HTTP header or gRPC metadata, which travel the same way)
 //!    and current while the handler and the sink run, so trace context reaches the Kafka
@@ -27,7 +27,7 @@
 //!    (IngestStream, the WebSocket route) take a `performance.max_streams` slot (and one of
 //!    their client's `performance.max_streams_per_client`) when they open, and each of
 //!    their events then passes the same bucket, the same share, the same slots and the
-//!    same deadline, through the [`Admit`] this layer puts on the request.
+//!    same deadline, through the [`Admit`] this step puts on the request.
 //!
 //! Rejections are rendered for the caller's protocol: a gRPC client gets a gRPC status
 //! (RESOURCE_EXHAUSTED with RetryInfo, UNAVAILABLE, DEADLINE_EXCEEDED), never a bare HTTP

@@ -230,7 +230,7 @@ where
             .map(tonic::Code::from)
             .unwrap_or(tonic::Code::Ok)
     });
-    record_outcome(&cx, resp.status(), grpc_code, grpc_path.as_deref());
+    record_outcome(&cx, resp.status(), grpc_code);
     // One DEBUG line per request, inside its span (tower-http's TraceLayer wrote two).
     tracing::debug!(
         parent: &log,
@@ -368,15 +368,28 @@ fn make_span(
     let request_id = request_id.to_str().unwrap_or("");
     let path = req.uri().path();
     let full = path.trim_start_matches('/');
-    let (service, rpc) = grpc_parts(path);
+    // A gRPC call's service and method, from its path.
+    let (service, rpc) = full.split_once('/').unwrap_or((full, ""));
     let mut attributes = Vec::with_capacity(6);
     let name = if grpc {
         attributes.extend([
             KeyValue::new("rpc.system", "grpc"),
             KeyValue::new("rpc.service", service.to_owned()),
-            KeyValue::new("rpc.method", rpc.to_owned()),
         ]);
-        std::borrow::Cow::Owned(full.to_owned())
+        if grpc_served(service, rpc) {
+            attributes.push(KeyValue::new("rpc.method", rpc.to_owned()));
+            std::borrow::Cow::Owned(full.to_owned())
+        } else {
+            // A method nobody here serves (the path is the client's to choose): named `grpc`
+            // and its method `_OTHER`, the client's kept beside it, as the conventions say,
+            // so that made-up methods do not make a span name each, whatever the call's
+            // outcome (refused by authentication first, or UNIMPLEMENTED).
+            attributes.extend([
+                KeyValue::new("rpc.method", "_OTHER"),
+                KeyValue::new("rpc.method_original", rpc.to_owned()),
+            ]);
+            std::borrow::Cow::Borrowed("grpc")
+        }
     } else {
         // The contract's routes have their names and routes written once (#26).
         let known = route.and_then(|r| {
@@ -461,21 +474,27 @@ fn make_span(
     RequestSpan { cx, log }
 }
 
-/// A gRPC call's service and method, from its path (`/{service}/{method}`).
-fn grpc_parts(path: &str) -> (&str, &str) {
-    let full = path.trim_start_matches('/');
-    full.split_once('/').unwrap_or((full, ""))
+/// Whether the gateway serves this gRPC method: the contract's RPCs, health's and
+/// reflection's (`server::build` mounts those three services; tests/traces.rs holds a
+/// health check's span to its name).
+fn grpc_served(service: &str, method: &str) -> bool {
+    match service {
+        SERVICE_NAME => ROUTES.iter().any(|(_, _, rpc, _)| *rpc == method),
+        "grpc.health.v1.Health" => matches!(method, "Check" | "Watch"),
+        "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
+            method == "ServerReflectionInfo"
+        }
+        _ => false,
+    }
 }
 
 /// The outcome on the request's server span: the status code (an integer, as the
 /// conventions say), and the span's status set to error where they say so (HTTP 5xx; the
-/// gRPC codes a server is at fault for). A gRPC call answered UNIMPLEMENTED is renamed, its
-/// method `_OTHER` (`grpc_path` is the call's path).
+/// gRPC codes a server is at fault for).
 fn record_outcome(
     cx: &opentelemetry::Context,
     status: http::StatusCode,
     grpc: Option<tonic::Code>,
-    grpc_path: Option<&str>,
 ) {
     use opentelemetry::trace::TraceContextExt as _;
     use tonic::Code as C;
@@ -483,18 +502,6 @@ fn record_outcome(
     let failed = match grpc {
         Some(code) => {
             span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
-            if code == C::Unimplemented {
-                // A method nobody here serves (the path is the client's to choose): named
-                // `grpc` and its method `_OTHER`, the original kept beside it, as the
-                // conventions say, so that made-up methods do not make a span name each (the
-                // metrics fold them into `unmatched` the same way).
-                span.update_name("grpc");
-                span.set_attribute(KeyValue::new("rpc.method", "_OTHER"));
-                if let Some(path) = grpc_path {
-                    let original = grpc_parts(path).1.to_owned();
-                    span.set_attribute(KeyValue::new("rpc.method_original", original));
-                }
-            }
             matches!(
                 code,
                 C::Unknown
