@@ -32,12 +32,10 @@ pub fn stacked(router: Router, stack: Stack) -> Router {
 }
 
 async fn run(s: Arc<Stack>, req: Request, next: Next) -> Response {
-    let kind = admission::kind(
-        req.extensions()
-            .get::<MatchedPath>()
-            .map(MatchedPath::as_str),
-    );
-    observe(&s.metrics, req, |req| below(&s, kind, req, next)).await
+    // Looked up once for both steps; a clone shares the route's text (an `Arc<str>`).
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let kind = admission::kind(matched.as_ref().map(MatchedPath::as_str));
+    observe(&s.metrics, req, matched, |req| below(&s, kind, req, next)).await
 }
 
 /// The steps below `observe`: browsers, then admission, then the route. Not an `async fn`,

@@ -173,8 +173,14 @@ const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent
 const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// The stack's first step, around `rest` (the steps below and the route): the request id,
-/// the span, the metrics, the id echoed on the reply.
-pub(super) async fn observe<F, Fut>(o: &HttpMetrics, mut req: Request, rest: F) -> Response
+/// the span, the metrics, the id echoed on the reply. `matched` is the route the request
+/// matched, as the stack found it.
+pub(super) async fn observe<F, Fut>(
+    o: &HttpMetrics,
+    mut req: Request,
+    matched: Option<MatchedPath>,
+    rest: F,
+) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,
@@ -189,8 +195,6 @@ where
         }
     };
     let method = crate::telemetry::instruments::method_label(req.method());
-    // A clone of the matched route shares its text (an `Arc<str>`).
-    let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map(|p| route_index(p.as_str()));
     let grpc = is_grpc(req.headers());
     let RequestSpan { cx, log } = make_span(
@@ -475,15 +479,16 @@ fn make_span(
 }
 
 /// Whether the gateway serves this gRPC method: the contract's RPCs, health's and
-/// reflection's (`server::build` mounts those three services; tests/traces.rs holds a
-/// health check's span to its name).
+/// reflection's (`server::build` mounts those three services, by the names their crates
+/// give them; tests/traces.rs holds a health check's span to its name).
 fn grpc_served(service: &str, method: &str) -> bool {
+    use tonic_health::pb::health_server::SERVICE_NAME as HEALTH;
+    use tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME as REFLECTION;
+    use tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME as REFLECTION_ALPHA;
     match service {
         SERVICE_NAME => ROUTES.iter().any(|(_, _, rpc, _)| *rpc == method),
-        "grpc.health.v1.Health" => matches!(method, "Check" | "Watch"),
-        "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
-            method == "ServerReflectionInfo"
-        }
+        HEALTH => matches!(method, "Check" | "Watch"),
+        REFLECTION | REFLECTION_ALPHA => method == "ServerReflectionInfo",
         _ => false,
     }
 }
